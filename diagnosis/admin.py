@@ -1,0 +1,177 @@
+"""Django admin. Actions go through the same services as the web pages and the API, so a
+relabel here is an ordinary review in the audit trail."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+
+from diagnosis import selectors, services
+from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+
+
+class LatestStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return Prediction.Status.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(latest_status=self.value()) if self.value() else queryset
+
+
+class PredictedLabelFilter(admin.SimpleListFilter):
+    title = "predicted label"
+    parameter_name = "predicted"
+
+    def lookups(self, request, model_admin):
+        return Label.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(predicted_label=self.value()) if self.value() else queryset
+
+
+class DisagreementFilter(admin.SimpleListFilter):
+    title = "model vs radiologist"
+    parameter_name = "agreement"
+
+    def lookups(self, request, model_admin):
+        return [("disagree", "disagree"), ("agree", "agree")]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        return selectors.filter_disagreement(queryset, self.value() == "disagree")
+
+
+class RelabelForm(forms.Form):
+    label = forms.ChoiceField(choices=Label.choices)
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+
+class ReviewInline(admin.TabularInline):
+    model = Review
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["created_at", "reviewer", "previous_label", "label", "note"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class PredictionInline(admin.TabularInline):
+    model = Prediction
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = [
+        "created_at", "status", "label", "probability", "threshold", "model_version", "error"
+    ]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = [
+        "id", "original_filename", "uploaded_by", "created_at", "latest_status",
+        "predicted_label", "current_label",
+    ]
+    list_filter = [
+        LatestStatusFilter, PredictedLabelFilter, "current_label", DisagreementFilter, "created_at"
+    ]
+    search_fields = ["original_filename", "sha256", "uploaded_by__username"]
+    readonly_fields = [
+        "image", "original_filename", "content_type", "sha256", "width", "height",
+        "uploaded_by", "created_at", "current_label",
+    ]
+    inlines = [PredictionInline, ReviewInline]
+    actions = ["relabel"]
+
+    def get_queryset(self, request):
+        return selectors.studies_annotated(super().get_queryset(request))
+
+    @admin.display(ordering="latest_status")
+    def latest_status(self, study: Study) -> str:
+        return study.latest_status or ""
+
+    @admin.display(ordering="predicted_label")
+    def predicted_label(self, study: Study) -> str:
+        return study.predicted_label or ""
+
+    def has_add_permission(self, request) -> bool:
+        return False  # Uploads go through the upload page or the API, which validate.
+
+    @admin.action(description="Relabel selected studies (recorded as reviews)")
+    def relabel(self, request, queryset):
+        form = RelabelForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            try:
+                count = services.studies_relabel(
+                    studies=queryset, reviewer=request.user, **form.cleaned_data
+                )
+            except PermissionDenied as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
+            self.message_user(request, f"Relabeled {count} studies as {form.cleaned_data['label']}.")
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Relabel studies",
+            "form": form,
+            "queryset": queryset,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/diagnosis/relabel.html", context)
+
+
+@admin.register(Review)
+class ReviewAdmin(admin.ModelAdmin):
+    """Read-only: the audit trail is append-only."""
+
+    list_display = ["id", "study", "reviewer", "created_at", "previous_label", "label"]
+    list_filter = ["label", "created_at"]
+    search_fields = ["reviewer__username", "note"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = ["id", "study", "status", "label", "probability", "model_version", "created_at"]
+    list_filter = ["status", "label", "model_version"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["name", "architecture", "threshold", "is_active", "created_at", "activated_at"]
+    readonly_fields = [f.name for f in ModelVersion._meta.fields]
+    actions = ["activate"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # Registered with `manage.py register_model`, which checks the file.
+
+    @admin.action(description="Activate the selected model version")
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        version = services.model_version_activate(version=queryset.get(), user=request.user)
+        self.message_user(request, f"{version.name} is now active.")

@@ -1,0 +1,113 @@
+"""Output shapes shared by several API views."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+
+
+class PredictionOutputSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id",
+            "status",
+            "label",
+            "probability",
+            "threshold",
+            "model_version",
+            "elapsed_ms",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class ReviewOutputSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.get_username")
+
+    class Meta:
+        model = Review
+        fields = ["id", "reviewer", "created_at", "previous_label", "label", "note"]
+
+
+class StudySummarySerializer(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+    prediction = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    uploaded_by = serializers.CharField(source="uploaded_by.get_username")
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "url",
+            "status",
+            "prediction",
+            "current_label",
+            "original_filename",
+            "width",
+            "height",
+            "uploaded_by",
+            "created_at",
+        ]
+
+    def _latest(self, study: Study) -> Prediction | None:
+        if not hasattr(study, "_latest"):
+            study._latest = study.latest_prediction
+        return study._latest
+
+    def get_status(self, study: Study) -> str:
+        latest = self._latest(study)
+        return latest.status if latest else ""
+
+    def get_prediction(self, study: Study) -> dict | None:
+        latest = self._latest(study)
+        return PredictionOutputSerializer(latest).data if latest else None
+
+    def get_url(self, study: Study) -> str:
+        return reverse("api:study-detail", args=[study.pk])
+
+
+class StudyDetailSerializer(StudySummarySerializer):
+    image_url = serializers.SerializerMethodField()
+    predictions = PredictionOutputSerializer(many=True, source="predictions.all")
+    reviews = ReviewOutputSerializer(many=True, source="reviews.all")
+
+    class Meta(StudySummarySerializer.Meta):
+        fields = [*StudySummarySerializer.Meta.fields, "image_url", "predictions", "reviews"]
+
+    def get_image_url(self, study: Study) -> str:
+        return reverse("api:study-image", args=[study.pk])
+
+
+class ModelVersionOutputSerializer(serializers.ModelSerializer):
+    activated_by = serializers.CharField(source="activated_by.get_username", default=None)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "architecture",
+            "sha256",
+            "class_names",
+            "positive_class",
+            "preprocessing",
+            "threshold",
+            "metrics",
+            "data_hash",
+            "is_active",
+            "created_at",
+            "activated_at",
+            "activated_by",
+        ]
+
+
+LABEL_CHOICES = Label.values

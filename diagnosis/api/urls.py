@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from diagnosis.api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("studies/", views.StudyListCreateApi.as_view(), name="study-list"),
+    path("studies/<int:pk>/", views.StudyDetailApi.as_view(), name="study-detail"),
+    path("studies/<int:pk>/image/", views.StudyImageApi.as_view(), name="study-image"),
+    path("studies/<int:pk>/reviews/", views.ReviewCreateApi.as_view(), name="study-reviews"),
+    path("models/", views.ModelVersionListApi.as_view(), name="model-list"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+]

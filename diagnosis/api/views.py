@@ -1,0 +1,143 @@
+"""REST API: one view per resource, each parses input, calls a service or selector, and
+formats the answer."""
+
+from __future__ import annotations
+
+from django.http import FileResponse, Http404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from diagnosis import selectors, services
+from diagnosis.api.permissions import CanReview, CanUpload
+from diagnosis.api.serializers import (
+    ModelVersionOutputSerializer,
+    ReviewOutputSerializer,
+    StudyDetailSerializer,
+    StudySummarySerializer,
+)
+from diagnosis.models import Label, Prediction
+from diagnosis.validation import UploadRejected
+
+
+def _study_or_404(request, pk: int):
+    study = selectors.study_get_for(request.user, pk)
+    if study is None:
+        raise Http404("No such study.")
+    return study
+
+
+class StudyListCreateApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+    parser_classes = [MultiPartParser, FormParser]
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Prediction.Status.values, required=False)
+        label = serializers.ChoiceField(choices=Label.values, required=False)
+        predicted_label = serializers.ChoiceField(choices=Label.values, required=False)
+
+    class InputSerializer(serializers.Serializer):
+        image = serializers.FileField(allow_empty_file=True)
+
+    class AcceptedSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        status = serializers.CharField()
+        url = serializers.CharField()
+
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses=StudySummarySerializer(many=True),
+        summary="List the studies you may see, newest first",
+    )
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        studies = selectors.study_list_for(request.user, **filters.validated_data)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(studies, request, view=self)
+        return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
+
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={202: AcceptedSerializer},
+        summary="Upload a chest X-ray (JPEG or PNG); it is predicted asynchronously",
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            study = services.study_create(
+                uploaded_by=request.user, image=data.validated_data["image"]
+            )
+        except UploadRejected as exc:
+            raise serializers.ValidationError({"image": [exc.reason]}) from None
+        body = StudySummarySerializer(study).data
+        return Response(
+            {"id": study.pk, "status": body["status"], "url": body["url"]},
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": request.build_absolute_uri(body["url"])},
+        )
+
+
+class StudyDetailApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(responses=StudyDetailSerializer, summary="A study with its predictions")
+    def get(self, request, pk: int):
+        return Response(StudyDetailSerializer(_study_or_404(request, pk)).data)
+
+
+class StudyImageApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses={(200, "image/*"): bytes}, summary="The uploaded image, to authorized users"
+    )
+    def get(self, request, pk: int):
+        study = _study_or_404(request, pk)
+        return FileResponse(study.image.open("rb"), content_type=study.content_type)
+
+
+class ReviewCreateApi(APIView):
+    permission_classes = [IsAuthenticated, CanReview]
+
+    class InputSerializer(serializers.Serializer):
+        label = serializers.ChoiceField(choices=Label.values)
+        note = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: ReviewOutputSerializer},
+        summary="Confirm or correct a study's label (radiologists)",
+    )
+    def post(self, request, pk: int):
+        study = _study_or_404(request, pk)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        review = services.review_create(study=study, reviewer=request.user, **data.validated_data)
+        return Response(ReviewOutputSerializer(review).data, status=status.HTTP_201_CREATED)
+
+
+class ModelVersionListApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses=inline_serializer(
+            "ModelVersionList",
+            {
+                "active": serializers.CharField(allow_null=True),
+                "results": ModelVersionOutputSerializer(many=True),
+            },
+        ),
+        summary="Registered model versions and which one is active",
+    )
+    def get(self, request):
+        versions = list(selectors.model_version_list())
+        active = next((v.name for v in versions if v.is_active), None)
+        return Response(
+            {"active": active, "results": ModelVersionOutputSerializer(versions, many=True).data}
+        )

@@ -1,0 +1,63 @@
+"""The bridge from model versions in the database to `ml` predictors in a worker process.
+
+A worker keeps one loaded model: the first task after fork loads it, later tasks reuse it,
+and a task that finds another version active loads that one instead (no restart needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.core.files.storage import default_storage
+
+if TYPE_CHECKING:
+    from diagnosis.models import ModelVersion
+    from ml.checkpoint import CheckpointMeta
+    from ml.inference import Predictor
+
+# (model version id, predictor) of this process; never shared across a fork because it is
+# filled lazily by the first task, which runs in the child.
+_loaded: tuple[int, Predictor] | None = None
+
+
+class ModelFileError(RuntimeError):
+    """The registered model file is missing or is not the file that was registered."""
+
+
+def validate_checkpoint(path: Path) -> CheckpointMeta:
+    """Load the checkpoint fully (the same code path as the worker) and return its metadata."""
+    from ml.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(path)
+    return meta
+
+
+def _verified_path(version: ModelVersion) -> str:
+    path = default_storage.path(version.file)
+    if not Path(path).is_file():
+        raise ModelFileError(f"model file of {version.name} is missing: {version.file}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != version.sha256:
+        raise ModelFileError(f"model file of {version.name} does not match its registered sha256")
+    return path
+
+
+def predictor_for(version: ModelVersion) -> Predictor:
+    global _loaded
+    if _loaded is not None and _loaded[0] == version.pk:
+        return _loaded[1]
+    from ml.inference import Predictor
+
+    _loaded = None  # Free the previous model before loading the next.
+    predictor = Predictor.from_checkpoint(_verified_path(version))
+    _loaded = (version.pk, predictor)
+    return predictor
+
+
+def loaded_version_id() -> int | None:
+    return _loaded[0] if _loaded else None

@@ -1,0 +1,137 @@
+"""Data of the review platform: studies, the model's predictions, radiologists' reviews.
+
+Business rules live in services.py; this module holds data and one-line properties only.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Label(models.TextChoices):
+    NORMAL = "NORMAL", "Normal"
+    PNEUMONIA = "PNEUMONIA", "Pneumonia"
+
+
+class ModelVersion(models.Model):
+    """A registered classifier checkpoint. At most one is active at a time."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    architecture = models.CharField(max_length=50)
+    file = models.CharField(max_length=500, help_text="Path of the checkpoint, under MEDIA_ROOT.")
+    sha256 = models.CharField(max_length=64)
+    class_names = models.JSONField()
+    positive_class = models.CharField(max_length=50)
+    preprocessing = models.JSONField()
+    threshold = models.FloatField(help_text="Decision threshold on P(positive class).")
+    metrics = models.JSONField(default=dict, blank=True)
+    train_args = models.JSONField(default=dict, blank=True)
+    data_hash = models.CharField(max_length=64, blank=True)
+    is_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    activated_at = models.DateTimeField(null=True, blank=True)
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="one_active_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Study(models.Model):
+    """One uploaded chest X-ray."""
+
+    image = models.FileField(upload_to="studies/", max_length=300)
+    original_filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=50)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studies"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The latest review's label, kept here so that lists and the admin can filter on it;
+    # services.review_create is the only writer and updates it in the same transaction.
+    current_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"Study {self.pk}"
+
+    @property
+    def latest_prediction(self) -> Prediction | None:
+        return self.predictions.order_by("-created_at", "-id").first()
+
+
+class Prediction(models.Model):
+    """One run of a model on a study. A study keeps every prediction ever made on it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="predictions")
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="predictions"
+    )
+    label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    probability = models.FloatField(null=True, blank=True, help_text="P(pneumonia).")
+    threshold = models.FloatField(null=True, blank=True)
+    elapsed_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Prediction {self.pk} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+class Review(models.Model):
+    """A radiologist's label for a study. Append-only: reviews are never edited or deleted."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    previous_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    label = models.CharField(max_length=20, choices=Label.choices)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Review {self.pk}: {self.previous_label or '-'} -> {self.label}"

@@ -1,0 +1,278 @@
+"""Writes: every change to studies, predictions, reviews and model versions goes through here.
+
+Views, API views, admin actions, Celery tasks and management commands parse input, call one
+function of this module and format the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from diagnosis import inference, roles, selectors
+from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+from diagnosis.validation import UploadRejected, inspect_upload
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- studies
+
+
+def study_create(*, uploaded_by, image: UploadedFile) -> Study:
+    return study_create_many(uploaded_by=uploaded_by, images=[image])[0]
+
+
+def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[Study]:
+    """Store the images, each as a Study with a pending Prediction, all or nothing.
+
+    Every file is checked before anything is written. The rows are created in one
+    transaction, and the files written during it are deleted if it fails, so a refused or
+    failed upload leaves neither a row nor a file. Jobs are enqueued only after commit.
+    """
+    if not roles.can_upload(uploaded_by):
+        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
+    if not images:
+        raise UploadRejected("upload", "no file was sent.")
+    if len(images) > settings.UPLOAD_MAX_FILES:
+        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
+
+    written: list[str] = []
+    try:
+        with transaction.atomic():
+            studies = []
+            for upload, info in zip(images, infos, strict=True):
+                # A server-generated name: the client's file name is only ever displayed.
+                name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", upload)
+                written.append(name)
+                study = Study.objects.create(
+                    image=name,
+                    original_filename=Path(upload.name or "upload").name[:255],
+                    content_type=info.content_type,
+                    sha256=info.sha256,
+                    width=info.width,
+                    height=info.height,
+                    uploaded_by=uploaded_by,
+                )
+                prediction = Prediction.objects.create(study=study)
+                transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+                studies.append(study)
+    except BaseException:
+        for name in written:
+            default_storage.delete(name)
+        raise
+    return studies
+
+
+# ---------------------------------------------------------------------------- reviews
+
+
+def review_create(*, study: Study, reviewer, label: str, note: str = "") -> Review:
+    """Record a radiologist's label; the study's current label becomes this one."""
+    if not roles.can_review(reviewer):
+        raise PermissionDenied("Only radiologists and admins may review studies.")
+    if label not in Label.values:
+        raise ValueError(f"label must be one of {', '.join(Label.values)}, got {label!r}")
+    with transaction.atomic():
+        # The lock orders concurrent reviews, so each records the label it replaced.
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        review = Review.objects.create(
+            study=locked,
+            reviewer=reviewer,
+            previous_label=locked.current_label,
+            label=label,
+            note=note.strip(),
+        )
+        locked.current_label = label
+        locked.save(update_fields=["current_label"])
+    study.current_label = label
+    return review
+
+
+def studies_relabel(*, studies, reviewer, label: str, note: str = "") -> int:
+    """Bulk relabel (the admin action): one review per study, through review_create."""
+    count = 0
+    for study in studies:
+        review_create(study=study, reviewer=reviewer, label=label, note=note)
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+def prediction_enqueue(prediction_id: int) -> bool:
+    """Send the job to the broker. If the broker is down the prediction stays pending and
+    the sweeper sends it later: an accepted upload is never lost."""
+    from diagnosis.tasks import predict  # The task module imports this one.
+
+    try:
+        predict.apply_async((prediction_id,), retry=False)
+    except Exception:
+        logger.warning(
+            "Broker unavailable; prediction %s stays pending for the sweeper.",
+            prediction_id,
+            exc_info=True,
+        )
+        return False
+    Prediction.objects.filter(pk=prediction_id).update(enqueued_at=timezone.now())
+    return True
+
+
+def predictions_sweep() -> int:
+    """Enqueue again what should be queued but may not be. Returns how many were sent."""
+    if selectors.model_version_active() is None:
+        return 0  # Nothing can run; activation enqueues everything pending.
+    now = timezone.now()
+    stale = selectors.predictions_to_requeue(
+        pending_before=now - timedelta(seconds=settings.PREDICTION_REQUEUE_AFTER),
+        running_before=now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS),
+    )
+    sent = 0
+    for pk in stale.values_list("pk", flat=True):
+        sent += prediction_enqueue(pk)
+    return sent
+
+
+def _claim(prediction_id: int) -> Prediction | None:
+    """Take the prediction for this worker with one conditional UPDATE: a duplicate
+    delivery, or a second worker, finds nothing to claim and does nothing. A running
+    prediction whose lease is over (its worker died) can be claimed again."""
+    now = timezone.now()
+    lease_over = now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS)
+    claimed = Prediction.objects.filter(
+        Q(status=Prediction.Status.PENDING)
+        | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
+        pk=prediction_id,
+    ).update(status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+    if not claimed:
+        return None
+    return Prediction.objects.select_related("study").get(pk=prediction_id)
+
+
+def prediction_run(prediction_id: int) -> Prediction | None:
+    """Run the active model on the prediction's study. Returns the finished prediction, or
+    None when there was nothing to do (already taken, or no active model yet)."""
+    version = selectors.model_version_active()
+    if version is None:
+        logger.info("No active model; prediction %s stays pending.", prediction_id)
+        return None
+    prediction = _claim(prediction_id)
+    if prediction is None:
+        return None
+    # Only the holder of this claim may write the result: if its lease ran out and another
+    # worker took over, the later writer finds no row to update.
+    ours = Prediction.objects.filter(
+        pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
+    )
+    try:
+        predictor = inference.predictor_for(version)
+        with default_storage.open(prediction.study.image.name, "rb") as fh:
+            result = predictor.predict(fh)
+    except Exception as exc:
+        logger.exception("Prediction %s failed", prediction.pk)
+        ours.update(
+            status=Prediction.Status.FAILED,
+            model_version=version,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            finished_at=timezone.now(),
+        )
+    else:
+        ours.update(
+            status=Prediction.Status.DONE,
+            model_version=version,
+            label=result.label,
+            probability=result.probability,
+            threshold=result.threshold,
+            elapsed_ms=result.elapsed_ms,
+            error="",
+            finished_at=timezone.now(),
+        )
+    prediction.refresh_from_db()
+    return prediction
+
+
+# ---------------------------------------------------------------------------- model versions
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_version_register(
+    *, path: Path, name: str = "", activate: bool = False, user=None
+) -> ModelVersion:
+    """Record a checkpoint made by the `ml` package as a ModelVersion.
+
+    The checkpoint describes itself (architecture, classes, preprocessing, threshold,
+    metrics); it is loaded once here so that a broken file is refused now rather than
+    in the worker. The file is copied under MEDIA_ROOT, so the registry owns its copy.
+    """
+    meta = inference.validate_checkpoint(path)
+    sha256 = _file_sha256(path)
+    existing = ModelVersion.objects.filter(sha256=sha256).first()
+    if existing is not None:
+        raise ValueError(f"This checkpoint is already registered as {existing.name!r}.")
+    name = name or f"{meta.arch}-{sha256[:12]}"
+    if ModelVersion.objects.filter(name=name).exists():
+        raise ValueError(f"A model version named {name!r} already exists.")
+
+    stored = None
+    try:
+        with transaction.atomic(), open(path, "rb") as fh:
+            stored = default_storage.save(f"models/{name}.pt", fh)
+            version = ModelVersion.objects.create(
+                name=name,
+                architecture=meta.arch,
+                file=stored,
+                sha256=sha256,
+                class_names=list(meta.class_names),
+                positive_class=meta.positive_class,
+                preprocessing=meta.preprocessing.to_dict(),
+                threshold=meta.threshold,
+                metrics=meta.metrics,
+                train_args=meta.train_args,
+                data_hash=meta.data_hash or "",
+                registered_by=user,
+            )
+            if activate:
+                model_version_activate(version=version, user=user)
+    except BaseException:
+        if stored:
+            default_storage.delete(stored)
+        raise
+    return version
+
+
+def model_version_activate(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Make `version` the one the workers use, and send every waiting prediction to it."""
+    with transaction.atomic():
+        ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
+        version.is_active = True
+        version.activated_at = timezone.now()
+        version.activated_by = user
+        version.save(update_fields=["is_active", "activated_at", "activated_by"])
+        pending = list(
+            Prediction.objects.filter(status=Prediction.Status.PENDING).values_list(
+                "pk", flat=True
+            )
+        )
+        transaction.on_commit(lambda: [prediction_enqueue(pk) for pk in pending])
+    return version

@@ -1,0 +1,34 @@
+"""Celery tasks: an id in, one service call, nothing returned through the broker."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
+
+from diagnosis import services
+
+logger = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _set_threads(**_) -> None:
+    # Worker concurrency x intra-op threads should not exceed the cores (README, "Workers").
+    if settings.INFERENCE_THREADS > 0:
+        import torch
+
+        torch.set_num_threads(settings.INFERENCE_THREADS)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def predict(prediction_id: int) -> None:
+    prediction = services.prediction_run(prediction_id)
+    if prediction is not None:
+        logger.info("Prediction %s: %s", prediction.pk, prediction.status)
+
+
+@shared_task
+def sweep_predictions() -> int:
+    return services.predictions_sweep()

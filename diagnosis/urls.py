@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from diagnosis import views
+
+urlpatterns = [
+    path("", views.study_list, name="study-list"),
+    path("studies/upload/", views.study_upload, name="study-upload"),
+    path("studies/<int:pk>/", views.study_detail, name="study-detail"),
+    path("studies/<int:pk>/image/", views.study_image, name="study-image"),
+    path("studies/<int:pk>/reviews/", views.review_create, name="review-create"),
+    path("models/", views.model_list, name="model-list"),
+]

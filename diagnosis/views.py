@@ -1,0 +1,117 @@
+"""HTML pages. Each view parses input, calls a service or selector, and renders."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from diagnosis import roles, selectors, services
+from diagnosis.forms import ReviewForm, UploadForm
+from diagnosis.models import Label, Prediction
+from diagnosis.validation import UploadRejected
+
+
+def _require(allowed: bool) -> None:
+    if not allowed:
+        raise PermissionDenied
+
+
+def _study_or_404(request, pk: int):
+    study = selectors.study_get_for(request.user, pk)
+    if study is None:
+        raise Http404("No such study.")
+    return study
+
+
+def _render_list(request, form: UploadForm, *, status: int = 200):
+    status_filter = request.GET.get("status", "")
+    label_filter = request.GET.get("label", "")
+    studies = selectors.study_list_for(
+        request.user,
+        status=status_filter if status_filter in Prediction.Status.values else "",
+        label=label_filter if label_filter in Label.values else "",
+    )
+    page = Paginator(studies, 25).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "form": form,
+        "statuses": Prediction.Status.choices,
+        "labels": Label.choices,
+        "status_filter": status_filter,
+        "label_filter": label_filter,
+    }
+    return render(request, "diagnosis/study_list.html", context, status=status)
+
+
+@login_required
+@require_GET
+def study_list(request):
+    _require(roles.has_any_role(request.user))
+    return _render_list(request, UploadForm())
+
+
+@login_required
+@require_POST
+def study_upload(request):
+    _require(roles.can_upload(request.user))
+    form = UploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        try:
+            studies = services.study_create_many(
+                uploaded_by=request.user, images=form.cleaned_data["images"]
+            )
+        except UploadRejected as exc:
+            form.add_error("images", str(exc))
+        else:
+            messages.success(request, f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} "
+                             "uploaded; predictions follow.")
+            return redirect("study-list")
+    return _render_list(request, form, status=400)
+
+
+@login_required
+@require_GET
+def study_detail(request, pk: int):
+    _require(roles.has_any_role(request.user))
+    study = _study_or_404(request, pk)
+    context = {
+        "study": study,
+        "predictions": selectors.study_predictions(study),
+        "reviews": selectors.study_reviews(study),
+        "review_form": ReviewForm(initial={"label": study.current_label or None}),
+    }
+    return render(request, "diagnosis/study_detail.html", context)
+
+
+@login_required
+@require_GET
+def study_image(request, pk: int):
+    _require(roles.has_any_role(request.user))
+    study = _study_or_404(request, pk)
+    return FileResponse(study.image.open("rb"), content_type=study.content_type)
+
+
+@login_required
+@require_POST
+def review_create(request, pk: int):
+    _require(roles.can_review(request.user))
+    study = _study_or_404(request, pk)
+    form = ReviewForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a label to record a review.")
+        return redirect("study-detail", pk=study.pk)
+    services.review_create(study=study, reviewer=request.user, **form.cleaned_data)
+    messages.success(request, f"Label recorded: {form.cleaned_data['label']}.")
+    return redirect("study-detail", pk=study.pk)
+
+
+@login_required
+@require_GET
+def model_list(request):
+    _require(roles.has_any_role(request.user))
+    return render(request, "diagnosis/model_list.html", {"versions": selectors.model_version_list()})

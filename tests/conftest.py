@@ -1,0 +1,136 @@
+"""Shared fixtures: personas, API clients, synthetic X-ray uploads and a real ResNet34
+checkpoint (seeded random weights: a real forward pass, no download)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from diagnosis import roles
+from tests.synthetic import make_xray
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def _user(django_user_model, username: str, group: str | None = None, *, superuser=False):
+    user = django_user_model.objects.create_user(
+        username=username, password="pw-" + username, is_superuser=superuser, is_staff=superuser
+    )
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+# Personas: alice and bob upload, rita reviews, ada administers, nemo has no role.
+@pytest.fixture
+def alice(db, django_user_model):
+    return _user(django_user_model, "alice", roles.UPLOADER)
+
+
+@pytest.fixture
+def bob(db, django_user_model):
+    return _user(django_user_model, "bob", roles.UPLOADER)
+
+
+@pytest.fixture
+def rita(db, django_user_model):
+    return _user(django_user_model, "rita", roles.RADIOLOGIST)
+
+
+@pytest.fixture
+def ada(db, django_user_model):
+    return _user(django_user_model, "ada", superuser=True)
+
+
+@pytest.fixture
+def nemo(db, django_user_model):
+    return _user(django_user_model, "nemo")
+
+
+def api_client_for(user) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def token_client():
+    """An API client that authenticates with a real token, as a script would."""
+
+    def make(user) -> APIClient:
+        client = APIClient()
+        token, _ = Token.objects.get_or_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+def jpeg_bytes(label: str = "NORMAL", *, seed: int = 0, size: int = 256) -> bytes:
+    buffer = io.BytesIO()
+    make_xray(label, seed=seed, size=size).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def png_bytes(label: str = "NORMAL", *, seed: int = 0, size: int = 256) -> bytes:
+    buffer = io.BytesIO()
+    make_xray(label, seed=seed, size=size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def xray_upload():
+    def make(name: str = "chest.jpg", *, label: str = "NORMAL", seed: int = 0):
+        return SimpleUploadedFile(name, jpeg_bytes(label, seed=seed), content_type="image/jpeg")
+
+    return make
+
+
+def make_checkpoint(path: Path, *, seed: int = 0, threshold: float = 0.5) -> Path:
+    """A real ResNet34 checkpoint written by the ml package, with seeded random weights."""
+    import torch
+
+    from ml.checkpoint import CheckpointMeta, save_checkpoint, utc_now
+    from ml.models import build_model
+    from ml.preprocessing import Preprocessing
+
+    torch.manual_seed(seed)
+    model = build_model("resnet34", pretrained="none")
+    meta = CheckpointMeta(
+        arch="resnet34",
+        class_names=("NORMAL", "PNEUMONIA"),
+        positive_class="PNEUMONIA",
+        # A smaller input than the real models' 224 keeps the tests quick on two cores.
+        preprocessing=Preprocessing(input_size=128),
+        threshold=threshold,
+        metrics={"val_auc": 0.5},
+        train_args={"note": f"seeded random weights (seed {seed}) for tests"},
+        data_hash=None,
+        created_at=utc_now(),
+    )
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_path(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("models") / "resnet34-test.pt")
+
+
+@pytest.fixture
+def active_model(db, checkpoint_path):
+    from diagnosis import services
+
+    return services.model_version_register(path=checkpoint_path, name="test-v1", activate=True)
