@@ -144,6 +144,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.getenv("STATIC_ROOT", str(VAR_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# WhiteNoise serves static files from the app folders too, so the platform runs without a
+# `collectstatic` step; the Docker image still collects them once at build time.
+WHITENOISE_USE_FINDERS = True
 
 # Uploaded studies and registered model files. They are never served from a public URL:
 # views check the user's right to see a study before streaming its file.
@@ -178,7 +182,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "diagnosis.api.pagination.Pagination",
     "PAGE_SIZE": envint("API_PAGE_SIZE", "50"),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

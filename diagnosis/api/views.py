@@ -6,13 +6,13 @@ from __future__ import annotations
 from django.http import FileResponse, Http404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from diagnosis import selectors, services
+from diagnosis.api.pagination import Pagination
 from diagnosis.api.permissions import CanReview, CanUpload
 from diagnosis.api.serializers import (
     ModelVersionOutputSerializer,
@@ -57,7 +57,7 @@ class StudyListCreateApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         studies = selectors.study_list_for(request.user, **filters.validated_data)
-        paginator = PageNumberPagination()
+        paginator = Pagination()
         page = paginator.paginate_queryset(studies, request, view=self)
         return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
 

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from diagnosis import services
+from diagnosis.models import Prediction, Review, Study
+from tests.conftest import api_client_for, jpeg_bytes
+
+
+@pytest.fixture
+def alices_study(alice, xray_upload):
+    return services.study_create(uploaded_by=alice, image=xray_upload("alice.jpg"))
+
+
+def upload(client: APIClient, content: bytes | None = None, name: str = "chest.jpg"):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    content = jpeg_bytes() if content is None else content
+    return client.post(
+        reverse("api:study-list"),
+        {"image": SimpleUploadedFile(name, content)},
+        format="multipart",
+    )
+
+
+# --------------------------------------------------------------------- permissions, every role
+
+PERSONAS = ["anonymous", "nemo", "alice", "bob", "rita", "ada"]
+
+
+def client_as(request, persona: str) -> APIClient:
+    if persona == "anonymous":
+        return APIClient()
+    return api_client_for(request.getfixturevalue(persona))
+
+
+# What each persona gets on alice's study: bob is another uploader, nemo has no role.
+EXPECTED = {
+    "list": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "upload": {"anonymous": 401, "nemo": 403, "alice": 202, "bob": 202, "rita": 202, "ada": 202},
+    "detail": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
+    "image": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
+    "review": {"anonymous": 401, "nemo": 403, "alice": 403, "bob": 403, "rita": 201, "ada": 201},
+    "models": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "schema": {"anonymous": 401, "nemo": 200, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+}
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+@pytest.mark.parametrize("operation", EXPECTED)
+def test_it_enforces_roles_on_every_endpoint(request, persona, operation, alices_study):
+    client = client_as(request, persona)
+    pk = alices_study.pk
+    calls = {
+        "list": lambda: client.get(reverse("api:study-list")),
+        "upload": lambda: upload(client),
+        "detail": lambda: client.get(reverse("api:study-detail", args=[pk])),
+        "image": lambda: client.get(reverse("api:study-image", args=[pk])),
+        "review": lambda: client.post(
+            reverse("api:study-reviews", args=[pk]), {"label": "PNEUMONIA"}, format="json"
+        ),
+        "models": lambda: client.get(reverse("api:model-list")),
+        "schema": lambda: client.get(reverse("api:schema")),
+    }
+    studies_before, reviews_before = Study.objects.count(), Review.objects.count()
+
+    response = calls[operation]()
+
+    assert response.status_code == EXPECTED[operation][persona]
+    if response.status_code >= 400:
+        assert Study.objects.count() == studies_before
+        assert Review.objects.count() == reviews_before
+
+
+def test_it_lists_only_an_uploaders_own_studies(alice, bob, rita, alices_study, xray_upload):
+    services.study_create(uploaded_by=bob, image=xray_upload("bob.jpg"))
+
+    def names(user):
+        body = api_client_for(user).get(reverse("api:study-list")).json()
+        return sorted(s["original_filename"] for s in body["results"])
+
+    assert names(alice) == ["alice.jpg"]
+    assert names(bob) == ["bob.jpg"]
+    assert names(rita) == ["alice.jpg", "bob.jpg"]
+
+
+def test_it_accepts_tokens(alice, token_client):
+    client = token_client(alice)
+    response = upload(client)
+    assert response.status_code == 202
+    assert client.get(response["Location"]).status_code == 200
+
+
+def test_it_refuses_a_wrong_token(db):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert client.get(reverse("api:study-list")).status_code == 401
+
+
+# --------------------------------------------------------------------- upload and read back
+
+
+def test_it_answers_an_upload_with_202_and_a_location(alice):
+    response = upload(api_client_for(alice))
+
+    assert response.status_code == 202
+    study = Study.objects.get()
+    assert response.json() == {
+        "id": study.pk,
+        "status": "pending",
+        "url": f"/api/studies/{study.pk}/",
+    }
+    assert response["Location"] == f"http://testserver/api/studies/{study.pk}/"
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"plain text", jpeg_bytes()[:1500]], ids=["empty", "text", "truncated"]
+)
+def test_it_answers_a_bad_upload_with_a_json_400(alice, content):
+    response = upload(api_client_for(alice), content)
+
+    assert response.status_code == 400
+    assert "image" in response.json()
+    assert response.json()["image"][0]
+    assert Study.objects.count() == 0
+
+
+def test_it_answers_a_missing_file_with_a_json_400(alice):
+    response = api_client_for(alice).post(reverse("api:study-list"), {}, format="multipart")
+    assert response.status_code == 400
+    assert "image" in response.json()
+
+
+def test_it_shows_a_study_with_its_prediction_and_reviews(alice, rita, active_model, xray_upload):
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    prediction = services.prediction_run(study.predictions.get().pk)
+    services.review_create(study=study, reviewer=rita, label="PNEUMONIA", note="RLL")
+
+    body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
+
+    assert body["status"] == "done"
+    assert body["current_label"] == "PNEUMONIA"
+    assert body["prediction"]["label"] == prediction.label
+    assert body["prediction"]["probability"] == pytest.approx(prediction.probability)
+    assert body["prediction"]["threshold"] == 0.5
+    assert body["prediction"]["model_version"] == "test-v1"
+    assert [(r["reviewer"], r["previous_label"], r["label"], r["note"]) for r in body["reviews"]] == [
+        ("rita", "", "PNEUMONIA", "RLL")
+    ]
+    assert body["image_url"] == f"/api/studies/{study.pk}/image/"
+
+
+def test_it_serves_the_image_to_authorized_users(alice, alices_study):
+    response = api_client_for(alice).get(reverse("api:study-image", args=[alices_study.pk]))
+    assert response["Content-Type"] == "image/jpeg"
+    assert b"".join(response.streaming_content) == jpeg_bytes()
+
+
+def test_it_filters_by_status_and_label(alice, rita, active_model, xray_upload):
+    done = services.study_create(uploaded_by=alice, image=xray_upload("done.jpg"))
+    services.prediction_run(done.predictions.get().pk)
+    services.study_create(uploaded_by=alice, image=xray_upload("pending.jpg"))
+    services.review_create(study=done, reviewer=rita, label="NORMAL")
+    client = api_client_for(rita)
+
+    def names(**params):
+        body = client.get(reverse("api:study-list"), params).json()
+        return [s["original_filename"] for s in body["results"]]
+
+    assert names(status="pending") == ["pending.jpg"]
+    assert names(status="done") == ["done.jpg"]
+    assert names(label="NORMAL") == ["done.jpg"]
+    assert names(label="PNEUMONIA") == []
+    assert client.get(reverse("api:study-list"), {"status": "bogus"}).status_code == 400
+
+
+def test_it_paginates_the_list(alice, xray_upload):
+    for i in range(3):
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg"))
+
+    body = api_client_for(alice).get(reverse("api:study-list"), {"page_size": 2}).json()
+    assert body["count"] == 3
+    assert len(body["results"]) == 2
+    assert body["next"]
+
+
+def test_it_records_a_review_through_the_api(rita, alices_study):
+    client = api_client_for(rita)
+    url = reverse("api:study-reviews", args=[alices_study.pk])
+
+    response = client.post(url, {"label": "PNEUMONIA", "note": "consolidation"}, format="json")
+    assert response.status_code == 201
+    assert response.json()["label"] == "PNEUMONIA"
+    assert client.post(url, {"label": "maybe"}, format="json").status_code == 400
+    alices_study.refresh_from_db()
+    assert alices_study.current_label == "PNEUMONIA"
+    assert Review.objects.count() == 1
+
+
+def test_it_lists_model_versions_and_the_active_one(alice, active_model):
+    body = api_client_for(alice).get(reverse("api:model-list")).json()
+    assert body["active"] == "test-v1"
+    assert [(v["name"], v["is_active"], v["architecture"]) for v in body["results"]] == [
+        ("test-v1", True, "resnet34")
+    ]
+
+
+def test_it_publishes_an_openapi_schema_and_docs(alice):
+    client = api_client_for(alice)
+    schema = client.get(reverse("api:schema"), HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/api/studies/", "/api/studies/{id}/", "/api/studies/{id}/reviews/", "/api/models/"} <= set(
+        paths
+    )
+    assert "202" in paths["/api/studies/"]["post"]["responses"]
+    assert client.get(reverse("api:docs")).status_code == 200
+
+
+def test_it_never_creates_predictions_for_refused_uploads(alice):
+    upload(api_client_for(alice), b"nope")
+    assert Prediction.objects.count() == 0

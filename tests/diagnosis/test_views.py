@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+
+from diagnosis import services
+from diagnosis.models import Review, Study
+from tests.conftest import jpeg_bytes
+
+
+@pytest.fixture
+def alices_study(alice, xray_upload):
+    return services.study_create(uploaded_by=alice, image=xray_upload("alice.jpg"))
+
+
+def client_for(user) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+PAGES = {
+    # page: {persona: status}; 302 sends anonymous users to the login page.
+    "list": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "detail": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
+    "image": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
+    "models": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "review": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 302, "ada": 302},
+    "upload": {"anonymous": 302, "nemo": 403, "alice": 302, "bob": 302, "rita": 302, "ada": 302},
+    "admin": {"anonymous": 302, "nemo": 302, "alice": 302, "bob": 302, "rita": 302, "ada": 200},
+}
+
+
+@pytest.mark.parametrize("persona", ["anonymous", "nemo", "alice", "bob", "rita", "ada"])
+@pytest.mark.parametrize("page", PAGES)
+def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
+    user = None if persona == "anonymous" else request.getfixturevalue(persona)
+    client = client_for(user)
+    pk = alices_study.pk
+    calls = {
+        "list": lambda: client.get(reverse("study-list")),
+        "detail": lambda: client.get(reverse("study-detail", args=[pk])),
+        "image": lambda: client.get(reverse("study-image", args=[pk])),
+        "models": lambda: client.get(reverse("model-list")),
+        "review": lambda: client.post(reverse("review-create", args=[pk]), {"label": "NORMAL"}),
+        "upload": lambda: client.post(
+            reverse("study-upload"), {"images": SimpleUploadedFile("x.jpg", jpeg_bytes())}
+        ),
+        "admin": lambda: client.get(reverse("admin:diagnosis_study_changelist")),
+    }
+    reviews_before, studies_before = Review.objects.count(), Study.objects.count()
+
+    response = calls[page]()
+
+    assert response.status_code == PAGES[page][persona]
+    if persona == "anonymous":
+        assert response["Location"].startswith(("/accounts/login/", "/admin/login/"))
+    if response.status_code in (302, 200) and page == "review" and persona in ("rita", "ada"):
+        assert Review.objects.count() == reviews_before + 1
+    else:
+        assert Review.objects.count() == reviews_before
+    if page != "upload" or response.status_code != 302 or persona == "anonymous":
+        assert Study.objects.count() == studies_before
+
+
+def test_it_uploads_several_files_from_the_page(alice):
+    files = [SimpleUploadedFile(f"{i}.jpg", jpeg_bytes(seed=i)) for i in range(3)]
+    response = client_for(alice).post(reverse("study-upload"), {"images": files}, follow=True)
+
+    assert response.status_code == 200
+    assert "3 studies uploaded" in response.content.decode()
+    assert sorted(Study.objects.values_list("original_filename", flat=True)) == [
+        "0.jpg", "1.jpg", "2.jpg"
+    ]
+
+
+def test_it_shows_a_form_error_for_a_bad_file(alice):
+    response = client_for(alice).post(
+        reverse("study-upload"), {"images": SimpleUploadedFile("notes.jpg", b"hello")}
+    )
+    assert response.status_code == 400
+    assert "notes.jpg: this is not a readable JPEG or PNG image." in response.content.decode()
+    assert Study.objects.count() == 0
+
+
+def test_it_shows_a_banner_while_no_model_is_active(alice, alices_study):
+    page = client_for(alice).get(reverse("study-list")).content.decode()
+    assert 'id="no-model-banner"' in page
+
+
+def test_it_hides_the_banner_once_a_model_is_active(alice, active_model):
+    page = client_for(alice).get(reverse("study-list")).content.decode()
+    assert 'id="no-model-banner"' not in page
+
+
+def test_it_shows_the_prediction_on_the_study_page(alice, active_model, alices_study):
+    prediction = services.prediction_run(alices_study.predictions.get().pk)
+    page = client_for(alice).get(reverse("study-detail", args=[alices_study.pk])).content.decode()
+
+    assert f"The model says <strong data-field=\"label\">{prediction.label}</strong>" in page
+    assert f"{prediction.probability:.3f}" in page
+    assert "test-v1" in page
+    assert 'id="review-form"' not in page  # alice is not a radiologist
+
+
+def test_it_lets_a_radiologist_correct_the_label(rita, alices_study):
+    client = client_for(rita)
+    page = client.get(reverse("study-detail", args=[alices_study.pk])).content.decode()
+    assert 'id="review-form"' in page
+
+    response = client.post(
+        reverse("review-create", args=[alices_study.pk]),
+        {"label": "PNEUMONIA", "note": "patchy opacity"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "patchy opacity" in page
+    alices_study.refresh_from_db()
+    assert alices_study.current_label == "PNEUMONIA"
