@@ -67,7 +67,13 @@ class PredictionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = readonly_fields = [
-        "created_at", "status", "label", "probability", "threshold", "model_version", "error"
+        "created_at",
+        "status",
+        "label",
+        "probability",
+        "threshold",
+        "model_version",
+        "error",
     ]
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -77,16 +83,32 @@ class PredictionInline(admin.TabularInline):
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "original_filename", "uploaded_by", "created_at", "latest_status",
-        "predicted_label", "current_label",
+        "id",
+        "original_filename",
+        "uploaded_by",
+        "created_at",
+        "latest_status",
+        "predicted_label",
+        "current_label",
     ]
     list_filter = [
-        LatestStatusFilter, PredictedLabelFilter, "current_label", DisagreementFilter, "created_at"
+        LatestStatusFilter,
+        PredictedLabelFilter,
+        "current_label",
+        DisagreementFilter,
+        "created_at",
     ]
     search_fields = ["original_filename", "sha256", "uploaded_by__username"]
     readonly_fields = [
-        "image", "original_filename", "content_type", "sha256", "width", "height",
-        "uploaded_by", "created_at", "current_label",
+        "image",
+        "original_filename",
+        "content_type",
+        "sha256",
+        "width",
+        "height",
+        "uploaded_by",
+        "created_at",
+        "current_label",
     ]
     inlines = [PredictionInline, ReviewInline]
     actions = ["relabel"]
@@ -116,7 +138,9 @@ class StudyAdmin(admin.ModelAdmin):
             except PermissionDenied as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 return None
-            self.message_user(request, f"Relabeled {count} studies as {form.cleaned_data['label']}.")
+            self.message_user(
+                request, f"Relabeled {count} studies as {form.cleaned_data['label']}."
+            )
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -7,6 +7,8 @@ and a task that finds another version active loads that one instead (no restart 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from diagnosis.models import ModelVersion
     from ml.checkpoint import CheckpointMeta
     from ml.inference import Predictor
+
+logger = logging.getLogger(__name__)
 
 # (model version id, predictor) of this process; never shared across a fork because it is
 # filled lazily by the first task, which runs in the child.
@@ -56,6 +60,7 @@ def predictor_for(version: ModelVersion) -> Predictor:
     _loaded = None  # Free the previous model before loading the next.
     predictor = Predictor.from_checkpoint(_verified_path(version))
     _loaded = (version.pk, predictor)
+    logger.info("Loaded model %s in process %s", version.name, os.getpid())
     return predictor
 
 

@@ -270,9 +270,7 @@ def model_version_activate(*, version: ModelVersion, user=None) -> ModelVersion:
         version.activated_by = user
         version.save(update_fields=["is_active", "activated_at", "activated_by"])
         pending = list(
-            Prediction.objects.filter(status=Prediction.Status.PENDING).values_list(
-                "pk", flat=True
-            )
+            Prediction.objects.filter(status=Prediction.Status.PENDING).values_list("pk", flat=True)
         )
         transaction.on_commit(lambda: [prediction_enqueue(pk) for pk in pending])
     return version

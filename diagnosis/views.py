@@ -68,8 +68,11 @@ def study_upload(request):
         except UploadRejected as exc:
             form.add_error("images", str(exc))
         else:
-            messages.success(request, f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} "
-                             "uploaded; predictions follow.")
+            messages.success(
+                request,
+                f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} "
+                "uploaded; predictions follow.",
+            )
             return redirect("study-list")
     return _render_list(request, form, status=400)
 
@@ -114,4 +117,6 @@ def review_create(request, pk: int):
 @require_GET
 def model_list(request):
     _require(roles.has_any_role(request.user))
-    return render(request, "diagnosis/model_list.html", {"versions": selectors.model_version_list()})
+    return render(
+        request, "diagnosis/model_list.html", {"versions": selectors.model_version_list()}
+    )

@@ -4,6 +4,7 @@ checkpoint (seeded random weights: a real forward pass, no download)."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,22 @@ from tests.synthetic import make_xray
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def broker() -> str:
+    """The real broker, or a skip saying how to get one (a failure in CI)."""
+    from pneumo_site.celery import app
+
+    url = app.conf.broker_url
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        if os.getenv("REQUIRE_SERVICES"):
+            pytest.fail(f"broker {url} is not reachable: {exc}")
+        pytest.skip(f"broker {url} is not reachable ({exc}); start Redis to run this test")
+    return url
+
+
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -28,7 +45,7 @@ def _user(django_user_model, username: str, group: str | None = None, *, superus
         username=username, password="pw-" + username, is_superuser=superuser, is_staff=superuser
     )
     if group:
-        user.groups.add(Group.objects.get(name=group))
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
     return user
 
 

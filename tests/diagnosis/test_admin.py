@@ -15,7 +15,9 @@ def admin_client(ada) -> Client:
 
 
 def test_it_relabels_in_bulk_through_the_audit_trail(ada, alice, xray_upload):
-    studies = [services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)]
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
+    ]
     chosen = [s.pk for s in studies[:2]]
     url = reverse("admin:diagnosis_study_changelist")
     client = admin_client(ada)
@@ -26,12 +28,20 @@ def test_it_relabels_in_bulk_through_the_audit_trail(ada, alice, xray_upload):
 
     done = client.post(
         url,
-        {"action": "relabel", ACTION_CHECKBOX_NAME: chosen, "apply": "1",
-         "label": "PNEUMONIA", "note": "bulk fix"},
+        {
+            "action": "relabel",
+            ACTION_CHECKBOX_NAME: chosen,
+            "apply": "1",
+            "label": "PNEUMONIA",
+            "note": "bulk fix",
+        },
         follow=True,
     )
     assert "Relabeled 2 studies as PNEUMONIA." in done.content.decode()
-    assert sorted(Study.objects.filter(current_label="PNEUMONIA").values_list("pk", flat=True)) == chosen
+    assert (
+        sorted(Study.objects.filter(current_label="PNEUMONIA").values_list("pk", flat=True))
+        == chosen
+    )
     trail = Review.objects.order_by("study_id").values_list(
         "study_id", "reviewer__username", "previous_label", "label", "note"
     )
@@ -68,6 +78,8 @@ def test_it_keeps_reviews_read_only_in_the_admin(ada, alice, rita, xray_upload):
     review = services.review_create(study=study, reviewer=rita, label="NORMAL")
     client = admin_client(ada)
 
-    delete = client.post(reverse("admin:diagnosis_review_delete", args=[review.pk]), {"post": "yes"})
+    delete = client.post(
+        reverse("admin:diagnosis_review_delete", args=[review.pk]), {"post": "yes"}
+    )
     assert delete.status_code == 403
     assert Review.objects.filter(pk=review.pk).exists()

@@ -146,9 +146,9 @@ def test_it_shows_a_study_with_its_prediction_and_reviews(alice, rita, active_mo
     assert body["prediction"]["probability"] == pytest.approx(prediction.probability)
     assert body["prediction"]["threshold"] == 0.5
     assert body["prediction"]["model_version"] == "test-v1"
-    assert [(r["reviewer"], r["previous_label"], r["label"], r["note"]) for r in body["reviews"]] == [
-        ("rita", "", "PNEUMONIA", "RLL")
-    ]
+    assert [
+        (r["reviewer"], r["previous_label"], r["label"], r["note"]) for r in body["reviews"]
+    ] == [("rita", "", "PNEUMONIA", "RLL")]
     assert body["image_url"] == f"/api/studies/{study.pk}/image/"
 
 
@@ -212,9 +212,12 @@ def test_it_publishes_an_openapi_schema_and_docs(alice):
     schema = client.get(reverse("api:schema"), HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    assert {"/api/studies/", "/api/studies/{id}/", "/api/studies/{id}/reviews/", "/api/models/"} <= set(
-        paths
-    )
+    assert {
+        "/api/studies/",
+        "/api/studies/{id}/",
+        "/api/studies/{id}/reviews/",
+        "/api/models/",
+    } <= set(paths)
     assert "202" in paths["/api/studies/"]["post"]["responses"]
     assert client.get(reverse("api:docs")).status_code == 200
 

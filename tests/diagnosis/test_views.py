@@ -73,7 +73,9 @@ def test_it_uploads_several_files_from_the_page(alice):
     assert response.status_code == 200
     assert "3 studies uploaded" in response.content.decode()
     assert sorted(Study.objects.values_list("original_filename", flat=True)) == [
-        "0.jpg", "1.jpg", "2.jpg"
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
     ]
 
 
@@ -100,7 +102,7 @@ def test_it_shows_the_prediction_on_the_study_page(alice, active_model, alices_s
     prediction = services.prediction_run(alices_study.predictions.get().pk)
     page = client_for(alice).get(reverse("study-detail", args=[alices_study.pk])).content.decode()
 
-    assert f"The model says <strong data-field=\"label\">{prediction.label}</strong>" in page
+    assert f'The model says <strong data-field="label">{prediction.label}</strong>' in page
     assert f"{prediction.probability:.3f}" in page
     assert "test-v1" in page
     assert 'id="review-form"' not in page  # alice is not a radiologist

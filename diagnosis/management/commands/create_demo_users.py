@@ -35,5 +35,5 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = superuser
             user.save()
             if group:
-                user.groups.add(Group.objects.get(name=group))
+                user.groups.add(Group.objects.get_or_create(name=group)[0])
             self.stdout.write(f"  {username:<12} password: {secret}")

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Brings up the whole platform on one machine with embedded defaults: a virtualenv, the
+# SQLite database in var/, demo accounts, a Celery worker (with the sweeper's schedule) and
+# the web server on http://127.0.0.1:8000. Redis is the broker when it answers on
+# 127.0.0.1:6379; otherwise kombu's filesystem transport in var/broker stands in.
+#
+# If no model is active yet and the Kermany training data is at ../shared/data/chest_xray
+# (or DEMO_DATA), a quick ResNet34 demo model is trained in the background and activated;
+# uploads made meanwhile wait and are predicted as soon as it is active.
+# Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+PORT=${PORT:-8000}
+DEMO_DATA=${DEMO_DATA:-../shared/data/chest_xray/train}
+DEMO_MODEL=var/models/demo-resnet34.pt
+mkdir -p var/log var/models
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> Creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+echo "==> Installing requirements (first time: a few minutes)"
+.venv/bin/pip install -q -r requirements.txt
+PY=.venv/bin/python
+
+if [ -z "${CELERY_BROKER_URL:-}" ]; then
+  if "$PY" -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null; then
+    export CELERY_BROKER_URL=redis://127.0.0.1:6379/0
+    echo "==> Broker: Redis at 127.0.0.1:6379"
+  else
+    export CELERY_BROKER_URL=filesystem://
+    mkdir -p var/broker
+    echo "==> Broker: embedded (kombu filesystem transport in var/broker; Redis did not answer)"
+  fi
+fi
+
+echo "==> Database: ${DATABASE_URL:-SQLite in var/db.sqlite3}"
+"$PY" manage.py migrate --noinput -v0
+
+if [ ! -f var/demo-credentials.txt ]; then
+  "$PY" manage.py create_demo_users > var/demo-credentials.txt
+fi
+echo "==> Demo accounts (also in var/demo-credentials.txt):"
+cat var/demo-credentials.txt
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+echo "==> Starting the worker (log: var/log/worker.log)"
+"$PY" -m celery -A pneumo_site worker --beat --concurrency 1 --loglevel INFO \
+  > var/log/worker.log 2>&1 &
+worker=$!
+pids+=("$worker")
+
+has_model=$("$PY" manage.py shell -c \
+  "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
+if [ "$has_model" = 0 ]; then
+  if [ -f "$DEMO_MODEL" ]; then
+    "$PY" manage.py register_model "$DEMO_MODEL" --name demo-resnet34 --activate || true
+  elif [ -d "$DEMO_DATA" ]; then
+    echo "==> No model yet: training a quick ResNet34 demo model on $DEMO_DATA in the background"
+    echo "    (log: var/log/train-demo.log); uploads wait until it is active."
+    ( "$PY" -m ml.train --data "$DEMO_DATA" --arch resnet34 --pretrained none \
+        --limit-per-class 300 --img-size 224 --epochs 3 --out "$DEMO_MODEL" \
+      && "$PY" manage.py register_model "$DEMO_MODEL" --name demo-resnet34 --activate
+    ) > var/log/train-demo.log 2>&1 &
+    pids+=($!)
+  else
+    echo "==> No model is active. Train one with python -m ml.train (see README), then"
+    echo "    python manage.py register_model PATH --activate"
+  fi
+fi
+
+echo "==> Web server on http://127.0.0.1:$PORT/ (Ctrl-C stops everything)"
+"$PY" -m gunicorn pneumo_site.wsgi --bind "127.0.0.1:$PORT" --workers 2 --threads 4 \
+  --access-logfile - &
+web=$!
+pids+=("$web")
+# Stop when the web server or the worker stops (the demo training may end on its own).
+wait -n "$web" "$worker"

@@ -1,0 +1,110 @@
+"""The main pages in a real headless Chromium, against a live server and a real worker:
+an uploader uploads and sees the prediction appear, a radiologist corrects the label."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from diagnosis.models import Review, Study
+from tests.conftest import jpeg_bytes
+from tests.e2e.conftest import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = os.getenv("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a closed network: without them Chromium keeps calling home and logs errors.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page(monkeypatch, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.getenv("REQUIRE_BROWSER"):
+            pytest.fail(f"Chromium not found at {CHROMIUM} (CI installs Debian's chromium)")
+        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium to run it")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread, which makes Django refuse
+    # ORM calls from the test body; the calls are still synchronous, so this is safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(30_000)
+        yield context.new_page()
+        browser.close()
+
+
+def log_in(page, base_url: str, username: str) -> None:
+    page.goto(base_url + "/")
+    assert "/accounts/login/" in page.url  # anonymous users see only the login page
+    page.fill("#id_username", username)
+    page.fill("#id_password", "pw-" + username)
+    page.click("button[type=submit]")
+    page.wait_for_url(base_url + "/")
+
+
+def log_out(page) -> None:
+    page.click("text=Log out")
+    page.wait_for_url("**/accounts/login/")
+
+
+def test_it_uploads_predicts_and_reviews_in_a_browser(
+    page, live_server, start_worker, active_model, alice, rita, tmp_path
+):
+    worker = start_worker()
+    image = tmp_path / "child-chest.jpg"
+    image.write_bytes(jpeg_bytes("PNEUMONIA", seed=7, size=512))
+
+    # alice uploads, and the result appears without a reload.
+    log_in(page, live_server.url, "alice")
+    page.set_input_files("#id_images", str(image))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("text=1 study uploaded")
+    study = Study.objects.get()
+    row = page.locator(f'tr[data-study-id="{study.pk}"]')
+    page.evaluate("window.__notReloaded = true")
+    wait_until(
+        lambda: row.locator('[data-field="status"]').inner_text() == "done",
+        timeout=90,
+        what="the status to turn done on the page",
+        process=worker,
+    )
+    assert page.evaluate("window.__notReloaded") is True
+    predicted = study.latest_prediction.label
+    assert row.locator('[data-field="label"]').inner_text() == predicted
+    page.click(f"text=#{study.pk}")
+    assert f"The model says {predicted}" in page.inner_text("#prediction")
+    assert page.locator("#review-form").count() == 0
+    page.screenshot(path=str(tmp_path / "uploader.png"), full_page=True)
+    log_out(page)
+
+    # rita corrects the label with a note.
+    corrected = "NORMAL" if predicted == "PNEUMONIA" else "PNEUMONIA"
+    log_in(page, live_server.url, "rita")
+    page.goto(f"{live_server.url}/studies/{study.pk}/")
+    page.check(f"#review-form input[value={corrected}]")
+    page.fill("#id_note", "reviewed in the browser test")
+    page.click("#review-form button[type=submit]")
+    page.wait_for_selector("text=Label recorded")
+    assert page.inner_text("#current-label") == corrected
+    assert "reviewed in the browser test" in page.inner_text("#reviews")
+    page.screenshot(path=str(tmp_path / "radiologist.png"), full_page=True)
+
+    review = Review.objects.get()
+    assert (review.reviewer, review.previous_label, review.label) == (rita, "", corrected)
+    if os.getenv("SCREENSHOT_DIR"):
+        for name in ("uploader.png", "radiologist.png"):
+            shutil.copy(tmp_path / name, Path(os.environ["SCREENSHOT_DIR"]) / name)
