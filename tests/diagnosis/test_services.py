@@ -262,3 +262,19 @@ def test_it_keeps_one_active_model(checkpoint_path, tmp_path, db):
 
     services.model_version_activate(version=second)
     assert list(ModelVersion.objects.filter(is_active=True)) == [second]
+
+
+def test_it_predicts_real_full_resolution_xrays(alice, active_model):
+    from tests.conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "full_resolution"
+    if not folder.is_dir():
+        pytest.skip(f"real X-rays not found at {folder} (see ../shared/data/README.md)")
+    paths = sorted(folder.glob("*/*.jpeg"))[::4]
+    for path in paths:
+        upload = SimpleUploadedFile(path.name, path.read_bytes(), content_type="image/jpeg")
+        study = services.study_create(uploaded_by=alice, image=upload)
+        prediction = services.prediction_run(study.predictions.get().pk)
+        assert prediction.status == "done", prediction.error
+        assert min(study.width, study.height) > 500  # the real, large images
+    assert Study.objects.count() == len(paths) >= 4
