@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# (model version id, predictor) of this process; never shared across a fork because it is
-# filled lazily by the first task, which runs in the child.
-_loaded: tuple[int, Predictor] | None = None
+# ((model version id, file sha256), predictor) of this process; never shared across a fork
+# because it is filled lazily by the first task, which runs in the child. The sha256 is part
+# of the key because SQLite can hand a deleted row's id to a new row.
+_loaded: tuple[tuple[int, str], Predictor] | None = None
 
 
 class ModelFileError(RuntimeError):
@@ -53,16 +54,18 @@ def _verified_path(version: ModelVersion) -> str:
 
 def predictor_for(version: ModelVersion) -> Predictor:
     global _loaded
-    if _loaded is not None and _loaded[0] == version.pk:
+    key = (version.pk, version.sha256)
+    if _loaded is not None and _loaded[0] == key:
         return _loaded[1]
     from ml.inference import Predictor
 
     _loaded = None  # Free the previous model before loading the next.
     predictor = Predictor.from_checkpoint(_verified_path(version))
-    _loaded = (version.pk, predictor)
+    _loaded = (key, predictor)
     logger.info("Loaded model %s in process %s", version.name, os.getpid())
     return predictor
 
 
-def loaded_version_id() -> int | None:
-    return _loaded[0] if _loaded else None
+def unload() -> None:
+    global _loaded
+    _loaded = None

@@ -40,6 +40,14 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _no_loaded_model():
+    """Each test starts as a fresh worker process would: with no model in memory."""
+    from diagnosis import inference
+
+    inference.unload()
+
+
 def _user(django_user_model, username: str, group: str | None = None, *, superuser=False):
     user = django_user_model.objects.create_user(
         username=username, password="pw-" + username, is_superuser=superuser, is_staff=superuser
