@@ -55,7 +55,7 @@ echo "==> Starting the worker (log: var/log/worker.log)"
 worker=$!
 pids+=("$worker")
 
-has_model=$("$PY" manage.py shell -c \
+has_model=$("$PY" manage.py shell -v 0 -c \
   "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
 if [ "$has_model" = 0 ]; then
   if [ -f "$DEMO_MODEL" ]; then
