@@ -77,7 +77,8 @@ class Study(models.Model):
 
     @property
     def latest_prediction(self) -> Prediction | None:
-        return self.predictions.order_by("-created_at", "-id").first()
+        # .all() keeps to the default ordering (newest first) and uses a prefetch if any.
+        return next(iter(self.predictions.all()), None)
 
 
 class Prediction(models.Model):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from diagnosis import roles
 from diagnosis.models import ModelVersion, Prediction, Study
@@ -33,7 +33,9 @@ def filter_disagreement(qs: QuerySet[Study], disagree: bool) -> QuerySet[Study]:
 
 
 def study_list_for(user, *, status: str = "", label: str = "", predicted_label: str = ""):
+    predictions = Prediction.objects.select_related("model_version")
     qs = studies_annotated().select_related("uploaded_by")
+    qs = qs.prefetch_related(Prefetch("predictions", queryset=predictions))
     if not roles.sees_all_studies(user):
         qs = qs.filter(uploaded_by=user)
     if status:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+from diagnosis.models import ModelVersion, Prediction, Review, Study
 
 
 class PredictionOutputSerializer(serializers.ModelSerializer):
@@ -58,17 +58,12 @@ class StudySummarySerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
-    def _latest(self, study: Study) -> Prediction | None:
-        if not hasattr(study, "_latest"):
-            study._latest = study.latest_prediction
-        return study._latest
-
     def get_status(self, study: Study) -> str:
-        latest = self._latest(study)
+        latest = study.latest_prediction
         return latest.status if latest else ""
 
     def get_prediction(self, study: Study) -> dict | None:
-        latest = self._latest(study)
+        latest = study.latest_prediction
         return PredictionOutputSerializer(latest).data if latest else None
 
     def get_url(self, study: Study) -> str:
@@ -108,6 +103,3 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "activated_at",
             "activated_by",
         ]
-
-
-LABEL_CHOICES = Label.values

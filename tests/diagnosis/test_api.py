@@ -225,3 +225,15 @@ def test_it_publishes_an_openapi_schema_and_docs(alice):
 def test_it_never_creates_predictions_for_refused_uploads(alice):
     upload(api_client_for(alice), b"nope")
     assert Prediction.objects.count() == 0
+
+
+def test_it_lists_studies_in_a_constant_number_of_queries(
+    rita, alice, active_model, xray_upload, django_assert_max_num_queries
+):
+    for i in range(6):
+        study = services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg"))
+        services.prediction_run(study.predictions.get().pk)
+    client = api_client_for(rita)
+    with django_assert_max_num_queries(8):
+        body = client.get(reverse("api:study-list")).json()
+    assert [s["prediction"]["model_version"] for s in body["results"]] == ["test-v1"] * 6
