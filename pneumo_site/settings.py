@@ -205,8 +205,12 @@ CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "broker"
+    (_queue_dir / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
-        data_folder_in=str(_queue_dir), data_folder_out=str(_queue_dir)
+        data_folder_in=str(_queue_dir),
+        data_folder_out=str(_queue_dir),
+        # Without this kombu keeps its fanout exchanges in ./control, wherever it runs.
+        control_folder=str(_queue_dir / "control"),
     )
 else:
     # Fail fast when Redis is down at upload time: the outbox sweeper enqueues later.
