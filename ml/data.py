@@ -1,26 +1,30 @@
-"""Finding labelled images on disk and splitting them by patient.
+"""Finding labelled images (class folders or a CSV manifest) and splitting them by patient.
 
 The data set's file names carry the patient: `person123_bacteria_456.jpeg` is patient
 `person123`, `IM-0115-0001.jpeg` is `IM-0115` and `NORMAL2-IM-1427-0001.jpeg` is
-`NORMAL2-IM-1427`. Several images can belong to one child, so validation patients must never
-appear in training or the validation figures leak.
+`NORMAL2-IM-1427`. Several images can belong to one child, so validation and test patients
+must never appear in training or the figures leak.
 
-    from ml.data import scan_folder, split_by_patient
-    items = scan_folder("../shared/data/chest_xray")        # [(path, "NORMAL"), ...]
-    train, val = split_by_patient(items, val_fraction=0.15, seed=0)
+    from ml.data import read_manifest, scan_folder, split_train_val_test
+    items = scan_folder("../shared/data/chest_xray")        # [Item(path, "NORMAL"), ...]
+    items = read_manifest("export/manifest.csv")            # path,label[,weight][,exclude][,source]
+    train, val, test = split_train_val_test(items, val_fraction=0.15, test_fraction=0.15, seed=0)
+    path, label = items[0]                                  # an Item unpacks as a pair
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import math
 import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from ml.preprocessing import open_image
@@ -29,7 +33,26 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 POSITIVE_CLASS = "PNEUMONIA"
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
 
-Item = tuple[Path, str]  # (image path, class name)
+
+@dataclass(frozen=True, order=True)
+class Item:
+    """One labelled image. It unpacks and indexes like the (path, label) pair it used to be,
+    so `for path, label in items` keeps working; weight and source ride along."""
+
+    path: Path
+    label: str
+    weight: float = 1.0  # multiplies this image's training loss (manifest column `weight`)
+    source: str = ""  # free text from the manifest, e.g. which export or site the row came from
+
+    def __iter__(self) -> Iterator:
+        return iter((self.path, self.label))
+
+    def __getitem__(self, index: int) -> Path | str:
+        return (self.path, self.label)[index]
+
+    def __len__(self) -> int:
+        return 2
+
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),  # person123_bacteria_456
@@ -37,7 +60,7 @@ _PATIENT_PATTERNS = (
 )
 
 
-def patient_id(filename: str) -> str:
+def patient_id(filename: str | os.PathLike) -> str:
     """The patient an image belongs to; a name that fits no pattern is its own patient."""
     name = Path(filename).name
     for pattern in _PATIENT_PATTERNS:
@@ -58,7 +81,7 @@ def scan_folder(root: str | os.PathLike, class_names: Sequence[str] = CLASS_NAME
             f"missing {missing}"
         )
     items = [
-        (path, label)
+        Item(path, label)
         for label in class_names
         for path in sorted((base / label).iterdir())
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
@@ -68,11 +91,110 @@ def scan_folder(root: str | os.PathLike, class_names: Sequence[str] = CLASS_NAME
     return items
 
 
+# ---------------------------------------------------------------------------------------------
+# CSV manifests: how exported data reaches training
+
+_TRUE = frozenset({"1", "true", "yes", "y", "t"})
+_FALSE = frozenset({"", "0", "false", "no", "n", "f"})
+
+
+def _flag(value: str, where: str) -> bool:
+    v = value.strip().lower()
+    if v not in _TRUE | _FALSE:
+        # A typo such as "ture" must not silently train on an image someone meant to drop.
+        raise ValueError(f"{where}: exclude must be one of 1/0, true/false, yes/no, got {value!r}")
+    return v in _TRUE
+
+
+def _weight(value: str, where: str) -> float:
+    try:
+        w = float(value) if value.strip() else 1.0
+    except ValueError:
+        raise ValueError(f"{where}: weight must be a number, got {value!r}") from None
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(f"{where}: weight must be finite and >= 0, got {value!r}")
+    return w
+
+
+def read_manifest(
+    csv_path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES
+) -> list[Item]:
+    """The images a CSV manifest lists, in file order.
+
+    Columns: path and label (required), weight (default 1), exclude (1/true/yes drops the row)
+    and source (free text); other columns are ignored. A relative path is relative to the
+    CSV's folder, so an export folder can be moved whole. Bad values raise ValueError naming
+    the line; missing image files raise FileNotFoundError before any training starts.
+    """
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing_columns = {"path", "label"} - set(reader.fieldnames or ())
+        if missing_columns:
+            raise ValueError(
+                f"{csv_path} needs columns path and label; has {reader.fieldnames or []}"
+            )
+        items = []
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
+            where = f"{csv_path}:{line}"
+            if _flag(row.get("exclude") or "", where):
+                continue
+            path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+            if not path:
+                raise ValueError(f"{where}: empty path")
+            if label not in class_names:
+                raise ValueError(f"{where}: label {label!r} is not one of {list(class_names)}")
+            weight = _weight(row.get("weight") or "", where)
+            source = (row.get("source") or "").strip()
+            items.append(Item(csv_path.parent / path, label, weight, source))  # absolute stays
+    if not items:
+        raise ValueError(f"{csv_path} lists no images (after exclusions)")
+    absent = [str(it.path) for it in items if not it.path.is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"{len(absent)} image(s) listed in {csv_path} do not exist, e.g. {absent[:3]}"
+        )
+    return items
+
+
+def write_manifest(csv_path: str | os.PathLike, items: Sequence[Item]) -> Path:
+    """Write `items` as a manifest read_manifest reads back: absolute paths, so the CSV can
+    sit anywhere (next to a checkpoint) and still point at the images."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "weight", "source"])
+        for item in items:
+            path, label = item
+            weight = getattr(item, "weight", 1.0)
+            writer.writerow(
+                [Path(path).resolve(), label, f"{weight:g}", getattr(item, "source", "")]
+            )
+    return csv_path
+
+
+def manifest_hash(items: Sequence[Item]) -> str:
+    """sha256 over the sorted 'LABEL/filename' lines (plus the weight where it is not 1): the
+    same image list gives the same hash wherever the folder lives. File contents are not read,
+    so this is cheap but trusts names."""
+    lines = []
+    for item in items:
+        path, label = item
+        weight = getattr(item, "weight", 1.0)
+        lines.append(f"{label}/{Path(path).name}" + (f"\t{weight:g}" if weight != 1.0 else ""))
+    return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Subsets and splits, always whole patients at a time
+
+
 def _patients_by_label(items: Sequence[Item]) -> dict[str, dict[str, list[Item]]]:
     """label -> patient -> items, with a patient filed under the label of its first image."""
     by_patient: dict[str, list[Item]] = defaultdict(list)
     for item in items:
-        by_patient[patient_id(item[0].name)].append(item)
+        by_patient[patient_id(item[0])].append(item)
     grouped: dict[str, dict[str, list[Item]]] = defaultdict(dict)
     for patient in sorted(by_patient):
         group = by_patient[patient]
@@ -99,6 +221,27 @@ def limit_per_class(items: Sequence[Item], n: int, *, seed: int = 0) -> list[Ite
     return [item for item in items if item in keep]
 
 
+def _hold_out(
+    items: Sequence[Item], fraction: float, rng_key: str
+) -> tuple[list[Item], list[Item]]:
+    """(kept, held out): about `fraction` of each class's images, whole patients at a time."""
+    held: set[Item] = set()
+    for label, patients in sorted(_patients_by_label(items).items()):
+        order = sorted(patients)
+        random.Random(f"{rng_key}-{label}").shuffle(order)
+        n_images = sum(len(group) for group in patients.values())
+        # Each class gets at least one held-out image and keeps at least one patient (the
+        # last in the order) for training.
+        target = max(1, round(fraction * n_images))
+        taken = 0
+        for patient in order[:-1]:
+            if taken >= target:
+                break
+            held.update(patients[patient])
+            taken += len(patients[patient])
+    return [it for it in items if it not in held], [it for it in items if it in held]
+
+
 def split_by_patient(
     items: Sequence[Item], *, val_fraction: float = 0.15, seed: int = 0
 ) -> tuple[list[Item], list[Item]]:
@@ -106,32 +249,38 @@ def split_by_patient(
     patients at a time, so no patient is in both. Deterministic for a given seed."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be within (0, 1), got {val_fraction}")
-    val: set[Item] = set()
-    for label, patients in sorted(_patients_by_label(items).items()):
-        order = sorted(patients)
-        random.Random(f"{seed}-{label}").shuffle(order)
-        n_images = sum(len(group) for group in patients.values())
-        # Each class gets at least one validation image and keeps at least one patient (the
-        # last in the order) for training.
-        target = max(1, round(val_fraction * n_images))
-        taken = 0
-        for patient in order[:-1]:
-            if taken >= target:
-                break
-            val.update(patients[patient])
-            taken += len(patients[patient])
-    return [it for it in items if it not in val], [it for it in items if it in val]
+    return _hold_out(items, val_fraction, str(seed))
 
 
-def manifest_hash(items: Sequence[Item]) -> str:
-    """sha256 over the sorted 'LABEL/filename' lines: the same image list gives the same hash
-    wherever the folder lives. File contents are not read, so this is cheap but trusts names."""
-    lines = sorted(f"{label}/{Path(path).name}" for path, label in items)
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+def split_train_val_test(
+    items: Sequence[Item], *, val_fraction: float, test_fraction: float, seed: int = 0
+) -> tuple[list[Item], list[Item], list[Item]]:
+    """(train, val, test), patient-disjoint, each fraction a share of all of `items`.
+
+    The test split is carved first, with its own random stream, so changing --val-fraction
+    never moves a patient into or out of it. test_fraction=0 gives an empty test split and
+    the same (train, val) as split_by_patient.
+    """
+    if not 0.0 <= test_fraction < 1.0 or not 0.0 < val_fraction < 1.0 - test_fraction:
+        raise ValueError(
+            "need 0 <= test_fraction < 1 and 0 < val_fraction < 1 - test_fraction, got "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}"
+        )
+    rest, test = list(items), []
+    if test_fraction > 0:
+        rest, test = _hold_out(items, test_fraction, f"{seed}-test")
+    # val_fraction is a share of all images; the rest is only (1 - test_fraction) of them.
+    train, val = _hold_out(rest, val_fraction / (1.0 - test_fraction), str(seed))
+    return train, val, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
 
 
 class ImageDataset(Dataset):
-    """(path, label) items -> (transform(image), class index). Images decode as 8-bit gray."""
+    """Items -> (transform(image), class index), plus the item's weight with
+    `return_weight=True`. Images decode as 8-bit gray."""
 
     def __init__(
         self,
@@ -140,17 +289,22 @@ class ImageDataset(Dataset):
         *,
         class_names: Sequence[str] = CLASS_NAMES,
         decode_size: int | None = None,
+        return_weight: bool = False,
     ) -> None:
         self.items = list(items)
         self.transform = transform
         self.class_to_index = {name: i for i, name in enumerate(class_names)}
         self.decode_size = decode_size  # lets large JPEGs decode at a reduced scale
         self.targets = [self.class_to_index[label] for _, label in self.items]
+        self.weights = [float(getattr(item, "weight", 1.0)) for item in self.items]
+        self.return_weight = return_weight
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         path, _ = self.items[index]
-        image = open_image(path, size=self.decode_size)
-        return self.transform(image), self.targets[index]  # (3, S, S), class index
+        x = self.transform(open_image(path, size=self.decode_size))  # (3, S, S)
+        if self.return_weight:
+            return x, self.targets[index], self.weights[index]
+        return x, self.targets[index]

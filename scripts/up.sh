@@ -64,7 +64,8 @@ if [ "$has_model" = 0 ]; then
     echo "==> No model yet: training a quick ResNet34 demo model on $DEMO_DATA in the background"
     echo "    (log: var/log/train-demo.log); uploads wait until it is active."
     ( "$PY" -m ml.train --data "$DEMO_DATA" --arch resnet34 --pretrained none \
-        --limit-per-class 800 --img-size 160 --epochs 3 --out "$DEMO_MODEL" \
+        --limit-per-class 800 --img-size 160 --epochs 3 --lr 1e-3 --test-fraction 0 \
+        --out "$DEMO_MODEL" \
       && "$PY" manage.py register_model "$DEMO_MODEL" --name demo-resnet34 --activate
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)

@@ -8,11 +8,15 @@ import torch
 
 from ml.data import (
     ImageDataset,
+    Item,
     limit_per_class,
     manifest_hash,
     patient_id,
+    read_manifest,
     scan_folder,
     split_by_patient,
+    split_train_val_test,
+    write_manifest,
 )
 from ml.preprocessing import Preprocessing, eval_transform
 from tests.synthetic import write_dataset
@@ -92,3 +96,107 @@ def test_it_yields_tensors_and_class_indices(dataset_root: Path):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert (y, ds[len(ds) - 1][1]) == (0, 1)
     assert ds.targets.count(1) == 30
+
+
+def test_it_unpacks_items_as_path_label_pairs(dataset_root: Path):
+    item = scan_folder(dataset_root)[0]
+    path, label = item
+    assert (path, label) == (item.path, item.label) == (item[0], item[1])
+    assert (label, item.weight, item.source) == ("NORMAL", 1.0, "")
+    assert isinstance(path, Path) and path.is_file()
+
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_it_reads_a_manifest_with_relative_paths_weights_and_exclusions(
+    dataset_root: Path, tmp_path: Path
+):
+    normal = sorted((dataset_root / "NORMAL").iterdir())
+    pneumonia = sorted((dataset_root / "PNEUMONIA").iterdir())
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "imgs").symlink_to(dataset_root, target_is_directory=True)
+    csv = _write_csv(
+        export / "manifest.csv",
+        "path,label,weight,exclude,source,comment\n"
+        f"imgs/NORMAL/{normal[0].name},NORMAL,,,siteA,ok\n"
+        f"imgs/NORMAL/{normal[1].name},NORMAL,2.5,no,siteA,\n"
+        f"imgs/NORMAL/{normal[2].name},NORMAL,1,yes,siteB,blurred\n"
+        f"{pneumonia[0]},PNEUMONIA,0.5,0,siteB,absolute path\n"
+        f"imgs/PNEUMONIA/{pneumonia[1].name},PNEUMONIA,1,TRUE,,\n",
+    )
+    items = read_manifest(csv)
+    assert [(it.path.name, it.label, it.weight, it.source) for it in items] == [
+        (normal[0].name, "NORMAL", 1.0, "siteA"),
+        (normal[1].name, "NORMAL", 2.5, "siteA"),
+        (pneumonia[0].name, "PNEUMONIA", 0.5, "siteB"),
+    ]
+    assert items[0].path == export / "imgs" / "NORMAL" / normal[0].name  # relative to the CSV
+    assert items[2].path == pneumonia[0]  # an absolute path stays as it is
+
+    ds = ImageDataset(items, eval_transform(Preprocessing(input_size=32)), return_weight=True)
+    assert ds.weights == [1.0, 2.5, 0.5]
+    assert ds[1][1:] == (0, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ("NORMAL/{n},NORMAL,1,maybe", "exclude must be one of"),
+        ("NORMAL/{n},NORMAL,-1,0", "weight must be finite and >= 0"),
+        ("NORMAL/{n},NORMAL,heavy,0", "weight must be a number"),
+        ("NORMAL/{n},COVID,1,0", "label 'COVID' is not one of"),
+        ("NORMAL/nope.jpeg,NORMAL,1,0", "1 image.s. listed in .* do not exist"),
+        ("NORMAL/{n},NORMAL,1,1", "lists no images"),
+    ],
+)
+def test_it_refuses_a_manifest_with_a_bad_row(dataset_root: Path, row: str, error: str):
+    name = sorted((dataset_root / "NORMAL").iterdir())[0].name
+    csv = _write_csv(dataset_root / "bad.csv", "path,label,weight,exclude\n" + row.format(n=name))
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        read_manifest(csv)
+
+
+def test_it_needs_path_and_label_columns(tmp_path: Path):
+    csv = _write_csv(tmp_path / "m.csv", "filename,label\nx.jpeg,NORMAL\n")
+    with pytest.raises(ValueError, match="needs columns path and label"):
+        read_manifest(csv)
+
+
+def test_it_writes_a_manifest_that_reads_back_the_same(dataset_root: Path, tmp_path: Path):
+    items = scan_folder(dataset_root)[::7]
+    items[1] = Item(items[1].path, items[1].label, 0.25, "relabelled")
+    csv = write_manifest(tmp_path / "deep" / "val.csv", items)
+    back = read_manifest(csv)
+    assert back == [Item(it.path.resolve(), it.label, it.weight, it.source) for it in items]
+    assert manifest_hash(back) == manifest_hash(items)
+    assert manifest_hash(back) != manifest_hash([*items[:1], Item(*items[1]), *items[2:]])
+
+
+def test_it_splits_train_val_test_without_sharing_a_patient(dataset_root: Path):
+    items = scan_folder(dataset_root)
+    train, val, test = split_train_val_test(items, val_fraction=0.2, test_fraction=0.2, seed=4)
+    assert sorted(train + val + test) == sorted(items)
+    patients = [{patient_id(p) for p, _ in split} for split in (train, val, test)]
+    assert patients[0].isdisjoint(patients[1])
+    assert patients[0].isdisjoint(patients[2])
+    assert patients[1].isdisjoint(patients[2])
+    for split in (val, test):  # about 20% of each class's 30 images, whole patients
+        counts = Counter(label for _, label in split)
+        assert 5 <= counts["NORMAL"] <= 8 and 5 <= counts["PNEUMONIA"] <= 8
+
+    # The test split depends on the seed only, not on the validation share.
+    _, _, same_test = split_train_val_test(items, val_fraction=0.3, test_fraction=0.2, seed=4)
+    assert same_test == test
+    _, _, other_test = split_train_val_test(items, val_fraction=0.2, test_fraction=0.2, seed=5)
+    assert other_test != test
+    # No test split: exactly the old train/val split.
+    assert split_train_val_test(items, val_fraction=0.2, test_fraction=0.0, seed=1) == (
+        *split_by_patient(items, val_fraction=0.2, seed=1),
+        [],
+    )
+    with pytest.raises(ValueError, match="val_fraction < 1 - test_fraction"):
+        split_train_val_test(items, val_fraction=0.5, test_fraction=0.5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ml.checkpoint import load_checkpoint, read_meta
-from ml.data import manifest_hash, scan_folder
+from ml.data import manifest_hash, patient_id, read_manifest, scan_folder
 from ml.inference import Predictor
 from ml.metrics import roc_auc
 from ml.train import get_args_parser, main
@@ -29,17 +29,24 @@ def _png(label: str, *, seed: int) -> bytes:
 
 def test_it_learns_to_separate_synthetic_xrays(tmp_path: Path):
     write_dataset(tmp_path / "data", 40, size=64, seed=0)
-    args = _args(tmp_path / "data", tmp_path / "m.pt", "--img-size", "64", "--epochs", "8")
+    # From scratch at a fixed rate: the old recipe, whose figures this test was tuned on.
+    args = _args(
+        tmp_path / "data", tmp_path / "m.pt", "--img-size", "64", "--epochs", "8", "--lr", "1e-3"
+    )
     out = main(args)
 
     meta = read_meta(out)
     assert out == tmp_path / "m.pt"
     assert meta.metrics["val_auc"] >= 0.8
     assert meta.metrics["val_sensitivity"] >= 0.95  # the threshold rule on validation
-    assert meta.metrics["n_train"] + meta.metrics["n_val"] == 80
-    assert 8 <= meta.metrics["n_val"] <= 16
+    m = meta.metrics
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 80
+    assert 8 <= m["n_val"] <= 16 and 8 <= m["n_test"] <= 16
+    assert [h["phase"] for h in m["history"]] == ["unfrozen"] * 8  # from scratch: no frozen phase
+    assert m["best_epoch"] == max(m["history"], key=lambda h: h["val_auc"])["epoch"]
     assert meta.preprocessing.input_size == 64
     assert meta.train_args["epochs"] == 8 and meta.train_args["pretrained"] == "none"
+    assert meta.train_args["freeze_epochs"] == 0 and meta.train_args["lr_mult"] == 1.0
     assert meta.data_hash == manifest_hash(scan_folder(tmp_path / "data"))
     assert datetime.fromisoformat(meta.created_at).utcoffset().total_seconds() == 0
 
@@ -51,9 +58,59 @@ def test_it_learns_to_separate_synthetic_xrays(tmp_path: Path):
     assert roc_auc(y, [p.probability for p in predictions]) >= 0.8
 
 
+def test_it_writes_patient_disjoint_val_and_test_manifests_next_to_the_checkpoint(
+    tmp_path: Path,
+):
+    write_dataset(tmp_path / "data", 20, size=32, seed=2)
+    common = ["--img-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3"]
+    out = main(_args(tmp_path / "data", tmp_path / "run" / "model.pt", *common))
+
+    meta = read_meta(out)
+    val = read_manifest(tmp_path / "run" / "model.val.csv")
+    test = read_manifest(tmp_path / "run" / "model.test.csv")
+    assert meta.train_args["val_manifest"] == str(tmp_path / "run" / "model.val.csv")
+    assert meta.train_args["test_manifest"] == str(tmp_path / "run" / "model.test.csv")
+    assert meta.train_args["val_manifest_hash"] == manifest_hash(val)
+    assert meta.train_args["test_manifest_hash"] == manifest_hash(test)
+    assert (len(val), len(test)) == (meta.metrics["n_val"], meta.metrics["n_test"])
+    val_patients = {patient_id(p) for p, _ in val}
+    test_patients = {patient_id(p) for p, _ in test}
+    all_patients = {patient_id(p) for p, _ in scan_folder(tmp_path / "data")}
+    assert val_patients.isdisjoint(test_patients)
+    assert len(all_patients - val_patients - test_patients) > 0  # the rest trained
+    assert meta.train_args["lr_used"] == 1e-3 and meta.metrics["lr_find"] is None
+    assert not (tmp_path / "run" / "model.lr_find.png").exists()  # --lr given: no finder
+
+
+def test_it_trains_from_a_manifest_honouring_exclusions_and_weights(tmp_path: Path):
+    items = write_dataset(tmp_path / "imgs", 16, size=32, seed=3)
+    rows = ["path,label,weight,exclude"]
+    for i, (path, label) in enumerate(items):
+        # Every 8th image is excluded; every 5th counts double.
+        rows.append(f"imgs/{label}/{path.name},{label},{2 if i % 5 == 0 else 1},{int(i % 8 == 0)}")
+    csv = tmp_path / "manifest.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    args = get_args_parser().parse_args(
+        ["--manifest", str(csv), "--out", str(tmp_path / "m.pt"), "--print-freq", "0",
+         "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3",
+         "--test-fraction", "0.2"]
+    )  # fmt: skip
+    meta = read_meta(main(args))
+
+    kept = read_manifest(csv)
+    assert len(kept) == 32 - 4
+    m = meta.metrics
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 28
+    assert meta.data_hash == manifest_hash(kept)  # the weights are part of the hash
+    assert meta.train_args["manifest"] == str(csv) and meta.train_args["data"] is None
+
+
 def test_it_gives_identical_weights_for_the_same_seed(tmp_path: Path):
     write_dataset(tmp_path / "data", 8, size=32, seed=1)
-    common = ["--img-size", "32", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25"]
+    common = [
+        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25",
+        "--test-fraction", "0", "--lr-find-iters", "10",
+    ]  # fmt: skip
     first, _ = load_checkpoint(main(_args(tmp_path / "data", tmp_path / "a.pt", *common)))
     second, _ = load_checkpoint(main(_args(tmp_path / "data", tmp_path / "b.pt", *common)))
     a, b = first.state_dict(), second.state_dict()
@@ -66,3 +123,7 @@ def test_it_documents_every_flag():
     assert undocumented == []
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "x", "--pretrained", "maybe"])
+    with pytest.raises(SystemExit):  # one data source, not none and not both
+        parser.parse_args([])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "x", "--manifest", "y.csv"])
