@@ -3,6 +3,7 @@
     from ml.inference import Predictor
     predictor = Predictor.from_checkpoint("var/models/demo-resnet34.pt")  # load once per process
     predictor.predict("upload.jpeg")  # Prediction(label='PNEUMONIA', probability=0.97, ...)
+    prediction, heatmap = predictor.explain("upload.jpeg")  # plus a Grad-CAM overlay (RGB)
 
 The checkpoint carries the preprocessing and the decision threshold chosen on validation, so
 callers pass only the image; `threshold=` overrides the stored one for a single call.
@@ -11,15 +12,23 @@ callers pass only the image; `threshold=` overrides the stored one for a single 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
-from ml.preprocessing import ImageSource, image_to_tensor, open_image
+from ml.gradcam import grad_cam, overlay
+from ml.models import target_layer
+from ml.preprocessing import ImageDecodeError, ImageSource, image_to_tensor, open_image
+
+# Long side of the image explain() draws its heatmap on: enough to read on a study page,
+# small enough that a PNG per prediction stays a few hundred kB.
+EXPLAIN_DISPLAY_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class Predictor:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self._positive = meta.positive_index
         self._negative_label = meta.class_names[1 - self._positive]
+        # Grad-CAM hooks the shared model for the length of one explain(); two at once in one
+        # process (a threaded server) would each catch the other's activations.
+        self._explain_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
@@ -84,9 +96,14 @@ class Predictor:
         if not sources:
             return []
         tensors, decode_ms = [], []
-        for source in sources:
+        for i, source in enumerate(sources):
             start = time.perf_counter()
-            tensors.append(self._load(source))
+            try:
+                tensors.append(self._load(source))
+            except ImageDecodeError as exc:
+                # Say which one: an evaluation over hundreds of files must name the bad file.
+                name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"#{i}"
+                raise ImageDecodeError(f"image {name}: {exc}") from exc
             decode_ms.append((time.perf_counter() - start) * 1000.0)
         start = time.perf_counter()
         probabilities = self._positive_probabilities(torch.stack(tensors))  # (B, 3, S, S) in
@@ -95,3 +112,35 @@ class Predictor:
             Prediction(self._label(p, t), p, t, ms + forward_share)
             for p, ms in zip(probabilities, decode_ms, strict=True)
         ]
+
+    def explain(
+        self, source: ImageSource, *, threshold: float | None = None
+    ) -> tuple[Prediction, Image.Image]:
+        """predict() plus a Grad-CAM overlay for the positive class, drawn on the decoded image
+        scaled to at most EXPLAIN_DISPLAY_SIZE px on its long side (RGB).
+
+        The probability comes from the same inference-mode pass predict() makes, so it is
+        bit-for-bit predict()'s, and elapsed_ms times that pass as predict() does (the Grad-CAM
+        pass with gradients that follows costs about two forward passes more and is not in
+        it). The model is left as it was: no hooks, no .grad, still in eval().
+        """
+        t = self._threshold(threshold)
+        if hasattr(source, "read"):  # decoded twice below; a stream can only be read once
+            if hasattr(source, "seek"):
+                source.seek(0)  # as open_image() does
+            source = source.read()
+        start = time.perf_counter()
+        x = self._load(source).unsqueeze(0)  # (1, 3, S, S)
+        (probability,) = self._positive_probabilities(x)
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        with self._explain_lock:
+            cam = grad_cam(
+                self.model,
+                x.to(self.device, memory_format=torch.channels_last),
+                target_layer=target_layer(self.model, self.meta.arch),
+                class_index=self._positive,
+            )  # (S, S) in [0, 1]
+        image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for big JPEGs
+        image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
+        heatmap = overlay(image, cam)
+        return Prediction(self._label(probability, t), probability, t, elapsed_ms), heatmap

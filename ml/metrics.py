@@ -1,14 +1,19 @@
 """Binary classification metrics on P(positive) scores, in plain numpy (no scikit-learn).
 
-from ml.metrics import choose_threshold, roc_auc, sensitivity_specificity
-t = choose_threshold(y_val, p_val, min_sensitivity=0.95)
-sens, spec = sensitivity_specificity(y_val, p_val, t)
+    from ml.metrics import bootstrap_auc_ci, choose_threshold, roc_auc, sensitivity_specificity
+    t = choose_threshold(y_val, p_val, min_sensitivity=0.95)
+    sens, spec = sensitivity_specificity(y_val, p_val, t)
+    low, high = bootstrap_auc_ci(y_test, p_test, n=1000, seed=0)  # 95% stratified bootstrap
+
+Everywhere `score >= threshold` means positive, `y_true` is 0/1 (1 = the positive class) and
+figures that need both classes are NaN when one is missing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,3 +81,149 @@ def choose_threshold(
     # more positive than the rule means.
     k = max(1, math.ceil(min_sensitivity * positives.size - 1e-9))
     return float(positives[k - 1])
+
+
+def confusion(y_true: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, int]:
+    """Counts {"tn", "fp", "fn", "tp"} when `score >= threshold` means positive."""
+    y, s = _as_arrays(y_true, scores)
+    predicted = s >= threshold
+    return {
+        "tn": int((~predicted & ~y).sum()),
+        "fp": int((predicted & ~y).sum()),
+        "fn": int((~predicted & y).sum()),
+        "tp": int((predicted & y).sum()),
+    }
+
+
+def roc_curve(
+    y_true: Sequence[int], scores: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), thresholds falling from +inf through every distinct score.
+
+    Point i is the operating point of `score >= thresholds[i]`; the first point (0, 0) at +inf
+    calls nothing positive, the last calls everything positive. scikit-learn's roc_curve with
+    drop_intermediate=False gives the same arrays. NaN rates for a class with no examples.
+    """
+    y, s = _as_arrays(y_true, scores)
+    order = np.argsort(-s, kind="mergesort")  # high to low
+    s_sorted, y_sorted = s[order], y[order]
+    # The last index of each run of equal scores: a threshold takes in the whole run at once.
+    last = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s.size - 1] if s.size else []
+    tps = np.r_[0, np.cumsum(y_sorted)[last]]
+    fps = np.r_[0, np.cumsum(~y_sorted)[last]]
+    n_pos, n_neg = tps[-1], fps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = tps / n_pos if n_pos else np.full(tps.shape, math.nan)
+        fpr = fps / n_neg if n_neg else np.full(fps.shape, math.nan)
+    return fpr.astype(np.float64), tpr.astype(np.float64), np.r_[np.inf, s_sorted[last]]
+
+
+def sensitivity_at_specificity(
+    y_true: Sequence[int], scores: Sequence[float], target: float = 0.90
+) -> float:
+    """The highest sensitivity of any threshold whose specificity is >= target (NaN with one
+    class). Reads "if we may only bother 1 - target of healthy children, how many sick ones do
+    we find?", a figure that does not depend on the stored threshold."""
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    if np.isnan(fpr).any() or np.isnan(tpr).any():
+        return math.nan
+    # The tolerance keeps 0.9 == 9 / 10 from failing on float noise.
+    return float(tpr[(1.0 - fpr) >= target - 1e-12].max())  # (0, 0) at +inf always qualifies
+
+
+def specificity_at_sensitivity(
+    y_true: Sequence[int], scores: Sequence[float], target: float = 0.95
+) -> float:
+    """The highest specificity of any threshold whose sensitivity is >= target (NaN with one
+    class): the price in false alarms of finding `target` of the pneumonias."""
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    if np.isnan(fpr).any() or np.isnan(tpr).any():
+        return math.nan
+    return float((1.0 - fpr[tpr >= target - 1e-12]).max())  # (1, 1) always qualifies
+
+
+def bootstrap_auc_ci(
+    y_true: Sequence[int],
+    scores: Sequence[float],
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile confidence interval of the ROC AUC from a stratified bootstrap.
+
+    Each of the `n` resamples draws the positives from the positives and the negatives from
+    the negatives, with replacement and in their original numbers, so every resample has both
+    classes (a plain bootstrap of a small test set can draw a one-class sample whose AUC does
+    not exist). The interval is the alpha/2 and 1 - alpha/2 quantiles of the resampled AUCs;
+    the same seed gives the same interval. (NaN, NaN) with one class.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be within (0, 1), got {alpha}")
+    y, s = _as_arrays(y_true, scores)
+    positives, negatives = s[y], s[~y]
+    if positives.size == 0 or negatives.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(positives.size, bool), np.zeros(negatives.size, bool)]
+    aucs = np.empty(n)
+    for i in range(n):
+        resampled = np.r_[
+            rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)
+        ]
+        aucs[i] = roc_auc(labels, resampled)
+    low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def brier(y_true: Sequence[int], probabilities: Sequence[float]) -> float:
+    """Mean squared difference between P(positive) and the 0/1 truth (0 is perfect)."""
+    y, p = _as_arrays(y_true, probabilities)
+    return float(np.mean((p - y) ** 2)) if y.size else math.nan
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """P(positive) grouped in equal-width bins: what a reliability diagram plots."""
+
+    edges: np.ndarray  # (n_bins + 1,) 0.0, 1 / n_bins, ..., 1.0
+    count: np.ndarray  # (n_bins,) images per bin
+    mean_probability: np.ndarray  # (n_bins,) mean P(positive) in the bin; NaN when empty
+    fraction_positive: np.ndarray  # (n_bins,) share of positives in the bin; NaN when empty
+
+
+def reliability_bins(
+    y_true: Sequence[int], probabilities: Sequence[float], n_bins: int = 10
+) -> Reliability:
+    """Bin i holds i / n_bins <= p < (i + 1) / n_bins; p = 1.0 goes into the last bin."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y, p = _as_arrays(y_true, probabilities)
+    if ((p < 0.0) | (p > 1.0)).any():
+        raise ValueError("probabilities must be within [0, 1]")
+    index = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)  # (N,)
+    count = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_probability = np.bincount(index, weights=p, minlength=n_bins) / count
+        fraction_positive = np.bincount(index, weights=y, minlength=n_bins) / count
+    return Reliability(
+        np.linspace(0.0, 1.0, n_bins + 1), count, mean_probability, fraction_positive
+    )
+
+
+def expected_calibration_error(
+    y_true: Sequence[int], probabilities: Sequence[float], n_bins: int = 10
+) -> float:
+    """ECE of P(positive): sum over equal-width bins of (bin size / N) * |share of positives in
+    the bin - mean P(positive) in the bin|. This is the binary "reliability diagram" ECE on the
+    positive class, not the top-label (max-probability) ECE of Guo et al. 2017; the two differ
+    for a binary model. Empty bins count zero; NaN with no examples."""
+    bins = reliability_bins(y_true, probabilities, n_bins)
+    total = int(bins.count.sum())
+    if total == 0:
+        return math.nan
+    filled = bins.count > 0
+    gaps = np.abs(bins.fraction_positive[filled] - bins.mean_probability[filled])
+    return float((bins.count[filled] / total * gaps).sum())

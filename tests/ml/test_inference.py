@@ -72,3 +72,11 @@ def test_it_raises_decode_errors_and_bad_thresholds(predictor: Predictor):
 def test_it_runs_the_model_in_channels_last(predictor: Predictor):
     assert predictor.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not predictor.model.training
+
+
+def test_it_names_the_file_that_does_not_decode_in_a_batch(predictor: Predictor, tmp_path: Path):
+    good, bad = tmp_path / "IM-0001-0001.jpeg", tmp_path / "IM-0002-0001.jpeg"
+    good.write_bytes(_jpeg("NORMAL", seed=0))
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ImageDecodeError, match=r"IM-0002-0001\.jpeg"):
+        predictor.predict_batch([good, bad])

@@ -1,0 +1,104 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for a class sits.
+
+    from ml.gradcam import grad_cam, overlay
+    cam = grad_cam(model, x, target_layer=target_layer(model, arch), class_index=1)  # (H, W)
+    overlay(open_image("upload.jpeg"), cam).save("heatmap.png")          # RGB, image's size
+
+Usually reached through `Predictor.explain()`. The map is coarse by design: it lives on the
+target layer's grid (7 x 7 for a ResNet34 at 224 px) and is only upsampled for display.
+It shows what drove this model, not where the disease is; a radiologist still reads the film.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+
+def grad_cam(
+    model: nn.Module, x: torch.Tensor, *, target_layer: nn.Module, class_index: int
+) -> np.ndarray:
+    """Grad-CAM of `class_index` for one image x (1, 3, H, W) -> float32 (H, W) in [0, 1].
+
+    The class score is the logit's margin over the other classes, z_c - logsumexp(z_other),
+    which for two classes is log(p / (1 - p)): the map then shows evidence for pneumonia
+    against normal rather than features that raise both logits. The map is ReLU'd and scaled
+    by its own maximum, so 1 is the strongest evidence in this image (not comparable across
+    images) and an image with no evidence for the class gives all zeros.
+
+    The model's state is untouched: the hook is removed in `finally`, gradients come from
+    torch.autograd.grad (nothing lands in parameters' .grad) and eval/train mode is kept.
+    """
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"grad_cam takes one image shaped (1, C, H, W), got {tuple(x.shape)}")
+    captured: list[torch.Tensor] = []
+
+    def keep_activation(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        # Only our own pass records grad; a predict() running in another thread at the same
+        # time is under inference_mode (grad mode is per thread) and is ignored.
+        if torch.is_grad_enabled():
+            captured.append(output)
+
+    handle = target_layer.register_forward_hook(keep_activation)
+    try:
+        # inference_mode(False): a caller's inference-mode context would make every tensor
+        # unusable for autograd. The clone turns an inference tensor x into a normal one, and
+        # requires_grad on the input makes the graph exist even if the weights are frozen.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            logits = model(x)  # (1, C)
+            if not captured:
+                raise ValueError("target_layer did not run in the model's forward pass")
+            activation = captured[-1]  # (1, K, h, w)
+            z = logits[0].float()
+            others = torch.cat([z[:class_index], z[class_index + 1 :]])
+            score = z[class_index] - torch.logsumexp(others, dim=0)
+            (gradient,) = torch.autograd.grad(score, activation)  # (1, K, h, w)
+        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (1, K, 1, 1) per-channel importance
+        cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (1, 1, h, w)
+    finally:
+        handle.remove()
+    cam = F.interpolate(cam.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    cam = cam[0, 0].clamp_(min=0.0)  # (H, W); bilinear can undershoot by float noise
+    peak = float(cam.max())
+    if peak > 0.0:
+        cam = cam / peak
+    return cam.cpu().numpy().astype(np.float32)
+
+
+def _jet_lut() -> np.ndarray:
+    """(256, 3) uint8 piecewise-linear approximation of matplotlib's 'jet' (blue -> red).
+
+    Built in numpy so the worker needs no matplotlib to draw heatmaps."""
+    v = np.linspace(0.0, 1.0, 256)[:, None]  # (256, 1)
+    centres = np.array([[0.75, 0.5, 0.25]])  # where red, green and blue peak
+    rgb = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)  # (256, 3)
+    return np.rint(rgb * 255.0).astype(np.uint8)
+
+
+_JET = _jet_lut()
+
+
+def overlay(image: Image.Image, cam: np.ndarray, *, alpha: float = 0.45) -> Image.Image:
+    """Blend the jet-coloured `cam` over the grayscale `image`; RGB, the image's size.
+
+    The model saw the image squashed to a square, so the square map is stretched back over
+    the whole image (not cropped): each map cell covers the pixels it was computed from.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2:
+        raise ValueError(f"cam must be a 2-D map, got shape {cam.shape}")
+    width, height = image.size
+    resized = Image.fromarray(np.clip(cam, 0.0, 1.0), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    levels = np.rint(np.clip(np.asarray(resized), 0.0, 1.0) * 255.0).astype(np.uint8)  # (h, w)
+    heat = _JET[levels].astype(np.float32)  # (h, w, 3)
+    gray = np.asarray(image.convert("L"), dtype=np.float32)[..., None]  # (h, w, 1)
+    blended = (1.0 - alpha) * gray + alpha * heat  # (h, w, 3)
+    return Image.fromarray(np.rint(blended).astype(np.uint8), mode="RGB")

@@ -1,0 +1,112 @@
+"""Evaluation plots as PNG files: ROC curve, confusion matrix, reliability diagram.
+
+    from ml.plots import save_plots
+    save_plots(evaluate_checkpoint(...), "var/eval/run1")  # roc.png, confusion.png, reliability.png
+
+Figures are drawn with matplotlib's object API on the Agg canvas, never through pyplot: no
+global figure state and no GUI backend, so this is safe in a worker or a web process.
+Only ml.evaluate imports this module; inference never needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ml import metrics
+from ml.evaluate import ECE_BINS, Evaluation
+
+DPI = 120
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)  # attaches the Agg canvas that savefig renders with
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_roc(evaluation: Evaluation, path: str | os.PathLike) -> Path:
+    """The ROC curve with the chance diagonal and the operating point at the threshold."""
+    e = evaluation
+    fpr, tpr, _ = metrics.roc_curve(e.y_true, e.scores)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    low, high = e.auc_ci
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {e.auc:.3f} (95% CI {low:.3f}-{high:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.plot(
+        1.0 - e.specificity,
+        e.sensitivity,
+        "o",
+        color="crimson",
+        label=f"threshold {e.threshold:.3f}",
+    )
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        title=f"ROC, n = {e.n['total']}",
+    )
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_confusion(evaluation: Evaluation, path: str | os.PathLike) -> Path:
+    """2 x 2 counts, rows = truth, columns = prediction, shaded by share of the row."""
+    e = evaluation
+    c = e.confusion
+    counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])  # (truth, predicted)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), count in np.ndenumerate(counts):
+        colour = "white" if shares[i, j] > 0.6 else "black"
+        ax.text(j, i, f"{count}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour)
+    ax.set_xticks([0, 1], labels=list(e.labels))
+    ax.set_yticks([0, 1], labels=list(e.labels))
+    ax.set(xlabel="predicted", ylabel="truth", title=f"threshold {e.threshold:.3f}")
+    return _save(fig, Path(path))
+
+
+def plot_reliability(evaluation: Evaluation, path: str | os.PathLike) -> Path:
+    """Share of positives against mean P(positive) per bin (on the diagonal = calibrated),
+    above a histogram of how many images each bin holds."""
+    e = evaluation
+    bins = metrics.reliability_bins(e.y_true, e.scores, ECE_BINS)
+    centres = (bins.edges[:-1] + bins.edges[1:]) / 2.0
+    width = bins.edges[1] - bins.edges[0]
+    fig = Figure(figsize=(4.5, 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    filled = bins.count > 0
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    top.plot(
+        bins.mean_probability[filled],
+        bins.fraction_positive[filled],
+        "o-",
+        color="crimson",
+        label="this model (one point per bin)",
+    )
+    top.set(ylim=(0, 1), ylabel="share of positives", title=f"ECE {e.ece:.3f}, Brier {e.brier:.3f}")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(centres, bins.count, width=width * 0.9, color="grey")
+    bottom.set(xlim=(0, 1), xlabel=f"P({e.labels[1]})", ylabel="images")
+    return _save(fig, Path(path))
+
+
+def save_plots(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Path]:
+    """roc.png, confusion.png and reliability.png in out_dir (created if missing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_roc(evaluation, out / "roc.png"),
+        plot_confusion(evaluation, out / "confusion.png"),
+        plot_reliability(evaluation, out / "reliability.png"),
+    ]
