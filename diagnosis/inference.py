@@ -39,15 +39,17 @@ def validate_checkpoint(path: Path) -> CheckpointMeta:
     return meta
 
 
+def model_path(version: ModelVersion) -> str:
+    return default_storage.path(version.file)
+
+
 def _verified_path(version: ModelVersion) -> str:
-    path = default_storage.path(version.file)
+    path = model_path(version)
     if not Path(path).is_file():
         raise ModelFileError(f"model file of {version.name} is missing: {version.file}")
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != version.sha256:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if digest != version.sha256:
         raise ModelFileError(f"model file of {version.name} does not match its registered sha256")
     return path
 

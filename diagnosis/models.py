@@ -29,6 +29,8 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     train_args = models.JSONField(default=dict, blank=True)
     data_hash = models.CharField(max_length=64, blank=True)
+    # Plot name -> file under MEDIA_ROOT, e.g. {"lr_find": "models/plots/NAME-lr_find.png"}.
+    plots = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     registered_by = models.ForeignKey(
@@ -49,6 +51,12 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def validation_summary(self) -> str:
+        keys = ("val_auc", "val_sensitivity", "val_specificity")
+        figures = ", ".join(f"{k[4:]} {self.metrics[k]:.3f}" for k in keys if k in self.metrics)
+        return f"{figures} (n={self.metrics['n_val']})" if "n_val" in self.metrics else figures
 
 
 class Study(models.Model):
@@ -102,6 +110,8 @@ class Prediction(models.Model):
     threshold = models.FloatField(null=True, blank=True)
     elapsed_ms = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
+    heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
@@ -136,3 +146,35 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"Review {self.pk}: {self.previous_label or '-'} -> {self.label}"
+
+
+class Evaluation(models.Model):
+    """A model version's figures on a labeled data set (`manage.py evaluate`)."""
+
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    data_source = models.CharField(max_length=500, help_text="Folder or manifest evaluated on.")
+    data_hash = models.CharField(max_length=64, blank=True)
+    metrics = models.JSONField(help_text="The JSON of ml.evaluate: auc, auc_ci, sensitivity, ...")
+    # Plot name -> file under MEDIA_ROOT, e.g. {"roc": "evaluations/3/roc.png"}.
+    plots = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Evaluation {self.pk} of {self.model_version}"
+
+    @property
+    def summary(self) -> str:
+        keys = ("auc", "sensitivity", "specificity", "threshold")
+        figures = [(k, self.metrics.get(k)) for k in keys]
+        n = (self.metrics.get("n") or {}).get("total")
+        return (
+            ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in figures) + f" (n={n})"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from diagnosis import roles
-from diagnosis.models import ModelVersion, Prediction, Study
+from diagnosis.models import Evaluation, ModelVersion, Prediction, Study
 
 
 def _latest_prediction(field: str) -> Subquery:
@@ -52,6 +52,14 @@ def study_get_for(user, pk: int) -> Study | None:
     return study_list_for(user).filter(pk=pk).first()
 
 
+def prediction_heatmap_for(user, study_pk: int, prediction_pk: int) -> Prediction | None:
+    """The prediction if `user` may see its study and it has a heatmap, else None."""
+    study = study_get_for(user, study_pk)
+    if study is None:
+        return None
+    return study.predictions.exclude(heatmap="").filter(pk=prediction_pk).first()
+
+
 def study_predictions(study: Study) -> QuerySet[Prediction]:
     return study.predictions.select_related("model_version").order_by("-created_at", "-id")
 
@@ -61,7 +69,18 @@ def study_reviews(study: Study):
 
 
 def model_version_list() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.select_related("activated_by", "registered_by")
+    return ModelVersion.objects.select_related("activated_by", "registered_by").prefetch_related(
+        "evaluations"
+    )
+
+
+PLOT_OWNERS = {"evaluation": Evaluation, "version": ModelVersion}
+
+
+def plot_file(owner: str, pk: int, plot: str) -> str | None:
+    """The stored file of one plot of an evaluation or a model version, or None."""
+    row = PLOT_OWNERS[owner].objects.filter(pk=pk).first() if owner in PLOT_OWNERS else None
+    return row.plots.get(plot) if row else None
 
 
 def model_version_active() -> ModelVersion | None:

@@ -7,7 +7,10 @@ function of this module and format the answer.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
+import tempfile
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -22,7 +26,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import inference, roles, selectors
-from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+from diagnosis.models import Evaluation, Label, ModelVersion, Prediction, Review, Study
 from diagnosis.validation import UploadRejected, inspect_upload
 
 logger = logging.getLogger(__name__)
@@ -178,10 +182,15 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     ours = Prediction.objects.filter(
         pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
     )
+    heatmap = ""
     try:
         predictor = inference.predictor_for(version)
         with default_storage.open(prediction.study.image.name, "rb") as fh:
-            result = predictor.predict(fh)
+            if settings.PREDICTION_HEATMAPS:
+                result, overlay = predictor.explain(fh)
+                heatmap = _save_png(overlay, "heatmaps")
+            else:
+                result = predictor.predict(fh)
     except Exception as exc:
         logger.exception("Prediction %s failed", prediction.pk)
         ours.update(
@@ -191,29 +200,35 @@ def prediction_run(prediction_id: int) -> Prediction | None:
             finished_at=timezone.now(),
         )
     else:
-        ours.update(
+        written = ours.update(
             status=Prediction.Status.DONE,
             model_version=version,
             label=result.label,
             probability=result.probability,
             threshold=result.threshold,
             elapsed_ms=result.elapsed_ms,
+            heatmap=heatmap,
             error="",
             finished_at=timezone.now(),
         )
+        if not written and heatmap:
+            default_storage.delete(heatmap)  # another worker's result stands
     prediction.refresh_from_db()
     return prediction
+
+
+def _save_png(image, folder: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return default_storage.save(f"{folder}/{uuid.uuid4().hex}.png", ContentFile(buffer.getvalue()))
 
 
 # ---------------------------------------------------------------------------- model versions
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def model_version_register(
@@ -234,14 +249,22 @@ def model_version_register(
     if ModelVersion.objects.filter(name=name).exists():
         raise ValueError(f"A model version named {name!r} already exists.")
 
-    stored = None
+    written: list[str] = []
     try:
         with transaction.atomic(), open(path, "rb") as fh:
-            stored = default_storage.save(f"models/{name}.pt", fh)
+            written.append(default_storage.save(f"models/{name}.pt", fh))
+            plots = {}
+            # ml.train records its LR finder plot; keep a copy beside the model.
+            lr_plot = Path(path).parent / Path(meta.train_args.get("lr_find_plot") or "-").name
+            if meta.train_args.get("lr_find_plot") and lr_plot.is_file():
+                with lr_plot.open("rb") as plot:
+                    written.append(default_storage.save(f"models/plots/{name}-lr_find.png", plot))
+                plots["lr_find"] = written[-1]
             version = ModelVersion.objects.create(
                 name=name,
                 architecture=meta.arch,
-                file=stored,
+                file=written[0],
+                plots=plots,
                 sha256=sha256,
                 class_names=list(meta.class_names),
                 positive_class=meta.positive_class,
@@ -255,7 +278,7 @@ def model_version_register(
             if activate:
                 model_version_activate(version=version, user=user)
     except BaseException:
-        if stored:
+        for stored in written:
             default_storage.delete(stored)
         raise
     return version
@@ -274,3 +297,44 @@ def model_version_activate(*, version: ModelVersion, user=None) -> ModelVersion:
         )
         transaction.on_commit(lambda: [prediction_enqueue(pk) for pk in pending])
     return version
+
+
+# ---------------------------------------------------------------------------- evaluations
+
+
+def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evaluation:
+    """Evaluate `version` on a labeled folder (Kaggle layout) or CSV manifest with
+    `ml.evaluate`, and keep its figures and plots with the version."""
+    from ml import evaluate as ml_evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["--checkpoint", inference.model_path(version), "--json", f"{tmp}/eval.json"]
+        argv += [
+            "--plots",
+            tmp,
+            "--data-manifest" if data.suffix == ".csv" else "--data",
+            str(data),
+        ]
+        ml_evaluate.main(ml_evaluate.get_args_parser().parse_args(argv))
+        metrics = json.loads(Path(tmp, "eval.json").read_text())
+        written: list[str] = []
+        try:
+            with transaction.atomic():
+                evaluation = Evaluation.objects.create(
+                    model_version=version,
+                    created_by=user,
+                    data_source=str(data),
+                    data_hash=metrics.get("data", {}).get("manifest_hash", ""),
+                    metrics=metrics,
+                )
+                for png in sorted(Path(tmp).glob("*.png")):
+                    with png.open("rb") as fh:
+                        name = f"evaluations/{evaluation.pk}/{png.name}"
+                        written.append(default_storage.save(name, File(fh)))
+                evaluation.plots = {Path(name).stem: name for name in written}
+                evaluation.save(update_fields=["plots"])
+        except BaseException:
+            for name in written:
+                default_storage.delete(name)
+            raise
+    return evaluation

@@ -9,6 +9,16 @@ urlpatterns = [
     path("studies/upload/", views.study_upload, name="study-upload"),
     path("studies/<int:pk>/", views.study_detail, name="study-detail"),
     path("studies/<int:pk>/image/", views.study_image, name="study-image"),
+    path(
+        "studies/<int:pk>/predictions/<int:prediction_pk>/heatmap/",
+        views.prediction_heatmap,
+        name="prediction-heatmap",
+    ),
     path("studies/<int:pk>/reviews/", views.review_create, name="review-create"),
     path("models/", views.model_list, name="model-list"),
+    path(
+        "models/plots/<slug:owner>/<int:pk>/<slug:plot>.png",
+        views.plot,
+        name="plot",
+    ),
 ]

@@ -38,12 +38,10 @@ class ImageInfo:
 
 
 def _sha256(file: BinaryIO) -> str:
-    digest = hashlib.sha256()
     file.seek(0)
-    for chunk in iter(lambda: file.read(1024 * 1024), b""):
-        digest.update(chunk)
+    digest = hashlib.file_digest(file, "sha256").hexdigest()
     file.seek(0)
-    return digest.hexdigest()
+    return digest
 
 
 def inspect_upload(file: BinaryIO, *, filename: str, size: int) -> ImageInfo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
@@ -100,6 +101,16 @@ def study_image(request, pk: int):
 
 
 @login_required
+@require_GET
+def prediction_heatmap(request, pk: int, prediction_pk: int):
+    _require(roles.has_any_role(request.user))
+    prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
+    if prediction is None:
+        raise Http404("No heatmap for this prediction.")
+    return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+
+
+@login_required
 @require_POST
 def review_create(request, pk: int):
     _require(roles.can_review(request.user))
@@ -111,6 +122,16 @@ def review_create(request, pk: int):
     services.review_create(study=study, reviewer=request.user, **form.cleaned_data)
     messages.success(request, f"Label recorded: {form.cleaned_data['label']}.")
     return redirect("study-detail", pk=study.pk)
+
+
+@login_required
+@require_GET
+def plot(request, owner: str, pk: int, plot: str):
+    _require(roles.has_any_role(request.user))
+    name = selectors.plot_file(owner, pk, plot)
+    if name is None:
+        raise Http404("No such plot.")
+    return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
 
 
 @login_required

@@ -238,6 +238,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Each prediction also stores a Grad-CAM overlay of what drove the call (one extra
+# backward pass per image).
+PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")
+
 # Intra-op threads of the inference process. Worker concurrency x threads should not
 # exceed the cores, or the processes fight over them.
 INFERENCE_THREADS = envint("INFERENCE_THREADS", "0")  # 0: torch's default (all cores)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from diagnosis.models import ModelVersion, Prediction, Review, Study
+from diagnosis.models import Evaluation, ModelVersion, Prediction, Review, Study
 
 
 class PredictionOutputSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    heatmap_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Prediction
@@ -21,12 +22,18 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "threshold",
             "model_version",
             "elapsed_ms",
+            "heatmap_url",
             "error",
             "attempts",
             "created_at",
             "started_at",
             "finished_at",
         ]
+
+    def get_heatmap_url(self, prediction: Prediction) -> str | None:
+        if not prediction.heatmap:
+            return None
+        return reverse("api:prediction-heatmap", args=[prediction.study_id, prediction.pk])
 
 
 class ReviewOutputSerializer(serializers.ModelSerializer):
@@ -82,8 +89,25 @@ class StudyDetailSerializer(StudySummarySerializer):
         return reverse("api:study-image", args=[study.pk])
 
 
+def plot_urls(owner: str, row: Evaluation | ModelVersion) -> dict[str, str]:
+    return {name: reverse("api:plot", args=[owner, row.pk, name]) for name in row.plots}
+
+
+class EvaluationOutputSerializer(serializers.ModelSerializer):
+    plots = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Evaluation
+        fields = ["id", "created_at", "data_source", "data_hash", "metrics", "plots"]
+
+    def get_plots(self, evaluation: Evaluation) -> dict[str, str]:
+        return plot_urls("evaluation", evaluation)
+
+
 class ModelVersionOutputSerializer(serializers.ModelSerializer):
     activated_by = serializers.CharField(source="activated_by.get_username", default=None)
+    evaluations = EvaluationOutputSerializer(many=True, source="evaluations.all")
+    plots = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -102,4 +126,9 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "activated_at",
             "activated_by",
+            "plots",
+            "evaluations",
         ]
+
+    def get_plots(self, version: ModelVersion) -> dict[str, str]:
+        return plot_urls("version", version)

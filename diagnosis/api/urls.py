@@ -11,8 +11,18 @@ urlpatterns = [
     path("studies/", views.StudyListCreateApi.as_view(), name="study-list"),
     path("studies/<int:pk>/", views.StudyDetailApi.as_view(), name="study-detail"),
     path("studies/<int:pk>/image/", views.StudyImageApi.as_view(), name="study-image"),
+    path(
+        "studies/<int:pk>/predictions/<int:prediction_pk>/heatmap/",
+        views.PredictionHeatmapApi.as_view(),
+        name="prediction-heatmap",
+    ),
     path("studies/<int:pk>/reviews/", views.ReviewCreateApi.as_view(), name="study-reviews"),
     path("models/", views.ModelVersionListApi.as_view(), name="model-list"),
+    path(
+        "plots/<slug:owner>/<int:pk>/<slug:plot>/",
+        views.PlotApi.as_view(),
+        name="plot",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
 ]

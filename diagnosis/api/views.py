@@ -3,6 +3,7 @@ formats the answer."""
 
 from __future__ import annotations
 
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -102,6 +103,20 @@ class StudyImageApi(APIView):
         return FileResponse(study.image.open("rb"), content_type=study.content_type)
 
 
+class PredictionHeatmapApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses={(200, "image/png"): bytes},
+        summary="Grad-CAM overlay of what drove a prediction",
+    )
+    def get(self, request, pk: int, prediction_pk: int):
+        prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
+        if prediction is None:
+            raise Http404("No heatmap for this prediction.")
+        return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+
+
 class ReviewCreateApi(APIView):
     permission_classes = [IsAuthenticated, CanReview]
 
@@ -120,6 +135,20 @@ class ReviewCreateApi(APIView):
         data.is_valid(raise_exception=True)
         review = services.review_create(study=study, reviewer=request.user, **data.validated_data)
         return Response(ReviewOutputSerializer(review).data, status=status.HTTP_201_CREATED)
+
+
+class PlotApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses={(200, "image/png"): bytes},
+        summary="A plot of a model version (owner 'version') or of an evaluation",
+    )
+    def get(self, request, owner: str, pk: int, plot: str):
+        name = selectors.plot_file(owner, pk, plot)
+        if name is None:
+            raise Http404("No such plot.")
+        return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
 
 
 class ModelVersionListApi(APIView):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -237,3 +239,32 @@ def test_it_lists_studies_in_a_constant_number_of_queries(
     with django_assert_max_num_queries(8):
         body = client.get(reverse("api:study-list")).json()
     assert [s["prediction"]["model_version"] for s in body["results"]] == ["test-v1"] * 6
+
+
+def test_it_serves_the_heatmap_of_a_prediction_to_those_who_may_see_it(
+    alice, bob, rita, active_model, xray_upload
+):
+    from PIL import Image
+
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    prediction = services.prediction_run(study.predictions.get().pk)
+    body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
+    url = body["prediction"]["heatmap_url"]
+    assert url == f"/api/studies/{study.pk}/predictions/{prediction.pk}/heatmap/"
+
+    response = api_client_for(rita).get(url)
+    assert response["Content-Type"] == "image/png"
+    overlay = Image.open(io.BytesIO(b"".join(response.streaming_content)))
+    assert overlay.mode == "RGB" and overlay.size == (256, 256)
+    assert api_client_for(bob).get(url).status_code == 404
+    assert APIClient().get(url).status_code == 401
+
+
+def test_it_skips_heatmaps_when_they_are_turned_off(alice, active_model, xray_upload, settings):
+    settings.PREDICTION_HEATMAPS = False
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    prediction = services.prediction_run(study.predictions.get().pk)
+
+    assert prediction.status == "done" and not prediction.heatmap
+    body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
+    assert body["prediction"]["heatmap_url"] is None

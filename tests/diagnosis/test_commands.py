@@ -43,3 +43,74 @@ def test_it_creates_demo_users_with_their_roles(capsys, db):
     assert roles.can_review(users["radiologist"]) and not roles.is_admin(users["radiologist"])
     assert roles.can_upload(users["uploader"]) and not roles.can_review(users["uploader"])
     assert users["uploader"].check_password("s3cret-pass")
+
+
+def test_it_stores_an_evaluation_with_its_plots(active_model, tmp_path, capsys, alice):
+    from django.conf import settings
+    from django.urls import reverse
+
+    from diagnosis.models import Evaluation
+    from tests.conftest import api_client_for
+    from tests.synthetic import write_dataset
+
+    write_dataset(tmp_path / "site", 6, size=96, seed=3)
+    call_command("evaluate", "--data", str(tmp_path / "site"))
+
+    evaluation = Evaluation.objects.get()
+    assert evaluation.model_version == active_model
+    assert evaluation.metrics["n"] == {"NORMAL": 6, "PNEUMONIA": 6, "total": 12}
+    assert evaluation.metrics["threshold"] == 0.5
+    assert {"auc", "auc_ci", "confusion", "brier", "ece"} <= set(evaluation.metrics)
+    assert set(evaluation.plots) == {"roc", "confusion", "reliability"}
+    for name in evaluation.plots.values():
+        assert (settings.MEDIA_ROOT / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Stored evaluation {evaluation.pk} of test-v1: auc " in capsys.readouterr().out
+
+    body = api_client_for(alice).get(reverse("api:model-list")).json()
+    (listed,) = body["results"][0]["evaluations"]
+    assert listed["metrics"]["n"]["total"] == 12
+    plot = api_client_for(alice).get(listed["plots"]["roc"])
+    assert plot.status_code == 200 and plot["Content-Type"] == "image/png"
+
+
+def test_it_refuses_to_evaluate_without_a_model(tmp_path, db):
+    with pytest.raises(CommandError, match="No model is active"):
+        call_command("evaluate", "--data", str(tmp_path))
+
+
+def test_it_has_a_migration_for_every_model_change(db):
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_it_trains_registers_and_evaluates_a_model(tmp_path, capsys, alice, settings):
+    from django.test import Client
+    from django.urls import reverse
+
+    from tests.conftest import api_client_for
+    from tests.synthetic import write_dataset
+
+    write_dataset(tmp_path / "data", 24, size=64, seed=5)
+    call_command(
+        "train", "--data", str(tmp_path / "data"), "--arch", "resnet34", "--pretrained", "none",
+        "--img-size", "64", "--epochs", "1", "--batch-size", "8", "--lr-find-iters", "12",
+        "--name", "tiny", "--activate", "--out", str(tmp_path / "tiny.pt"),
+    )  # fmt: skip
+
+    out = capsys.readouterr().out
+    assert "Registered tiny (active)" in out
+    version = ModelVersion.objects.get(name="tiny")
+    assert version.is_active and version.architecture == "resnet34"
+    assert version.preprocessing["input_size"] == 64
+    assert {"val_auc", "val_sensitivity", "val_specificity"} <= set(version.metrics)
+    assert set(version.plots) == {"lr_find"}
+    assert (settings.MEDIA_ROOT / version.plots["lr_find"]).stat().st_size > 1000
+    sources = sorted(e.data_source.rsplit(".", 2)[-2] for e in version.evaluations.all())
+    assert sources == ["test", "val"]  # the held-out split is evaluated, never trained on
+    assert "  test: auc " in out
+
+    body = api_client_for(alice).get(reverse("api:model-list")).json()
+    assert api_client_for(alice).get(body["results"][0]["plots"]["lr_find"]).status_code == 200
+    client = Client()
+    client.force_login(alice)
+    page = client.get(reverse("model-list")).content.decode()
+    assert f"/models/plots/version/{version.pk}/lr_find.png" in page

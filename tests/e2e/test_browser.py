@@ -88,6 +88,9 @@ def test_it_uploads_predicts_and_reviews_in_a_browser(
     page.click(f"text=#{study.pk}")
     assert f"The model says {predicted}" in page.inner_text("#prediction")
     assert page.locator("#review-form").count() == 0
+    # The Grad-CAM overlay the worker stored, drawn at the upload's size (512 px).
+    page.wait_for_function("document.getElementById('heatmap')?.complete")
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") == 512
     page.screenshot(path=str(tmp_path / "uploader.png"), full_page=True)
     log_out(page)
 

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from diagnosis import services
+
+
+class Command(BaseCommand):
+    help = (
+        "Train a model with ml.train (same flags; see python -m ml.train --help), register it "
+        "as a model version, and store its evaluations on the validation and held-out test "
+        "splits that ml.train wrote next to the checkpoint."
+    )
+
+    def add_arguments(self, parser):
+        from ml.train import get_args_parser
+
+        # The training flags are ml.train's own, so the two commands cannot drift apart.
+        parser._add_container_actions(get_args_parser(add_help=False))
+        parser.set_defaults(out=None)
+        parser.add_argument("--name", default="", help="Version name (default: arch-sha256).")
+        parser.add_argument("--activate", action="store_true", help="Activate it at once.")
+
+    def handle(self, *args, name: str, activate: bool, **options):
+        from ml.models import PretrainedWeightsUnavailable
+        from ml.train import get_args_parser, main
+
+        ml_args = get_args_parser(add_help=False).parse_args(["--data", "."])
+        for key in vars(ml_args):
+            setattr(ml_args, key, options[key])
+        if ml_args.out is None:
+            stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+            ml_args.out = Path(settings.VAR_DIR) / "models" / f"{ml_args.arch}-{stamp}.pt"
+        try:
+            checkpoint = Path(main(ml_args))
+        except PretrainedWeightsUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        version = services.model_version_register(path=checkpoint, name=name, activate=activate)
+        self.stdout.write(
+            f"Registered {version.name} ({'active' if version.is_active else 'not active'})"
+        )
+        for split in ("val", "test"):
+            manifest = checkpoint.with_suffix(f".{split}.csv")
+            if manifest.is_file():
+                evaluation = services.evaluation_create(version=version, data=manifest)
+                self.stdout.write(f"  {split}: {evaluation.summary}")
