@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from diagnosis.models import Label
+from diagnosis.models import Label, Unusable
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -27,5 +27,16 @@ class UploadForm(forms.Form):
 
 
 class ReviewForm(forms.Form):
-    label = forms.ChoiceField(choices=Label.choices, widget=forms.RadioSelect)
+    label = forms.ChoiceField(choices=Label.choices, widget=forms.RadioSelect, required=False)
+    unusable_reason = forms.ChoiceField(
+        choices=[("", "usable for training"), *Unusable.choices],
+        required=False,
+        label="Image",
+    )
     note = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("label") and not data.get("unusable_reason"):
+            raise forms.ValidationError("Choose a label, or say why the image is unusable.")
+        return data

@@ -15,6 +15,15 @@ class Label(models.TextChoices):
     PNEUMONIA = "PNEUMONIA", "Pneumonia"
 
 
+class Unusable(models.TextChoices):
+    """Why an image must not be used for training (a review may say so instead of a label)."""
+
+    NOT_CHEST = "not_chest", "Not a chest X-ray"
+    WRONG_VIEW = "wrong_view", "Wrong view (not frontal)"
+    POOR_QUALITY = "poor_quality", "Poor quality"
+    OTHER = "other", "Other (see note)"
+
+
 class ModelVersion(models.Model):
     """A registered classifier checkpoint. At most one is active at a time."""
 
@@ -75,6 +84,9 @@ class Study(models.Model):
     # The latest review's label, kept here so that lists and the admin can filter on it;
     # services.review_create is the only writer and updates it in the same transaction.
     current_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    # Likewise the latest review's verdict on the image; non-empty keeps it out of training.
+    unusable_reason = models.CharField(max_length=20, choices=Unusable.choices, blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -138,14 +150,19 @@ class Review(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     previous_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
-    label = models.CharField(max_length=20, choices=Label.choices)
+    # Blank when the reviewer only marked the image unusable without a label.
+    label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    unusable_reason = models.CharField(max_length=20, choices=Unusable.choices, blank=True)
     note = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"Review {self.pk}: {self.previous_label or '-'} -> {self.label}"
+        verdict = self.label or "-"
+        if self.unusable_reason:
+            verdict += f" (unusable: {self.unusable_reason})"
+        return f"Review {self.pk}: {self.previous_label or '-'} -> {verdict}"
 
 
 class Evaluation(models.Model):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Case, Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, When
+from django.db.models.functions import Abs
+from django.utils import timezone
 
 from diagnosis import roles
 from diagnosis.models import Evaluation, ModelVersion, Prediction, Study
@@ -21,6 +26,7 @@ def studies_annotated(qs: QuerySet[Study] | None = None) -> QuerySet[Study]:
         latest_status=_latest_prediction("status"),
         predicted_label=_latest_prediction("label"),
         predicted_probability=_latest_prediction("probability"),
+        predicted_threshold=_latest_prediction("threshold"),
     )
 
 
@@ -96,3 +102,77 @@ def predictions_to_requeue(*, pending_before, running_before) -> QuerySet[Predic
     sent_long_ago = Q(status=Prediction.Status.PENDING, enqueued_at__lt=pending_before)
     lease_over = Q(status=Prediction.Status.RUNNING, started_at__lt=running_before)
     return Prediction.objects.filter(never_sent | sent_long_ago | lease_over)
+
+
+# ---------------------------------------------------------------------------- worklist
+
+WORKLIST_ORDERS = {
+    # Most likely pneumonia first.
+    "triage": [F("predicted_probability").desc(nulls_last=True)],
+    # Closest to the decision threshold first: the cases a label teaches the model most.
+    "uncertainty": [
+        Abs(F("predicted_probability") - F("predicted_threshold")).asc(nulls_last=True)
+    ],
+    "oldest": [],
+}
+
+
+def worklist(*, order: str = "triage", now=None) -> QuerySet[Study]:
+    """Studies awaiting review, in `order`; whatever has waited longer than
+    WORKLIST_MAX_WAIT_SECONDS comes first, oldest first, so nothing starves."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.WORKLIST_MAX_WAIT_SECONDS)
+    overdue_since = Case(When(created_at__lt=cutoff, then=F("created_at")), default=None)
+    qs = studies_annotated(Study.objects.filter(reviewed_at__isnull=True)).annotate(
+        overdue_since=overdue_since
+    )
+    qs = qs.select_related("uploaded_by").prefetch_related(
+        Prefetch("predictions", queryset=Prediction.objects.select_related("model_version"))
+    )
+    return qs.order_by(
+        F("overdue_since").asc(nulls_last=True), *WORKLIST_ORDERS[order], "created_at", "id"
+    )
+
+
+def worklist_next(*, order: str, after: int | None = None) -> Study | None:
+    """The first study of the worklist other than `after` (the one just reviewed)."""
+    qs = worklist(order=order)
+    return (qs.exclude(pk=after) if after else qs).first()
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+def agreement_by_version() -> list[dict]:
+    """Per model version, its finished predictions on reviewed studies against the
+    radiologists' current label: confusion matrix, sensitivity, specificity."""
+    rows = (
+        Prediction.objects.filter(status=Prediction.Status.DONE, model_version__isnull=False)
+        .exclude(study__current_label="")
+        .values("model_version__name", "label", "study__current_label")
+        .annotate(n=Count("id"))
+    )
+    cells: dict[str, dict[str, int]] = {}
+    for row in rows:
+        said_pneumonia = row["label"] == "PNEUMONIA"
+        is_pneumonia = row["study__current_label"] == "PNEUMONIA"
+        key = {(True, True): "tp", (True, False): "fp", (False, True): "fn", (False, False): "tn"}[
+            (said_pneumonia, is_pneumonia)
+        ]
+        counts = cells.setdefault(
+            row["model_version__name"], dict.fromkeys(("tn", "fp", "fn", "tp"), 0)
+        )
+        counts[key] += row["n"]
+    summary = []
+    for name, c in sorted(cells.items()):
+        positives, negatives = c["tp"] + c["fn"], c["tn"] + c["fp"]
+        summary.append(
+            {
+                "model_version": name,
+                "n": positives + negatives,
+                "confusion": c,
+                "agreement": (c["tp"] + c["tn"]) / (positives + negatives),
+                "sensitivity": c["tp"] / positives if positives else None,
+                "specificity": c["tn"] / negatives if negatives else None,
+            }
+        )
+    return summary

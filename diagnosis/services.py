@@ -26,7 +26,15 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import inference, roles, selectors
-from diagnosis.models import Evaluation, Label, ModelVersion, Prediction, Review, Study
+from diagnosis.models import (
+    Evaluation,
+    Label,
+    ModelVersion,
+    Prediction,
+    Review,
+    Study,
+    Unusable,
+)
 from diagnosis.validation import UploadRejected, inspect_upload
 
 logger = logging.getLogger(__name__)
@@ -84,12 +92,19 @@ def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[St
 # ---------------------------------------------------------------------------- reviews
 
 
-def review_create(*, study: Study, reviewer, label: str, note: str = "") -> Review:
-    """Record a radiologist's label; the study's current label becomes this one."""
+def review_create(
+    *, study: Study, reviewer, label: str = "", note: str = "", unusable_reason: str = ""
+) -> Review:
+    """Record a radiologist's verdict: a label, or that the image is unusable for training
+    (with the reason), or both. The study's current label and usability become these."""
     if not roles.can_review(reviewer):
         raise PermissionDenied("Only radiologists and admins may review studies.")
-    if label not in Label.values:
+    if label and label not in Label.values:
         raise ValueError(f"label must be one of {', '.join(Label.values)}, got {label!r}")
+    if unusable_reason and unusable_reason not in Unusable.values:
+        raise ValueError(f"unusable_reason must be one of {', '.join(Unusable.values)}")
+    if not label and not unusable_reason:
+        raise ValueError("a review needs a label or a reason the image is unusable")
     with transaction.atomic():
         # The lock orders concurrent reviews, so each records the label it replaced.
         locked = Study.objects.select_for_update().get(pk=study.pk)
@@ -98,11 +113,15 @@ def review_create(*, study: Study, reviewer, label: str, note: str = "") -> Revi
             reviewer=reviewer,
             previous_label=locked.current_label,
             label=label,
+            unusable_reason=unusable_reason,
             note=note.strip(),
         )
         locked.current_label = label
-        locked.save(update_fields=["current_label"])
-    study.current_label = label
+        locked.unusable_reason = unusable_reason
+        locked.reviewed_at = review.created_at
+        locked.save(update_fields=["current_label", "unusable_reason", "reviewed_at"])
+    study.current_label, study.unusable_reason = label, unusable_reason
+    study.reviewed_at = review.created_at
     return review
 
 

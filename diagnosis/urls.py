@@ -15,6 +15,9 @@ urlpatterns = [
         name="prediction-heatmap",
     ),
     path("studies/<int:pk>/reviews/", views.review_create, name="review-create"),
+    path("worklist/", views.worklist, name="worklist"),
+    path("worklist/next/", views.worklist_next, name="worklist-next"),
+    path("agreement/", views.agreement, name="agreement"),
     path("models/", views.model_list, name="model-list"),
     path(
         "models/plots/<slug:owner>/<int:pk>/<slug:plot>.png",

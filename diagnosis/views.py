@@ -9,6 +9,7 @@ from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from diagnosis import roles, selectors, services
@@ -78,18 +79,55 @@ def study_upload(request):
     return _render_list(request, form, status=400)
 
 
+def _order(request) -> str:
+    order = request.GET.get("order") or request.POST.get("order") or ""
+    return order if order in selectors.WORKLIST_ORDERS else ""
+
+
 @login_required
 @require_GET
 def study_detail(request, pk: int):
     _require(roles.has_any_role(request.user))
     study = _study_or_404(request, pk)
+    initial = {"label": study.current_label or None, "unusable_reason": study.unusable_reason}
     context = {
         "study": study,
         "predictions": selectors.study_predictions(study),
         "reviews": selectors.study_reviews(study),
-        "review_form": ReviewForm(initial={"label": study.current_label or None}),
+        "review_form": ReviewForm(initial=initial),
+        "order": _order(request),
     }
     return render(request, "diagnosis/study_detail.html", context)
+
+
+@login_required
+@require_GET
+def worklist(request):
+    _require(roles.can_review(request.user))
+    order = _order(request) or "triage"
+    page = Paginator(selectors.worklist(order=order), 50).get_page(request.GET.get("page"))
+    context = {"page": page, "order": order, "orders": list(selectors.WORKLIST_ORDERS)}
+    return render(request, "diagnosis/worklist.html", context)
+
+
+@login_required
+@require_GET
+def worklist_next(request):
+    _require(roles.can_review(request.user))
+    order = _order(request) or "triage"
+    after = request.GET.get("after", "")
+    study = selectors.worklist_next(order=order, after=int(after) if after.isdigit() else None)
+    if study is None:
+        messages.success(request, "The worklist is empty.")
+        return redirect(f"{reverse('worklist')}?order={order}")
+    return redirect(f"{reverse('study-detail', args=[study.pk])}?order={order}")
+
+
+@login_required
+@require_GET
+def agreement(request):
+    _require(roles.has_any_role(request.user))
+    return render(request, "diagnosis/agreement.html", {"rows": selectors.agreement_by_version()})
 
 
 @login_required
@@ -116,11 +154,15 @@ def review_create(request, pk: int):
     _require(roles.can_review(request.user))
     study = _study_or_404(request, pk)
     form = ReviewForm(request.POST)
+    order = _order(request)
     if not form.is_valid():
-        messages.error(request, "Choose a label to record a review.")
-        return redirect("study-detail", pk=study.pk)
+        messages.error(request, " ".join(form.non_field_errors()) or "Invalid review.")
+        return redirect(f"{reverse('study-detail', args=[study.pk])}?order={order}")
     services.review_create(study=study, reviewer=request.user, **form.cleaned_data)
-    messages.success(request, f"Label recorded: {form.cleaned_data['label']}.")
+    verdict = form.cleaned_data["label"] or "unusable"
+    messages.success(request, f"Review recorded for study #{study.pk}: {verdict}.")
+    if order:  # reviewing from the worklist: on to the next case in the same order
+        return redirect(f"{reverse('worklist-next')}?order={order}&after={study.pk}")
     return redirect("study-detail", pk=study.pk)
 
 

@@ -174,6 +174,12 @@ UPLOAD_MAX_FILES = envint("UPLOAD_MAX_FILES", "100")
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# ---------------------------------------------------------------------------- review
+
+# A study waiting longer than this for review goes to the top of the worklist, whatever
+# order the radiologist chose, so that nothing starves.
+WORKLIST_MAX_WAIT_SECONDS = envint("WORKLIST_MAX_WAIT_SECONDS", str(24 * 3600))
+
 # ---------------------------------------------------------------------------- REST API
 
 REST_FRAMEWORK = {

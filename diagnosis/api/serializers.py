@@ -41,7 +41,15 @@ class ReviewOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Review
-        fields = ["id", "reviewer", "created_at", "previous_label", "label", "note"]
+        fields = [
+            "id",
+            "reviewer",
+            "created_at",
+            "previous_label",
+            "label",
+            "unusable_reason",
+            "note",
+        ]
 
 
 class StudySummarySerializer(serializers.ModelSerializer):
@@ -58,6 +66,7 @@ class StudySummarySerializer(serializers.ModelSerializer):
             "status",
             "prediction",
             "current_label",
+            "unusable_reason",
             "original_filename",
             "width",
             "height",

@@ -17,6 +17,8 @@ urlpatterns = [
         name="prediction-heatmap",
     ),
     path("studies/<int:pk>/reviews/", views.ReviewCreateApi.as_view(), name="study-reviews"),
+    path("worklist/", views.WorklistApi.as_view(), name="worklist"),
+    path("agreement/", views.AgreementApi.as_view(), name="agreement"),
     path("models/", views.ModelVersionListApi.as_view(), name="model-list"),
     path(
         "plots/<slug:owner>/<int:pk>/<slug:plot>/",

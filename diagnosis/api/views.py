@@ -21,7 +21,7 @@ from diagnosis.api.serializers import (
     StudyDetailSerializer,
     StudySummarySerializer,
 )
-from diagnosis.models import Label, Prediction
+from diagnosis.models import Label, Prediction, Unusable
 from diagnosis.validation import UploadRejected
 
 
@@ -121,13 +121,23 @@ class ReviewCreateApi(APIView):
     permission_classes = [IsAuthenticated, CanReview]
 
     class InputSerializer(serializers.Serializer):
-        label = serializers.ChoiceField(choices=Label.values)
+        label = serializers.ChoiceField(choices=Label.values, required=False, allow_blank=True)
+        unusable_reason = serializers.ChoiceField(
+            choices=Unusable.values, required=False, allow_blank=True
+        )
         note = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+        def validate(self, data):
+            if not data.get("label") and not data.get("unusable_reason"):
+                raise serializers.ValidationError(
+                    "Give a label, or an unusable_reason saying why the image is unusable."
+                )
+            return data
 
     @extend_schema(
         request=InputSerializer,
         responses={201: ReviewOutputSerializer},
-        summary="Confirm or correct a study's label (radiologists)",
+        summary="Confirm or correct a study's label, or mark it unusable (radiologists)",
     )
     def post(self, request, pk: int):
         study = _study_or_404(request, pk)
@@ -149,6 +159,50 @@ class PlotApi(APIView):
         if name is None:
             raise Http404("No such plot.")
         return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+
+
+class WorklistApi(APIView):
+    permission_classes = [IsAuthenticated, CanReview]
+
+    class FilterSerializer(serializers.Serializer):
+        order = serializers.ChoiceField(
+            choices=list(selectors.WORKLIST_ORDERS), default="triage", required=False
+        )
+
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses=StudySummarySerializer(many=True),
+        summary="Studies awaiting review: triage, uncertainty or oldest order; overdue first",
+    )
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        studies = selectors.worklist(order=filters.validated_data.get("order", "triage"))
+        paginator = Pagination()
+        page = paginator.paginate_queryset(studies, request, view=self)
+        return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
+
+
+class AgreementApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Agreement",
+            {
+                "model_version": serializers.CharField(),
+                "n": serializers.IntegerField(),
+                "confusion": serializers.DictField(child=serializers.IntegerField()),
+                "agreement": serializers.FloatField(),
+                "sensitivity": serializers.FloatField(allow_null=True),
+                "specificity": serializers.FloatField(allow_null=True),
+            },
+            many=True,
+        ),
+        summary="Model vs radiologists on reviewed studies, per model version",
+    )
+    def get(self, request):
+        return Response(selectors.agreement_by_version())
 
 
 class ModelVersionListApi(APIView):

@@ -101,7 +101,7 @@ def test_it_uploads_predicts_and_reviews_in_a_browser(
     page.check(f"#review-form input[value={corrected}]")
     page.fill("#id_note", "reviewed in the browser test")
     page.click("#review-form button[type=submit]")
-    page.wait_for_selector("text=Label recorded")
+    page.wait_for_selector("text=Review recorded")
     assert page.inner_text("#current-label") == corrected
     assert "reviewed in the browser test" in page.inner_text("#reviews")
     page.screenshot(path=str(tmp_path / "radiologist.png"), full_page=True)
