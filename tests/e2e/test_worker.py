@@ -169,3 +169,32 @@ def test_it_keeps_an_upload_made_while_the_broker_is_down(
         what="the swept prediction",
         process=worker,
     )
+
+
+def test_it_switches_a_running_worker_to_a_newly_active_model(
+    start_worker, active_model, alice, token_client, tmp_path
+):
+    from diagnosis import services
+    from tests.conftest import make_checkpoint
+
+    worker = start_worker()
+    client = token_client(alice)
+    first = api_upload(client, "before.jpg")
+    wait_until(
+        lambda: prediction_of(first).status == "done", timeout=60, what="first", process=worker
+    )
+
+    newer = services.model_version_register(
+        path=make_checkpoint(tmp_path / "v2.pt", seed=2, threshold=0.3),
+        name="test-v2",
+        activate=True,
+    )
+    second = api_upload(client, "after.jpg", seed=1)
+    wait_until(
+        lambda: prediction_of(second).status == "done", timeout=60, what="second", process=worker
+    )
+
+    assert prediction_of(first).model_version == active_model
+    assert prediction_of(second).model_version == newer
+    assert prediction_of(second).threshold == 0.3
+    assert worker.output.count("Loaded model test-v2") == 1  # no restart, one load
