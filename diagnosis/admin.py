@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 
 from diagnosis import selectors, services
-from diagnosis.models import Label, ModelVersion, Prediction, Review, Study
+from diagnosis.models import Label, ModelActivation, ModelVersion, Prediction, Review, Study
 
 
 class LatestStatusFilter(admin.SimpleListFilter):
@@ -153,13 +153,8 @@ class StudyAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/diagnosis/relabel.html", context)
 
 
-@admin.register(Review)
-class ReviewAdmin(admin.ModelAdmin):
-    """Read-only: the audit trail is append-only."""
-
-    list_display = ["id", "study", "reviewer", "created_at", "previous_label", "label"]
-    list_filter = ["label", "created_at"]
-    search_fields = ["reviewer__username", "note"]
+class AuditTrailAdmin(admin.ModelAdmin):
+    """Read-only: audit trails are append-only, written by services."""
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -169,6 +164,13 @@ class ReviewAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Review)
+class ReviewAdmin(AuditTrailAdmin):
+    list_display = ["id", "study", "reviewer", "created_at", "previous_label", "label"]
+    list_filter = ["label", "unusable_reason", "created_at"]
+    search_fields = ["reviewer__username", "note"]
 
 
 @admin.register(Prediction)
@@ -197,5 +199,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
-        version = services.model_version_activate(version=queryset.get(), user=request.user)
+        version = services.model_version_activate(
+            version=queryset.get(), user=request.user, reason="activated in the admin"
+        )
         self.message_user(request, f"{version.name} is now active.")
+
+
+@admin.register(ModelActivation)
+class ModelActivationAdmin(AuditTrailAdmin):
+    list_display = ["created_at", "action", "previous", "version", "user", "reason"]
+    list_filter = ["action"]

@@ -68,6 +68,31 @@ class ModelVersion(models.Model):
         return f"{figures} (n={self.metrics['n_val']})" if "n_val" in self.metrics else figures
 
 
+class ModelActivation(models.Model):
+    """The audit trail of which model version was made active, by whom, when and why."""
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote", "Promote"
+        ROLLBACK = "rollback", "Roll back"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    previous = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    action = models.CharField(max_length=10, choices=Action.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.previous or '-'} -> {self.version}"
+
+
 class Study(models.Model):
     """One uploaded chest X-ray."""
 

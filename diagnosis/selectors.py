@@ -10,7 +10,7 @@ from django.db.models.functions import Abs
 from django.utils import timezone
 
 from diagnosis import roles
-from diagnosis.models import Evaluation, ModelVersion, Prediction, Study
+from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction, Study
 
 
 def _latest_prediction(field: str) -> Subquery:
@@ -87,6 +87,10 @@ def plot_file(owner: str, pk: int, plot: str) -> str | None:
     """The stored file of one plot of an evaluation or a model version, or None."""
     row = PLOT_OWNERS[owner].objects.filter(pk=pk).first() if owner in PLOT_OWNERS else None
     return row.plots.get(plot) if row else None
+
+
+def model_activations(limit: int = 20) -> QuerySet[ModelActivation]:
+    return ModelActivation.objects.select_related("version", "previous", "user")[:limit]
 
 
 def model_version_active() -> ModelVersion | None:

@@ -29,6 +29,7 @@ from diagnosis import inference, roles, selectors
 from diagnosis.models import (
     Evaluation,
     Label,
+    ModelActivation,
     ModelVersion,
     Prediction,
     Review,
@@ -303,19 +304,36 @@ def model_version_register(
     return version
 
 
-def model_version_activate(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Make `version` the one the workers use, and send every waiting prediction to it."""
+def model_version_activate(
+    *, version: ModelVersion, user=None, reason: str = "", action: str = "promote"
+) -> ModelVersion:
+    """Make `version` the one the workers use, record who did it and why, and send every
+    waiting prediction to it. Workers load it on their next task, without a restart."""
     with transaction.atomic():
+        previous = ModelVersion.objects.select_for_update().filter(is_active=True).first()
         ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
         version.is_active = True
         version.activated_at = timezone.now()
         version.activated_by = user
         version.save(update_fields=["is_active", "activated_at", "activated_by"])
+        ModelActivation.objects.create(
+            version=version, previous=previous, action=action, user=user, reason=reason
+        )
         pending = list(
             Prediction.objects.filter(status=Prediction.Status.PENDING).values_list("pk", flat=True)
         )
         transaction.on_commit(lambda: [prediction_enqueue(pk) for pk in pending])
     return version
+
+
+def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
+    """Re-activate the version that was active before the latest activation."""
+    latest = ModelActivation.objects.first()
+    if latest is None or latest.previous is None:
+        raise ValueError("There is no earlier active model version to roll back to.")
+    return model_version_activate(
+        version=latest.previous, user=user, reason=reason, action=ModelActivation.Action.ROLLBACK
+    )
 
 
 # ---------------------------------------------------------------------------- evaluations

@@ -25,12 +25,33 @@ def test_it_refuses_to_register_what_is_not_a_checkpoint(tmp_path, db):
     assert ModelVersion.objects.count() == 0
 
 
-def test_it_activates_a_version_by_name(checkpoint_path, db):
-    call_command("register_model", str(checkpoint_path), "--name", "later")
-    call_command("activate_model", "later")
-    assert ModelVersion.objects.get(name="later").is_active
+def test_it_promotes_and_rolls_back_with_an_audit_trail(checkpoint_path, tmp_path, ada):
+    from diagnosis.models import ModelActivation
+    from tests.conftest import make_checkpoint
+
+    call_command("register_model", str(checkpoint_path), "--name", "v1", "--activate")
+    call_command("register_model", str(make_checkpoint(tmp_path / "v2.pt", seed=2)), "--name", "v2")
+    call_command("promote", "v2", "--reason", "better AUC", "--user", "ada")
+    assert ModelVersion.objects.get(is_active=True).name == "v2"
+
+    call_command("rollback", "--reason", "too many false positives", "--user", "ada")
+    assert ModelVersion.objects.get(is_active=True).name == "v1"
+    trail = ModelActivation.objects.order_by("created_at", "id").values_list(
+        "action", "previous__name", "version__name", "user__username", "reason"
+    )
+    assert list(trail) == [
+        ("promote", None, "v1", None, ""),
+        ("promote", "v1", "v2", "ada", "better AUC"),
+        ("rollback", "v2", "v1", "ada", "too many false positives"),
+    ]
     with pytest.raises(CommandError):
-        call_command("activate_model", "nope")
+        call_command("promote", "nope")
+
+
+def test_it_refuses_a_rollback_with_nothing_to_go_back_to(checkpoint_path, db):
+    call_command("register_model", str(checkpoint_path), "--name", "only", "--activate")
+    with pytest.raises(CommandError, match="no earlier"):
+        call_command("rollback")
 
 
 def test_it_creates_demo_users_with_their_roles(capsys, db):

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from diagnosis import services
+from diagnosis.models import ModelVersion
+
+
+class Command(BaseCommand):
+    help = "Make a registered model version the active one (audited); waiting uploads go to it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="Name of the model version (see /api/models/).")
+        parser.add_argument("--reason", default="", help="Why, for the audit trail.")
+        parser.add_argument("--user", default="", help="User name recorded as the promoter.")
+
+    def handle(self, *args, name: str, reason: str, user: str, **options):
+        version = ModelVersion.objects.filter(name=name).first()
+        if version is None:
+            raise CommandError(f"No model version named {name!r}.")
+        services.model_version_activate(version=version, user=_user(user), reason=reason)
+        self.stdout.write(f"{version.name} is now active.")
+
+
+def _user(username: str):
+    if not username:
+        return None
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise CommandError(f"No user named {username!r}.")
+    return user
