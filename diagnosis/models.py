@@ -220,3 +220,64 @@ class Evaluation(models.Model):
         return (
             ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in figures) + f" (n={n})"
         )
+
+
+class CleaningRun(models.Model):
+    """One ranking of the training pool by how likely each label is wrong (`clean_data`)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    parameters = models.JSONField(default=dict, help_text="folds, seed, backbone, base data.")
+    n_items = models.PositiveIntegerField()
+    n_issues = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Cleaning run {self.pk}"
+
+
+class CleaningCandidate(models.Model):
+    """An image of the pool as ranked by a cleaning run (rank 1: most likely mislabeled)."""
+
+    run = models.ForeignKey(CleaningRun, on_delete=models.CASCADE, related_name="candidates")
+    # "base:<path under the base data folder>" or "study:<id>": what decisions refer to.
+    item_key = models.CharField(max_length=500, db_index=True)
+    path = models.CharField(max_length=1000)
+    given_label = models.CharField(max_length=20, choices=Label.choices)
+    probability = models.FloatField(help_text="Out-of-fold P(pneumonia).")
+    loss = models.FloatField()
+    self_confidence = models.FloatField()
+    label_issue = models.BooleanField()
+    rank = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["run", "rank"]
+
+    def __str__(self) -> str:
+        return f"#{self.rank} {self.item_key}"
+
+
+class CleaningDecision(models.Model):
+    """A reviewer's decision on a pool image. Append-only: the latest one per item counts,
+    so a decision is reversed by making another (e.g. `keep`)."""
+
+    class Decision(models.TextChoices):
+        KEEP = "keep", "Keep as labeled"
+        RELABEL = "relabel", "Relabel"
+        EXCLUDE = "exclude", "Exclude from training"
+
+    item_key = models.CharField(max_length=500, db_index=True)
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} {self.item_key}"

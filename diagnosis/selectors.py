@@ -10,7 +10,16 @@ from django.db.models.functions import Abs
 from django.utils import timezone
 
 from diagnosis import roles
-from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction, Study
+from diagnosis.models import (
+    CleaningCandidate,
+    CleaningDecision,
+    CleaningRun,
+    Evaluation,
+    ModelActivation,
+    ModelVersion,
+    Prediction,
+    Study,
+)
 
 
 def _latest_prediction(field: str) -> Subquery:
@@ -180,3 +189,36 @@ def agreement_by_version() -> list[dict]:
             }
         )
     return summary
+
+
+# ---------------------------------------------------------------------------- cleaning
+
+
+def cleaning_run(pk: int | None = None) -> CleaningRun | None:
+    runs = CleaningRun.objects.all()
+    return runs.filter(pk=pk).first() if pk else runs.first()
+
+
+def cleaning_candidates(run: CleaningRun, *, label: str, flagged_only: bool):
+    """A run's images of one given label, most likely mislabeled first. "Flagged" means a
+    confident-learning label issue or a loss above ln 2 (the model leans the other way)."""
+    qs = run.candidates.filter(given_label=label)
+    if flagged_only:
+        qs = qs.filter(Q(label_issue=True) | Q(loss__gt=0.6931))
+    return qs.order_by("rank")
+
+
+def cleaning_decisions(keys) -> dict[str, CleaningDecision]:
+    """The latest decision for each of `keys`."""
+    latest: dict[str, CleaningDecision] = {}
+    for decision in (
+        CleaningDecision.objects.filter(item_key__in=list(keys))
+        .order_by("created_at", "id")
+        .select_related("user")
+    ):
+        latest[decision.item_key] = decision
+    return latest
+
+
+def cleaning_candidate(pk: int) -> CleaningCandidate | None:
+    return CleaningCandidate.objects.filter(pk=pk).first()

@@ -18,6 +18,9 @@ urlpatterns = [
     path("worklist/", views.worklist, name="worklist"),
     path("worklist/next/", views.worklist_next, name="worklist-next"),
     path("agreement/", views.agreement, name="agreement"),
+    path("cleaning/", views.cleaning, name="cleaning"),
+    path("cleaning/decide/", views.cleaning_decide, name="cleaning-decide"),
+    path("cleaning/images/<int:pk>/", views.cleaning_image, name="cleaning-image"),
     path("models/", views.model_list, name="model-list"),
     path(
         "models/plots/<slug:owner>/<int:pk>/<slug:plot>.png",

@@ -183,3 +183,47 @@ def model_list(request):
     return render(
         request, "diagnosis/model_list.html", {"versions": selectors.model_version_list()}
     )
+
+
+@login_required
+@require_GET
+def cleaning(request):
+    _require(roles.can_review(request.user))
+    run_pk = request.GET.get("run", "")
+    run = selectors.cleaning_run(int(run_pk) if run_pk.isdigit() else None)
+    label = request.GET.get("label") if request.GET.get("label") in Label.values else "NORMAL"
+    flagged_only = request.GET.get("show", "flagged") != "all"
+    context = {"run": run, "label": label, "labels": Label.values, "flagged_only": flagged_only}
+    if run is not None:
+        qs = selectors.cleaning_candidates(run, label=label, flagged_only=flagged_only)
+        page = Paginator(qs, 24).get_page(request.GET.get("page"))
+        decisions = selectors.cleaning_decisions(c.item_key for c in page)
+        context |= {"page": page, "cards": [(c, decisions.get(c.item_key)) for c in page]}
+    return render(request, "diagnosis/cleaning.html", context)
+
+
+@login_required
+@require_POST
+def cleaning_decide(request):
+    _require(roles.can_review(request.user))
+    decision = request.POST.get("decision", "")
+    label = request.POST.get("label", "") if decision == "relabel" else ""
+    try:
+        services.cleaning_decide(
+            item_key=request.POST.get("item_key", ""), decision=decision, label=label,
+            user=request.user,
+        )  # fmt: skip
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    back = request.POST.get("back", "")
+    return redirect(back if back.startswith("/cleaning/") else reverse("cleaning"))
+
+
+@login_required
+@require_GET
+def cleaning_image(request, pk: int):
+    _require(roles.can_review(request.user))
+    candidate = selectors.cleaning_candidate(pk)
+    if candidate is None:
+        raise Http404("No such image.")
+    return FileResponse(open(candidate.path, "rb"), content_type="image/jpeg")
