@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -224,6 +226,6 @@ def cleaning_decide(request):
 def cleaning_image(request, pk: int):
     _require(roles.can_review(request.user))
     candidate = selectors.cleaning_candidate(pk)
-    if candidate is None:
-        raise Http404("No such image.")
+    if candidate is None or not Path(candidate.path).is_file():
+        raise Http404("No such image (it may have been moved since the cleaning run).")
     return FileResponse(open(candidate.path, "rb"), content_type="image/jpeg")

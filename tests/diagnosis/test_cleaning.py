@@ -78,6 +78,9 @@ def test_it_ranks_and_stores_the_pool_then_reviewers_decide_on_the_page(base, ri
     assert f'data-item="{first.item_key}"' in page.content.decode()
     image = client.get(reverse("cleaning-image", args=[first.pk]))
     assert image.status_code == 200
+    last = run.candidates.order_by("rank").last()
+    Path(last.path).unlink()  # moved away since the run: a clear 404, not a server error
+    assert client.get(reverse("cleaning-image", args=[last.pk])).status_code == 404
 
     back = "/cleaning/?label=PNEUMONIA&show=all&page=1"
     response = client.post(
