@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
@@ -55,7 +56,7 @@ def test_it_honours_the_latest_cleaning_decision(base, rita, alice):
     assert pool_of(base)[key] == "NORMAL"
     with pytest.raises(ValueError):
         services.cleaning_decide(item_key=key, decision="relabel", user=rita)
-    with pytest.raises(services.PermissionDenied):
+    with pytest.raises(PermissionDenied):
         services.cleaning_decide(item_key=key, decision="exclude", user=alice)
 
 

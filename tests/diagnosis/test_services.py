@@ -9,6 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from diagnosis import services
 from diagnosis.models import ModelVersion, Prediction, Review, Study
+from diagnosis.services.predictions import _claim as claim
 from diagnosis.validation import UploadRejected
 from tests.conftest import jpeg_bytes, make_checkpoint, png_bytes
 
@@ -162,7 +163,7 @@ def test_it_gives_one_result_for_two_deliveries(alice, xray_upload, active_model
 def test_it_does_not_run_a_prediction_another_worker_holds(alice, xray_upload, active_model):
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     prediction = study.predictions.get()
-    assert services._claim(prediction.pk) is not None  # worker A holds it
+    assert claim(prediction.pk) is not None  # worker A holds it
 
     assert services.prediction_run(prediction.pk) is None  # worker B's duplicate delivery
     prediction.refresh_from_db()
@@ -173,7 +174,7 @@ def test_it_does_not_run_a_prediction_another_worker_holds(alice, xray_upload, a
 def test_it_takes_back_a_prediction_whose_worker_died(alice, xray_upload, active_model, settings):
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     prediction = study.predictions.get()
-    services._claim(prediction.pk)
+    claim(prediction.pk)
     settings.PREDICTION_LEASE_SECONDS = -1  # the lease is over
 
     result = services.prediction_run(prediction.pk)

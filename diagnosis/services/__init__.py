@@ -1,0 +1,40 @@
+"""Writes: every change to studies, predictions, reviews, model versions and cleaning
+decisions goes through this package.
+
+Views, API views, admin actions, Celery tasks and management commands parse input, call one
+service function and format the answer.
+"""
+
+from __future__ import annotations
+
+from diagnosis.services.cleaning import cleaning_decide, cleaning_run_create, training_pool
+from diagnosis.services.predictions import prediction_enqueue, prediction_run, predictions_sweep
+from diagnosis.services.registry import (
+    evaluation_create,
+    model_version_activate,
+    model_version_register,
+    model_version_rollback,
+)
+from diagnosis.services.studies import (
+    review_create,
+    studies_relabel,
+    study_create,
+    study_create_many,
+)
+
+__all__ = [
+    "cleaning_decide",
+    "cleaning_run_create",
+    "evaluation_create",
+    "model_version_activate",
+    "model_version_register",
+    "model_version_rollback",
+    "prediction_enqueue",
+    "prediction_run",
+    "predictions_sweep",
+    "review_create",
+    "studies_relabel",
+    "study_create",
+    "study_create_many",
+    "training_pool",
+]

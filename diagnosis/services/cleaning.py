@@ -1,0 +1,99 @@
+"""The training pool and its cleaning: rankings stored, decisions append-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from diagnosis import roles, selectors
+from diagnosis.models import CleaningCandidate, CleaningDecision, CleaningRun, Label, Study
+
+# ---------------------------------------------------------------------------- training pool
+
+
+def training_pool(*, base_data: Path | None = None) -> list:
+    """What the next training run sees: the base data set folder (its training images only)
+    plus every reviewed study, minus unusable images, with cleaning decisions applied (the
+    latest per image: exclude drops it, relabel changes its label, keep leaves it).
+    Each item's `source` is its key: "base:<path under base_data>" or "study:<id>"."""
+    from ml.data import Item, scan_folder
+
+    candidates: list[Item] = []
+    if base_data is not None:
+        for path, label in scan_folder(base_data):
+            key = f"base:{Path(path).resolve().relative_to(Path(base_data).resolve())}"
+            candidates.append(Item(Path(path), label, source=key))
+    reviewed = Study.objects.exclude(current_label="").filter(unusable_reason="")
+    for study in reviewed.order_by("pk"):
+        path = Path(default_storage.path(study.image.name))
+        candidates.append(Item(path, study.current_label, source=f"study:{study.pk}"))
+
+    decisions = selectors.cleaning_decisions(item.source for item in candidates)
+    pool = []
+    for item in candidates:
+        decision = decisions.get(item.source)
+        if decision is not None and decision.decision == CleaningDecision.Decision.EXCLUDE:
+            continue
+        if decision is not None and decision.decision == CleaningDecision.Decision.RELABEL:
+            item = Item(item.path, decision.label, source=item.source)
+        pool.append(item)
+    return pool
+
+
+def cleaning_decide(*, item_key: str, decision: str, user, label: str = "") -> CleaningDecision:
+    """Record keep / relabel / exclude for a pool image; the next training run honours it."""
+    if not roles.can_review(user):
+        raise PermissionDenied("Only radiologists and admins may clean the training data.")
+    if decision not in CleaningDecision.Decision.values:
+        raise ValueError(f"decision must be one of {', '.join(CleaningDecision.Decision.values)}")
+    if (decision == CleaningDecision.Decision.RELABEL) != bool(label):
+        raise ValueError("a relabel decision needs a label, and only a relabel has one")
+    if label and label not in Label.values:
+        raise ValueError(f"label must be one of {', '.join(Label.values)}")
+    return CleaningDecision.objects.create(
+        item_key=item_key, decision=decision, label=label, user=user
+    )
+
+
+def cleaning_run_create(
+    *,
+    base_data: Path | None,
+    folds: int = 5,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    user=None,
+    features=None,
+) -> CleaningRun:
+    """Rank the current training pool with out-of-fold predictions (ml.cleaning) and keep
+    the ranking, so reviewers can work through it and their decisions persist."""
+    from ml.cleaning import rank_label_issues
+
+    pool = training_pool(base_data=base_data)
+    keys = {str(Path(item.path)): item.source for item in pool}
+    results = rank_label_issues(
+        pool, folds=folds, seed=seed, checkpoint=checkpoint, features=features
+    )
+    with transaction.atomic():
+        run = CleaningRun.objects.create(
+            created_by=user,
+            parameters={
+                "folds": folds,
+                "seed": seed,
+                "checkpoint": checkpoint or "",
+                "base_data": str(base_data or ""),
+            },
+            n_items=len(results),
+            n_issues=sum(r.label_issue for r in results),
+        )
+        CleaningCandidate.objects.bulk_create(
+            CleaningCandidate(
+                run=run, item_key=keys[str(Path(r.path))], path=str(r.path),
+                given_label=r.label, probability=r.probability, loss=r.loss,
+                self_confidence=r.self_confidence, label_issue=r.label_issue, rank=r.rank,
+            )
+            for r in results
+        )  # fmt: skip
+    return run

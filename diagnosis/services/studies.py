@@ -1,0 +1,111 @@
+"""Studies and reviews: uploads stored all or nothing; reviews append-only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from diagnosis import roles
+from diagnosis.models import Label, Prediction, Review, Study, Unusable
+from diagnosis.services.predictions import prediction_enqueue
+from diagnosis.validation import UploadRejected, inspect_upload
+
+# ---------------------------------------------------------------------------- studies
+
+
+def study_create(*, uploaded_by, image: UploadedFile) -> Study:
+    return study_create_many(uploaded_by=uploaded_by, images=[image])[0]
+
+
+def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[Study]:
+    """Store the images, each as a Study with a pending Prediction, all or nothing.
+
+    Every file is checked before anything is written. The rows are created in one
+    transaction, and the files written during it are deleted if it fails, so a refused or
+    failed upload leaves neither a row nor a file. Jobs are enqueued only after commit.
+    """
+    if not roles.can_upload(uploaded_by):
+        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
+    if not images:
+        raise UploadRejected("upload", "no file was sent.")
+    if len(images) > settings.UPLOAD_MAX_FILES:
+        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
+
+    written: list[str] = []
+    try:
+        with transaction.atomic():
+            studies = []
+            for upload, info in zip(images, infos, strict=True):
+                # A server-generated name: the client's file name is only ever displayed.
+                name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", upload)
+                written.append(name)
+                study = Study.objects.create(
+                    image=name,
+                    original_filename=Path(upload.name or "upload").name[:255],
+                    content_type=info.content_type,
+                    sha256=info.sha256,
+                    width=info.width,
+                    height=info.height,
+                    uploaded_by=uploaded_by,
+                )
+                prediction = Prediction.objects.create(study=study)
+                transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+                studies.append(study)
+    except BaseException:
+        for name in written:
+            default_storage.delete(name)
+        raise
+    return studies
+
+
+# ---------------------------------------------------------------------------- reviews
+
+
+def review_create(
+    *, study: Study, reviewer, label: str = "", note: str = "", unusable_reason: str = ""
+) -> Review:
+    """Record a radiologist's verdict: a label, or that the image is unusable for training
+    (with the reason), or both. The study's current label and usability become these."""
+    if not roles.can_review(reviewer):
+        raise PermissionDenied("Only radiologists and admins may review studies.")
+    if label and label not in Label.values:
+        raise ValueError(f"label must be one of {', '.join(Label.values)}, got {label!r}")
+    if unusable_reason and unusable_reason not in Unusable.values:
+        raise ValueError(f"unusable_reason must be one of {', '.join(Unusable.values)}")
+    if not label and not unusable_reason:
+        raise ValueError("a review needs a label or a reason the image is unusable")
+    with transaction.atomic():
+        # The lock orders concurrent reviews, so each records the label it replaced.
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        review = Review.objects.create(
+            study=locked,
+            reviewer=reviewer,
+            previous_label=locked.current_label,
+            label=label,
+            unusable_reason=unusable_reason,
+            note=note.strip(),
+        )
+        locked.current_label = label
+        locked.unusable_reason = unusable_reason
+        locked.reviewed_at = review.created_at
+        locked.save(update_fields=["current_label", "unusable_reason", "reviewed_at"])
+    study.current_label, study.unusable_reason = label, unusable_reason
+    study.reviewed_at = review.created_at
+    return review
+
+
+def studies_relabel(*, studies, reviewer, label: str, note: str = "") -> int:
+    """Bulk relabel (the admin action): one review per study, through review_create."""
+    count = 0
+    for study in studies:
+        review_create(study=study, reviewer=reviewer, label=label, note=note)
+        count += 1
+    return count
