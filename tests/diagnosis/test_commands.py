@@ -135,3 +135,5 @@ def test_it_trains_registers_and_evaluates_a_model(tmp_path, capsys, alice, sett
     client.force_login(alice)
     page = client.get(reverse("model-list")).content.decode()
     assert f"/models/plots/version/{version.pk}/lr_find.png" in page
+    assert "<title>Models · Pneumonia review</title>" in page
+    assert page.count('id="activations"') == 1
