@@ -4,19 +4,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+ALL_MODULES = (
+    "ml, ml.preprocessing, ml.models, ml.checkpoint, ml.data, ml.metrics, ml.inference, "
+    "ml.train, ml.lr_find, ml.evaluate, ml.gradcam, ml.plots, ml.bench, ml.cleaning"
+)
 
 
-def test_it_imports_ml_without_loading_django_or_celery():
-    # A fresh interpreter: this test process has Django loaded by pytest-django already.
+def loaded_after(imports: str, roots: tuple[str, ...]) -> list[str]:
+    """Top-level packages among `roots` that importing `imports` loads in a fresh
+    interpreter (this test process has Django loaded by pytest-django already)."""
     code = (
-        "import sys, ml, ml.preprocessing, ml.models, ml.checkpoint, ml.data, ml.metrics, "
-        "ml.inference, ml.train, ml.lr_find, ml.evaluate, ml.gradcam, ml.plots, ml.bench\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('django', 'celery', 'rest_framework'))\n"
-        "print(','.join(bad))"
+        f"import sys, {imports}\n"
+        f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({roots!r}))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == ""
+    return [name for name in result.stdout.strip().split(",") if name]
+
+
+def test_it_imports_ml_without_loading_django_or_celery():
+    assert loaded_after(ALL_MODULES, ("django", "celery", "rest_framework")) == []
+
+
+@pytest.mark.parametrize("module", ["ml.inference", "ml.gradcam", "ml.evaluate", "ml.bench"])
+def test_it_keeps_matplotlib_off_the_inference_path(module):
+    # Plots are drawn only when asked for; a worker never pays for matplotlib.
+    assert loaded_after(module, ("matplotlib",)) == []
