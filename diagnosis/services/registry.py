@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from django.utils import timezone
 from diagnosis import inference
 from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction
 from diagnosis.services.predictions import prediction_enqueue
+from diagnosis.services.storage import atomic_files
 
 # ---------------------------------------------------------------------------- model versions
 
@@ -42,38 +42,34 @@ def model_version_register(
     if ModelVersion.objects.filter(name=name).exists():
         raise ValueError(f"A model version named {name!r} already exists.")
 
-    written: list[str] = []
-    try:
-        with transaction.atomic(), open(path, "rb") as fh:
-            written.append(default_storage.save(f"models/{name}.pt", fh))
-            plots = {}
-            # ml.train records its LR finder plot; keep a copy beside the model.
-            lr_plot = Path(path).parent / Path(meta.train_args.get("lr_find_plot") or "-").name
-            if meta.train_args.get("lr_find_plot") and lr_plot.is_file():
-                with lr_plot.open("rb") as plot:
-                    written.append(default_storage.save(f"models/plots/{name}-lr_find.png", plot))
-                plots["lr_find"] = written[-1]
-            version = ModelVersion.objects.create(
-                name=name,
-                architecture=meta.arch,
-                file=written[0],
-                plots=plots,
-                sha256=sha256,
-                class_names=list(meta.class_names),
-                positive_class=meta.positive_class,
-                preprocessing=meta.preprocessing.to_dict(),
-                threshold=meta.threshold,
-                metrics=meta.metrics,
-                train_args=meta.train_args,
-                data_hash=meta.data_hash or "",
-                registered_by=user,
-            )
-            if activate:
-                model_version_activate(version=version, user=user)
-    except BaseException:
-        for stored in written:
-            default_storage.delete(stored)
-        raise
+    with atomic_files() as written, transaction.atomic():
+        with open(path, "rb") as fh:
+            stored = default_storage.save(f"models/{name}.pt", fh)
+        written.append(stored)
+        plots = {}
+        # ml.train writes its LR finder plot next to the checkpoint; keep a copy.
+        lr_plot = Path(meta.train_args.get("lr_find_plot") or "")
+        if lr_plot.name and (Path(path).parent / lr_plot.name).is_file():
+            with (Path(path).parent / lr_plot.name).open("rb") as fh:
+                plots["lr_find"] = default_storage.save(f"models/plots/{name}-lr_find.png", fh)
+            written.append(plots["lr_find"])
+        version = ModelVersion.objects.create(
+            name=name,
+            architecture=meta.arch,
+            file=stored,
+            plots=plots,
+            sha256=sha256,
+            class_names=list(meta.class_names),
+            positive_class=meta.positive_class,
+            preprocessing=meta.preprocessing.to_dict(),
+            threshold=meta.threshold,
+            metrics=meta.metrics,
+            train_args=meta.train_args,
+            data_hash=meta.data_hash or "",
+            registered_by=user,
+        )
+        if activate:
+            model_version_activate(version=version, user=user)
     return version
 
 
@@ -113,38 +109,30 @@ def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
 
 
 def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evaluation:
-    """Evaluate `version` on a labeled folder (Kaggle layout) or CSV manifest with
-    `ml.evaluate`, and keep its figures and plots with the version."""
-    from ml import evaluate as ml_evaluate
+    """Evaluate `version` with ml.evaluate on a labeled folder (Kaggle layout) or a CSV
+    manifest, and keep its figures and plots with the version."""
+    from ml.data import read_manifest
+    from ml.evaluate import evaluate_checkpoint, scan_eval_folder
+    from ml.plots import save_plots
 
-    with tempfile.TemporaryDirectory() as tmp:
-        argv = ["--checkpoint", inference.model_path(version), "--json", f"{tmp}/eval.json"]
-        argv += [
-            "--plots",
-            tmp,
-            "--data-manifest" if data.suffix == ".csv" else "--data",
-            str(data),
-        ]
-        ml_evaluate.main(ml_evaluate.get_args_parser().parse_args(argv))
-        metrics = json.loads(Path(tmp, "eval.json").read_text())
-        written: list[str] = []
-        try:
-            with transaction.atomic():
-                evaluation = Evaluation.objects.create(
-                    model_version=version,
-                    created_by=user,
-                    data_source=str(data),
-                    data_hash=metrics.get("data", {}).get("manifest_hash", ""),
-                    metrics=metrics,
-                )
-                for png in sorted(Path(tmp).glob("*.png")):
-                    with png.open("rb") as fh:
-                        name = f"evaluations/{evaluation.pk}/{png.name}"
-                        written.append(default_storage.save(name, File(fh)))
-                evaluation.plots = {Path(name).stem: name for name in written}
-                evaluation.save(update_fields=["plots"])
-        except BaseException:
-            for name in written:
-                default_storage.delete(name)
-            raise
-    return evaluation
+    items = read_manifest(data) if data.suffix == ".csv" else scan_eval_folder(data)
+    evaluation = evaluate_checkpoint(inference.model_path(version), items, source=data)
+    metrics = evaluation.to_dict()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        atomic_files() as written,
+        transaction.atomic(),
+    ):
+        row = Evaluation.objects.create(
+            model_version=version,
+            created_by=user,
+            data_source=str(data),
+            data_hash=metrics["data"]["manifest_hash"],
+            metrics=metrics,
+        )
+        for png in save_plots(evaluation, tmp):
+            with png.open("rb") as fh:
+                written.append(default_storage.save(f"evaluations/{row.pk}/{png.name}", File(fh)))
+        row.plots = {Path(name).stem: name for name in written}
+        row.save(update_fields=["plots"])
+    return row

@@ -15,6 +15,7 @@ from django.db import transaction
 from diagnosis import roles
 from diagnosis.models import Label, Prediction, Review, Study, Unusable
 from diagnosis.services.predictions import prediction_enqueue
+from diagnosis.services.storage import atomic_files
 from diagnosis.validation import UploadRejected, inspect_upload
 
 # ---------------------------------------------------------------------------- studies
@@ -39,30 +40,24 @@ def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[St
         raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
     infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
 
-    written: list[str] = []
-    try:
-        with transaction.atomic():
-            studies = []
-            for upload, info in zip(images, infos, strict=True):
-                # A server-generated name: the client's file name is only ever displayed.
-                name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", upload)
-                written.append(name)
-                study = Study.objects.create(
-                    image=name,
-                    original_filename=Path(upload.name or "upload").name[:255],
-                    content_type=info.content_type,
-                    sha256=info.sha256,
-                    width=info.width,
-                    height=info.height,
-                    uploaded_by=uploaded_by,
-                )
-                prediction = Prediction.objects.create(study=study)
-                transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
-                studies.append(study)
-    except BaseException:
-        for name in written:
-            default_storage.delete(name)
-        raise
+    with atomic_files() as written, transaction.atomic():
+        studies = []
+        for upload, info in zip(images, infos, strict=True):
+            # A server-generated name: the client's file name is only ever displayed.
+            name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", upload)
+            written.append(name)
+            study = Study.objects.create(
+                image=name,
+                original_filename=Path(upload.name or "upload").name[:255],
+                content_type=info.content_type,
+                sha256=info.sha256,
+                width=info.width,
+                height=info.height,
+                uploaded_by=uploaded_by,
+            )
+            prediction = Prediction.objects.create(study=study)
+            transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+            studies.append(study)
     return studies
 
 
