@@ -25,6 +25,12 @@ from diagnosis.models import Label, Prediction, Unusable
 from diagnosis.validation import UploadRejected
 
 
+def _paginated(request, view, studies) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(studies, request, view=view)
+    return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
+
+
 def _study_or_404(request, pk: int):
     study = selectors.study_get_for(request.user, pk)
     if study is None:
@@ -57,10 +63,9 @@ class StudyListCreateApi(APIView):
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        studies = selectors.study_list_for(request.user, **filters.validated_data)
-        paginator = Pagination()
-        page = paginator.paginate_queryset(studies, request, view=self)
-        return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
+        return _paginated(
+            request, self, selectors.study_list_for(request.user, **filters.validated_data)
+        )
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
@@ -177,10 +182,8 @@ class WorklistApi(APIView):
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        studies = selectors.worklist(order=filters.validated_data.get("order", "triage"))
-        paginator = Pagination()
-        page = paginator.paginate_queryset(studies, request, view=self)
-        return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
+        order = filters.validated_data.get("order", "triage")
+        return _paginated(request, self, selectors.worklist(order=order))
 
 
 class AgreementApi(APIView):
