@@ -161,10 +161,6 @@ class Prediction(models.Model):
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
 
-    @property
-    def is_final(self) -> bool:
-        return self.status in (self.Status.DONE, self.Status.FAILED)
-
 
 class Review(models.Model):
     """A radiologist's label for a study. Append-only: reviews are never edited or deleted."""
