@@ -361,7 +361,7 @@ def format_top(results: Sequence[CleaningResult], n: int) -> str:
 def main(args: argparse.Namespace) -> list[CleaningResult]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    items = data.read_manifest(args.manifest) if args.manifest else data.scan_folder(args.data)
+    items = data.items_from_args(args)
     if args.limit_per_class:
         items = data.limit_per_class(items, args.limit_per_class, seed=args.seed)
     counts = Counter(label for _, label in items)
@@ -398,13 +398,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Rank training images by how likely their label is wrong", add_help=add_help
     )
     add = parser.add_argument
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="folder with NORMAL/, PNEUMONIA/ (or train/...)")
-    source.add_argument(
-        "--manifest",
-        type=Path,
-        help="CSV with columns path,label[,weight][,exclude][,source]; paths relative to it",
-    )
+    data.add_source_arguments(parser)
     add("--out", required=True, type=Path, help="where to write the ranked list (CSV)")
     add("--folds", default=5, type=int, help="cross-validation folds, grouped by patient")
     add("--seed", default=0, type=int, help="seed of the folds and of --limit-per-class")

@@ -14,6 +14,7 @@ must never appear in training or the figures leak.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import math
@@ -308,3 +309,18 @@ class ImageDataset(Dataset):
         if self.return_weight:
             return x, self.targets[index], self.weights[index]
         return x, self.targets[index]
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data DIR or --manifest CSV, one of them required: the images a command reads."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="folder with NORMAL/, PNEUMONIA/ (or train/...)")
+    source.add_argument(
+        "--manifest",
+        type=Path,
+        help="CSV with columns path,label[,weight][,exclude][,source]; paths relative to it",
+    )
+
+
+def items_from_args(args: argparse.Namespace) -> list[Item]:
+    return read_manifest(args.manifest) if args.manifest else scan_folder(args.data)

@@ -45,10 +45,10 @@ from ml.data import (
     POSITIVE_CLASS,
     ImageDataset,
     Item,
+    add_source_arguments,
+    items_from_args,
     limit_per_class,
     manifest_hash,
-    read_manifest,
-    scan_folder,
     split_train_val_test,
     write_manifest,
 )
@@ -240,7 +240,7 @@ def _describe(name: str, items: list[Item]) -> str:
 
 def _splits(args: argparse.Namespace) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
     """(all items used, train, val, test), split by patient."""
-    items = read_manifest(args.manifest) if args.manifest else scan_folder(args.data)
+    items = items_from_args(args)
     if args.limit_per_class:
         items = limit_per_class(items, args.limit_per_class, seed=args.seed)
     train, val, test = split_train_val_test(
@@ -424,13 +424,7 @@ def _write_checkpoint(
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a pneumonia classifier", add_help=add_help)
     add = parser.add_argument
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="folder with NORMAL/, PNEUMONIA/ (or train/...)")
-    source.add_argument(
-        "--manifest",
-        type=Path,
-        help="CSV with columns path,label[,weight][,exclude][,source]; paths relative to it",
-    )
+    add_source_arguments(parser)
     add("--arch", default="resnet34", choices=ARCHITECTURES, help="model architecture")
     add(
         "--pretrained",
