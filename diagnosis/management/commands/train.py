@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from django.conf import settings
@@ -16,12 +17,15 @@ class Command(BaseCommand):
         "splits that ml.train wrote next to the checkpoint."
     )
 
-    def add_arguments(self, parser):
+    def create_parser(self, prog_name, subcommand, **kwargs):
         from ml.train import get_args_parser
 
         # The training flags are ml.train's own, so the two commands cannot drift apart.
-        parser._add_container_actions(get_args_parser(add_help=False))
-        parser.set_defaults(out=None)
+        parents = [get_args_parser(add_help=False)]
+        return super().create_parser(prog_name, subcommand, parents=parents, **kwargs)
+
+    def add_arguments(self, parser):
+        parser.set_defaults(out=None)  # a dated file under VAR_DIR/models, see handle()
         parser.add_argument("--name", default="", help="Version name (default: arch-sha256).")
         parser.add_argument("--activate", action="store_true", help="Activate it at once.")
 
@@ -29,9 +33,9 @@ class Command(BaseCommand):
         from ml.models import PretrainedWeightsUnavailable
         from ml.train import get_args_parser, main
 
-        ml_args = get_args_parser(add_help=False).parse_args(["--data", "."])
-        for key in vars(ml_args):
-            setattr(ml_args, key, options[key])
+        # ml.train.main takes its own Namespace: keep the options that are its flags.
+        ml_keys = vars(get_args_parser(add_help=False).parse_args(["--data", "."]))
+        ml_args = argparse.Namespace(**{key: options[key] for key in ml_keys})
         if ml_args.out is None:
             stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
             ml_args.out = Path(settings.VAR_DIR) / "models" / f"{ml_args.arch}-{stamp}.pt"
