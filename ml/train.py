@@ -19,6 +19,9 @@ Recipe, fastai's `fine_tune` made explicit:
    group rising geometrically to lr/2 for the head. Each phase is one AdamW one-cycle.
 5. Keep the epoch with the best validation ROC AUC; its threshold is the highest one whose
    validation sensitivity is >= --min-sensitivity.
+Retraining (`manage.py retrain`) passes --val-manifest, a validation split frozen once so that
+successive versions are compared on the same images (no test split is carved then), and
+--init-checkpoint to continue from the active model instead of ImageNet weights.
 The class imbalance (about 1 normal to 3 pneumonia) is handled with a weighted cross-entropy
 (class weights n_train / (n_classes * n_class), so each class contributes equally), times the
 per-image `weight` of a manifest row. The same --seed gives the same split and result on CPU.
@@ -39,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ml.checkpoint import CheckpointMeta, save_checkpoint, utc_now
+from ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ml.data import (
     CLASS_NAMES,
     POSITIVE_CLASS,
@@ -49,6 +52,7 @@ from ml.data import (
     items_from_args,
     limit_per_class,
     manifest_hash,
+    read_manifest,
     split_train_val_test,
     write_manifest,
 )
@@ -239,13 +243,20 @@ def _describe(name: str, items: list[Item]) -> str:
 
 
 def _splits(args: argparse.Namespace) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
-    """(all items used, train, val, test), split by patient."""
+    """(all items used, train, val, test), split by patient; or, with --val-manifest, that
+    fixed validation split, the other items for training, and no test split."""
     items = items_from_args(args)
     if args.limit_per_class:
         items = limit_per_class(items, args.limit_per_class, seed=args.seed)
-    train, val, test = split_train_val_test(
-        items, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
-    )
+    if args.val_manifest is not None:
+        val, test = read_manifest(args.val_manifest), []
+        held = {item.path.resolve() for item in val}
+        train = [item for item in items if Path(item.path).resolve() not in held]
+        items = train + val
+    else:
+        train, val, test = split_train_val_test(
+            items, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+        )
     splits = (("train", train), ("val", val), ("test", test))
     print(", ".join(_describe(name, split) for name, split in splits), flush=True)
     return items, train, val, test
@@ -329,7 +340,11 @@ def fine_tune(run: _Run, lr_find_plot: Path) -> dict:
 def main(args: argparse.Namespace) -> Path:
     """Train as `args` say, write the checkpoint to args.out and return its path."""
     args = argparse.Namespace(**vars(args))  # defaults are resolved below; leave the caller's
-    pretrained = args.pretrained == "imagenet" or args.weights is not None
+    init = None
+    if args.init_checkpoint is not None:  # continue from a trained model: its arch and inputs
+        init = load_checkpoint(args.init_checkpoint)
+        args.arch = init[1].arch
+    pretrained = args.pretrained == "imagenet" or args.weights is not None or init is not None
     # Freezing a random body, or slowing its early layers, only makes sense for pretrained
     # weights: from scratch every layer trains at one rate from the start.
     if args.freeze_epochs is None:
@@ -346,17 +361,25 @@ def main(args: argparse.Namespace) -> Path:
     device = torch.device(args.device)
     out = Path(args.out)
 
-    pre = default_preprocessing(args.arch, args.img_size)
+    pre = init[1].preprocessing if init else default_preprocessing(args.arch, args.img_size)
     items, train, val, test = _splits(args)
     manifests = {"val_manifest": write_manifest(out.with_suffix(".val.csv"), val)}
     if test:  # what `python -m ml.evaluate --data-manifest` reads
         manifests["test_manifest"] = write_manifest(out.with_suffix(".test.csv"), test)
-    model = build_model(
-        args.arch,
-        num_classes=len(CLASS_NAMES),
-        pretrained=args.pretrained,
-        weights_path=args.weights,
-    ).to(device, memory_format=torch.channels_last)
+    if init is not None:
+        if tuple(init[1].class_names) != CLASS_NAMES:
+            raise ValueError(
+                f"{args.init_checkpoint} predicts {init[1].class_names}, not {CLASS_NAMES}"
+            )
+        model = init[0].train()
+    else:
+        model = build_model(
+            args.arch,
+            num_classes=len(CLASS_NAMES),
+            pretrained=args.pretrained,
+            weights_path=args.weights,
+        )
+    model = model.to(device, memory_format=torch.channels_last)
     train_loader, val_loader = _loaders(args, pre, train, val)
     criterion = WeightedCrossEntropy(_class_weights(train_loader.dataset.targets, len(CLASS_NAMES)))
     run = _Run(args, model, train_loader, val_loader, criterion.to(device), device, [])
@@ -421,10 +444,12 @@ def _write_checkpoint(
     return out
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.ArgumentParser:
+    """ml.train's flags; source=False leaves out --data/--manifest (retrain makes its own)."""
     parser = argparse.ArgumentParser(description="Train a pneumonia classifier", add_help=add_help)
     add = parser.add_argument
-    add_source_arguments(parser)
+    if source:
+        add_source_arguments(parser)
     add("--arch", default="resnet34", choices=ARCHITECTURES, help="model architecture")
     add(
         "--pretrained",
@@ -435,6 +460,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     add(
         "--weights", type=Path, help="local ImageNet state_dict of the body; overrides --pretrained"
+    )
+    add(
+        "--init-checkpoint",
+        type=Path,
+        help="continue from this checkpoint of ours (its arch and preprocessing; overrides "
+        "--arch, --img-size, --pretrained and --weights)",
+    )
+    add(
+        "--val-manifest",
+        type=Path,
+        help="fixed validation split (CSV manifest); its images are left out of training and "
+        "no test split is carved (--val-fraction and --test-fraction are ignored)",
     )
     add(
         "--freeze-epochs",

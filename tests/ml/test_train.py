@@ -127,3 +127,38 @@ def test_it_documents_every_flag():
         parser.parse_args([])
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "x", "--manifest", "y.csv"])
+
+
+def test_it_keeps_a_fixed_validation_manifest_out_of_training(tmp_path: Path):
+    items = write_dataset(tmp_path / "data", 12, size=32, seed=4)
+    held = [it for i, it in enumerate(items) if i % 4 == 0]
+    val_csv = tmp_path / "val.csv"
+    val_csv.write_text(
+        "path,label\n" + "".join(f"{p},{label}\n" for p, label in held), encoding="utf-8"
+    )
+    common = ["--img-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3"]
+    out = main(_args(tmp_path / "data", tmp_path / "m.pt", "--val-manifest", str(val_csv), *common))
+
+    meta = read_meta(out)
+    assert meta.metrics["n_val"] == len(held) and meta.metrics["n_test"] == 0
+    assert meta.metrics["n_train"] == len(items) - len(held)
+    assert meta.train_args["val_manifest_hash"] == manifest_hash(read_manifest(val_csv))
+    assert not Path(out).with_suffix(".test.csv").exists()
+
+
+def test_it_continues_from_a_checkpoint_with_its_arch_and_preprocessing(tmp_path: Path):
+    write_dataset(tmp_path / "data", 10, size=32, seed=6)
+    common = ["--batch-size", "8", "--test-fraction", "0", "--threads", "2"]
+    first = main(_args(tmp_path / "data", tmp_path / "a.pt", "--img-size", "48", "--epochs", "1",
+                       "--lr", "1e-3", *common))  # fmt: skip
+    # A rate that cannot move the weights: the result must be the checkpoint it started from.
+    second = main(_args(tmp_path / "data", tmp_path / "b.pt", "--init-checkpoint", str(first),
+                        "--arch", "efficientnet_lite0", "--img-size", "96", "--epochs", "1",
+                        "--freeze-epochs", "0", "--lr", "1e-30", *common))  # fmt: skip
+
+    (a, meta_a), (b, meta_b) = load_checkpoint(first), load_checkpoint(second)
+    assert meta_b.arch == "resnet34" and meta_b.preprocessing == meta_a.preprocessing
+    assert meta_b.train_args["init_checkpoint"] == str(first)
+    sa, sb = a.state_dict(), b.state_dict()
+    weights = [k for k in sa if sa[k].is_floating_point() and "running" not in k]
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in weights)
