@@ -49,6 +49,13 @@ class ModelVersion(models.Model):
     activated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Set by retraining: the version it continued from (or was compared against), what
+    # ml.train printed, and the gate's verdict {"passed", "reason", "candidate", "active", ...}.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    training_log = models.TextField(blank=True)
+    gate = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -277,3 +284,73 @@ class CleaningDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} {self.item_key}"
+
+
+class ValidationSplit(models.Model):
+    """The validation images every retrained candidate and the active model are compared on.
+
+    Frozen once (a patient split of the training pool, stored as a CSV manifest) and left out
+    of every later training run and cleaning ranking; the newest row is the one in force."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    manifest = models.CharField(max_length=300, help_text="CSV manifest, under MEDIA_ROOT.")
+    manifest_hash = models.CharField(max_length=64)
+    # The training-pool keys of its images ("base:..." / "study:<id>").
+    item_keys = models.JSONField(default=list)
+    origin = models.CharField(max_length=300, blank=True, help_text="How it was chosen.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Validation split {self.pk} ({len(self.item_keys)} images)"
+
+
+class TrainingJob(models.Model):
+    """One retraining run (`manage.py retrain` or the models page), with its progress log."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Init(models.TextChoices):
+        ACTIVE = "active", "The active model"
+        IMAGENET = "imagenet", "ImageNet weights"
+        NONE = "none", "Random weights (from scratch)"
+
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    init = models.CharField(max_length=10, choices=Init.choices, default=Init.ACTIVE)
+    # ml.train flags given for this run (epochs, lr, ...), and base-data options.
+    parameters = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    candidate = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    promoted = models.BooleanField(null=True, blank=True, help_text="The gate's verdict.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Training job {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)

@@ -40,6 +40,11 @@ def can_review(user: User) -> bool:
     return is_radiologist(user)
 
 
+def can_promote(user: User) -> bool:
+    """Retraining and promotion change what every prediction uses: admins only."""
+    return is_admin(user)
+
+
 def sees_all_studies(user: User) -> bool:
     """Uploaders see their own studies; radiologists and admins see every study."""
     return is_radiologist(user)

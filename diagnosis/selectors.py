@@ -19,6 +19,8 @@ from diagnosis.models import (
     ModelVersion,
     Prediction,
     Study,
+    TrainingJob,
+    ValidationSplit,
 )
 
 
@@ -84,9 +86,29 @@ def study_reviews(study: Study):
 
 
 def model_version_list() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.select_related("activated_by", "registered_by").prefetch_related(
-        "evaluations"
-    )
+    return ModelVersion.objects.select_related(
+        "activated_by", "registered_by", "parent"
+    ).prefetch_related("evaluations")
+
+
+def model_version(pk: int) -> ModelVersion | None:
+    return ModelVersion.objects.filter(pk=pk).first()
+
+
+def model_version_by_name(name: str) -> ModelVersion | None:
+    return ModelVersion.objects.filter(name=name).first()
+
+
+def validation_split_current() -> ValidationSplit | None:
+    return ValidationSplit.objects.first()
+
+
+def training_jobs(limit: int = 10) -> QuerySet[TrainingJob]:
+    return TrainingJob.objects.select_related("created_by", "candidate")[:limit]
+
+
+def training_job(pk: int) -> TrainingJob | None:
+    return TrainingJob.objects.select_related("created_by", "candidate").filter(pk=pk).first()
 
 
 PLOT_OWNERS = {"evaluation": Evaluation, "version": ModelVersion}

@@ -31,4 +31,19 @@ def predict(prediction_id: int) -> None:
 
 @shared_task
 def sweep_predictions() -> int:
-    return services.predictions_sweep()
+    # Training jobs lost by the broker, or by a dead worker, are swept on the same beat.
+    return services.predictions_sweep() + services.training_jobs_sweep()
+
+
+# Routed to settings.TRAINING_QUEUE (CELERY_TASK_ROUTES): a worker of its own, so a long
+# training never delays predictions. The global time limits are for predictions.
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.TRAINING_TIME_LIMIT,
+    time_limit=settings.TRAINING_TIME_LIMIT + 60,
+)
+def retrain(job_id: int) -> None:
+    job = services.training_job_run(job_id)
+    if job is not None:
+        logger.info("Training job %s: %s", job.pk, job.status)

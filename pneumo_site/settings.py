@@ -244,6 +244,27 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# ---------------------------------------------------------------------------- retraining
+
+# Retraining runs on its own queue, so that a long training never delays predictions; a
+# worker started with `-Q <this queue> --concurrency 1` takes it (scripts/up.sh starts one).
+TRAINING_QUEUE = os.getenv("TRAINING_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-training")
+CELERY_TASK_ROUTES = {"diagnosis.tasks.retrain": {"queue": TRAINING_QUEUE}}
+# The base data set folder (Kaggle layout) that the training pool starts from; empty: the
+# pool is the reviewed studies alone.
+TRAINING_BASE_DATA = os.getenv("TRAINING_BASE_DATA", "")
+# A training task may run this long; a running job whose log has not moved for the lease
+# is taken back by the sweeper (its worker died), at most TRAINING_MAX_ATTEMPTS times.
+TRAINING_TIME_LIMIT = envint("TRAINING_TIME_LIMIT", str(6 * 3600))
+TRAINING_LEASE_SECONDS = envint("TRAINING_LEASE_SECONDS", "1800")
+TRAINING_MAX_ATTEMPTS = envint("TRAINING_MAX_ATTEMPTS", "3")
+# The promotion gate: a candidate is promoted only if, on the frozen validation split, its
+# gate metric is at least the active model's minus the margin, and its sensitivity at its
+# own threshold is at least the floor.
+RETRAIN_GATE_METRIC = os.getenv("RETRAIN_GATE_METRIC", "auc")
+RETRAIN_GATE_MARGIN = envfloat("RETRAIN_GATE_MARGIN", "0.005")
+RETRAIN_MIN_SENSITIVITY = envfloat("RETRAIN_MIN_SENSITIVITY", "0.9")
+
 # Each prediction also stores a Grad-CAM overlay of what drove the call (one extra
 # backward pass per image).
 PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")

@@ -123,7 +123,9 @@ def xray_upload():
     return make
 
 
-def make_checkpoint(path: Path, *, seed: int = 0, threshold: float = 0.5) -> Path:
+def make_checkpoint(
+    path: Path, *, seed: int = 0, threshold: float = 0.5, input_size: int = 128
+) -> Path:
     """A real ResNet34 checkpoint written by the ml package, with seeded random weights."""
     import torch
 
@@ -138,7 +140,7 @@ def make_checkpoint(path: Path, *, seed: int = 0, threshold: float = 0.5) -> Pat
         class_names=("NORMAL", "PNEUMONIA"),
         positive_class="PNEUMONIA",
         # A smaller input than the real models' 224 keeps the tests quick on two cores.
-        preprocessing=Preprocessing(input_size=128),
+        preprocessing=Preprocessing(input_size=input_size),
         threshold=threshold,
         metrics={"val_auc": 0.5},
         train_args={"note": f"seeded random weights (seed {seed}) for tests"},

@@ -21,12 +21,23 @@ from diagnosis.services.studies import (
     study_create,
     study_create_many,
 )
+from diagnosis.services.training import (
+    gate_decide,
+    model_version_promote,
+    training_job_create,
+    training_job_enqueue,
+    training_job_run,
+    training_jobs_sweep,
+    validation_split_get_or_create,
+)
 
 __all__ = [
     "cleaning_decide",
     "cleaning_run_create",
     "evaluation_create",
+    "gate_decide",
     "model_version_activate",
+    "model_version_promote",
     "model_version_register",
     "model_version_rollback",
     "prediction_enqueue",
@@ -36,5 +47,10 @@ __all__ = [
     "studies_relabel",
     "study_create",
     "study_create_many",
+    "training_job_create",
+    "training_job_enqueue",
+    "training_job_run",
+    "training_jobs_sweep",
     "training_pool",
+    "validation_split_get_or_create",
 ]

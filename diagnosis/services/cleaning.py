@@ -14,10 +14,11 @@ from diagnosis.models import CleaningCandidate, CleaningDecision, CleaningRun, L
 # ---------------------------------------------------------------------------- training pool
 
 
-def training_pool(*, base_data: Path | None = None) -> list:
+def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = True) -> list:
     """What the next training run sees: the base data set folder (its training images only)
     plus every reviewed study, minus unusable images, with cleaning decisions applied (the
-    latest per image: exclude drops it, relabel changes its label, keep leaves it).
+    latest per image: exclude drops it, relabel changes its label, keep leaves it), minus the
+    frozen validation split's images (held out: never trained on, never cleaned).
     Each item's `source` is its key: "base:<path under base_data>" or "study:<id>"."""
     from ml.data import Item, scan_folder
 
@@ -31,6 +32,9 @@ def training_pool(*, base_data: Path | None = None) -> list:
         path = Path(default_storage.path(study.image.name))
         candidates.append(Item(path, study.current_label, source=f"study:{study.pk}"))
 
+    if exclude_held_out and (split := selectors.validation_split_current()) is not None:
+        held_out = set(split.item_keys)
+        candidates = [item for item in candidates if item.source not in held_out]
     decisions = selectors.cleaning_decisions(item.source for item in candidates)
     pool = []
     for item in candidates:

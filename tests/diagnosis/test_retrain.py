@@ -1,0 +1,221 @@
+"""Retraining: the frozen validation split, what the run trains on, the gate, permissions."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.core.management import CommandError, call_command
+
+from diagnosis import services
+from diagnosis.models import (
+    CleaningRun,
+    ModelActivation,
+    ModelVersion,
+    TrainingJob,
+    ValidationSplit,
+)
+from tests.conftest import make_checkpoint
+from tests.synthetic import write_dataset
+
+# Quick runs on two cores: 64 px ResNet34, a few seconds an epoch. From random weights a
+# fixed rate and no frozen phase learn the synthetic classes (as in tests/ml/test_train.py).
+QUICK = {"batch_size": 8, "lr": 1e-3, "freeze_epochs": 0, "epochs": 8, "threads": 2}
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("base") / "train"
+    write_dataset(root, 40, size=64, seed=5)
+    return root
+
+
+@pytest.fixture
+def base(base_folder, settings, tmp_path) -> Path:
+    settings.VAR_DIR = tmp_path / "var"
+    settings.TRAINING_BASE_DATA = str(base_folder)
+    settings.RETRAIN_GATE_MARGIN = 0.005
+    settings.RETRAIN_MIN_SENSITIVITY = 0.9
+    return base_folder
+
+
+@pytest.fixture
+def random_active(db, tmp_path):
+    """An active model that knows nothing: seeded random weights, 64 px input."""
+    path = make_checkpoint(tmp_path / "random.pt", seed=1, input_size=64)
+    return services.model_version_register(path=path, name="random-v1", activate=True)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(base_folder, tmp_path_factory) -> Path:
+    """A model that has learned the synthetic classes (ml.train from scratch)."""
+    from ml.train import get_args_parser, main
+
+    out = tmp_path_factory.mktemp("good") / "good.pt"
+    args = get_args_parser().parse_args(
+        ["--data", str(base_folder), "--img-size", "64", "--epochs", "8", "--lr", "1e-3",
+         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--out", str(out)]
+    )  # fmt: skip
+    return main(args)
+
+
+def manifest_rows(path: Path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {row["source"]: row["label"] for row in csv.DictReader(f)}
+
+
+def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
+    base, random_active, ada, rita, alice, xray_upload
+):
+    study = services.study_create(uploaded_by=alice, image=xray_upload("r.jpg", label="PNEUMONIA"))
+    services.review_create(study=study, reviewer=rita, label="PNEUMONIA")
+    pool = {item.source: item.label for item in services.training_pool(base_data=base)}
+    excluded, relabeled = sorted(k for k in pool if k.startswith("base:NORMAL/"))[:2]
+    services.cleaning_decide(item_key=excluded, decision="exclude", user=rita)
+    services.cleaning_decide(item_key=relabeled, decision="relabel", label="PNEUMONIA", user=rita)
+
+    job = services.training_job_create(user=ada, parameters=QUICK | {"clean": False}, enqueue=False)
+    job = services.training_job_run(job.pk)
+
+    assert job.status == TrainingJob.Status.SUCCEEDED, job.log + job.error
+    candidate = job.candidate
+    assert job.promoted is True and candidate.is_active, job.log
+    assert candidate.gate["passed"] and candidate.gate["active"]["auc"] is not None
+    assert candidate.gate["candidate"]["auc"] >= candidate.gate["active"]["auc"] - 0.005
+    assert candidate.parent == random_active
+    assert "== 5. Gate: PROMOTED" in job.log and "epoch 8" in candidate.training_log
+    activation = ModelActivation.objects.first()
+    assert (activation.version, activation.previous, activation.user) == (
+        candidate, random_active, ada
+    )  # fmt: skip
+    # Both were evaluated on the same frozen validation split.
+    split = ValidationSplit.objects.get()
+    hashes = {e.data_hash for e in candidate.evaluations.all()} | {
+        e.data_hash for e in random_active.evaluations.all()
+    }
+    assert hashes == {split.manifest_hash}
+    # The run trained on the pool with the decisions applied, without the validation images.
+    train = manifest_rows(Path(candidate.train_args["manifest"]))
+    assert excluded not in train
+    reviewed = f"study:{study.pk}"
+    assert (reviewed in train) != (reviewed in split.item_keys)
+    if relabeled not in split.item_keys:
+        assert train[relabeled] == "PNEUMONIA"
+    assert not set(train) & set(split.item_keys)
+    assert candidate.data_hash and candidate.data_hash != random_active.data_hash
+
+
+def test_a_worse_candidate_is_kept_with_the_reason_and_the_active_model_stays(
+    base, trained_checkpoint, ada
+):
+    good = services.model_version_register(path=trained_checkpoint, name="good", activate=True)
+    # Sabotaged: from random weights, a learning rate that cannot move them.
+    params = QUICK | {"clean": False, "lr": 1e-9, "epochs": 1, "freeze_epochs": 0}
+    job = services.training_job_create(user=ada, init="none", parameters=params, enqueue=False)
+    job = services.training_job_run(job.pk)
+
+    assert job.status == TrainingJob.Status.SUCCEEDED, job.log + job.error
+    assert job.promoted is False and not job.candidate.is_active
+    assert ModelVersion.objects.get(is_active=True) == good
+    assert (
+        "auc" in job.candidate.gate["reason"]
+        and "worse than the active" in job.candidate.gate["reason"]
+    )
+    assert job.candidate.parent == good
+    # The split adopted the active model's own validation images: it never trained on them.
+    split = ValidationSplit.objects.get()
+    assert split.origin.startswith("the validation images of good")
+    with open(good.train_args["val_manifest"], newline="") as f:
+        own_val = {Path(row["path"]).name for row in csv.DictReader(f)}
+    assert {key.rsplit("/", 1)[-1] for key in split.item_keys} == own_val
+
+
+def test_the_validation_split_is_frozen_across_runs_and_never_cleaned(base, random_active, ada):
+    split = services.validation_split_get_or_create(base_data=base)
+    assert services.validation_split_get_or_create(base_data=base) == split
+    keys = {item.source for item in services.training_pool(base_data=base)}
+    assert keys and not keys & set(split.item_keys)
+    assert set(split.item_keys) <= {
+        i.source for i in services.training_pool(base_data=base, exclude_held_out=False)
+    }
+    run = services.cleaning_run_create(base_data=base, folds=3)
+    assert not {c.item_key for c in run.candidates.all()} & set(split.item_keys)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "passed", "why"),
+    [
+        ({"auc": 0.95, "sensitivity": 0.95}, {"auc": 0.95, "sensitivity": 0.99}, True, "vs active"),
+        ({"auc": 0.946, "sensitivity": 0.95}, {"auc": 0.95, "sensitivity": 0.9}, True, "vs active"),
+        ({"auc": 0.94, "sensitivity": 0.95}, {"auc": 0.95, "sensitivity": 0.9}, False, "worse"),
+        ({"auc": 0.99, "sensitivity": 0.85}, {"auc": 0.95, "sensitivity": 0.9}, False, "floor"),
+        ({"auc": 0.6, "sensitivity": 0.92}, None, True, "no active model"),
+        ({"auc": None, "sensitivity": 0.92}, {"auc": 0.7, "sensitivity": 0.9}, False, "worse"),
+    ],
+)
+def test_the_gate_applies_the_margin_and_the_sensitivity_floor(
+    settings, candidate, active, passed, why
+):
+    settings.RETRAIN_GATE_METRIC, settings.RETRAIN_GATE_MARGIN = "auc", 0.005
+    settings.RETRAIN_MIN_SENSITIVITY = 0.9
+    same = {"data": {"manifest_hash": "h"}}
+    verdict = services.gate_decide(candidate | same, None if active is None else active | same)
+    assert verdict["passed"] is passed and why in verdict["reason"]
+
+
+def test_the_gate_refuses_evaluations_on_different_splits(settings):
+    with pytest.raises(ValueError, match="same validation split"):
+        services.gate_decide(
+            {"auc": 1, "sensitivity": 1, "data": {"manifest_hash": "a"}},
+            {"auc": 1, "sensitivity": 1, "data": {"manifest_hash": "b"}},
+        )
+
+
+def test_only_admins_retrain_and_promote(base, random_active, rita, alice, ada, tmp_path):
+    for user in (rita, alice):
+        with pytest.raises(PermissionDenied):
+            services.training_job_create(user=user, enqueue=False)
+        with pytest.raises(PermissionDenied):
+            services.model_version_promote(version=random_active, user=user)
+    other = services.model_version_register(
+        path=make_checkpoint(tmp_path / "o.pt", seed=9), name="o"
+    )
+    services.model_version_promote(version=other, user=ada, reason="manual")
+    assert ModelActivation.objects.first().user == ada
+
+
+def test_a_failed_run_is_recorded_on_the_job(base, db, ada, settings, tmp_path):
+    settings.TRAINING_BASE_DATA = str(tmp_path / "missing")
+    job = services.training_job_create(user=ada, init="none", enqueue=False)
+    job = services.training_job_run(job.pk)
+    assert job.status == TrainingJob.Status.FAILED and "does not exist" in job.error
+    assert services.training_job_run(job.pk) is None  # finished jobs are not claimed again
+
+
+def test_the_command_refuses_flags_it_sets_itself_and_a_missing_active_model(base, db):
+    with pytest.raises(CommandError, match="--out"):
+        call_command("retrain", "--out", "x.pt")
+    with pytest.raises(CommandError, match="no active model"):
+        call_command("retrain", "--init", "active")
+
+
+def test_the_command_cleans_finds_the_lr_and_retrains_from_the_active_model(
+    base, random_active, ada, capsys
+):
+    call_command(
+        "retrain", "--user", "ada", "--epochs", "1", "--freeze-epochs", "1",
+        "--lr-find-iters", "12", "--batch-size", "8", "--threads", "2",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    job = TrainingJob.objects.get()
+    assert job.status == TrainingJob.Status.SUCCEEDED and job.created_by == ada
+    assert job.parameters == {
+        "epochs": 1, "freeze_epochs": 1, "lr_find_iters": 12, "batch_size": 8, "threads": 2,
+        "clean": True,
+    }  # fmt: skip
+    assert "== 1. Cleaning" in out and CleaningRun.objects.count() == 1
+    assert "lr_find:" in out and job.candidate.plots.get("lr_find")
+    assert job.candidate.train_args["init_checkpoint"].endswith(".pt")
+    assert "== 4. Evaluating" in out and job.candidate.name in out
