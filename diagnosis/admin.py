@@ -9,7 +9,16 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 
 from diagnosis import selectors, services
-from diagnosis.models import Label, ModelActivation, ModelVersion, Prediction, Review, Study
+from diagnosis.models import (
+    Label,
+    ModelActivation,
+    ModelVersion,
+    Prediction,
+    Review,
+    Study,
+    TrainingJob,
+    ValidationSplit,
+)
 
 
 class LatestStatusFilter(admin.SimpleListFilter):
@@ -187,7 +196,9 @@ class PredictionAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["name", "architecture", "threshold", "is_active", "created_at", "activated_at"]
+    list_display = [
+        "name", "architecture", "threshold", "is_active", "parent", "created_at", "activated_at"
+    ]  # fmt: skip
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
     actions = ["activate"]
 
@@ -199,9 +210,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
-        version = services.model_version_activate(
-            version=queryset.get(), user=request.user, reason="activated in the admin"
-        )
+        try:
+            version = services.model_version_promote(
+                version=queryset.get(), user=request.user, reason="activated in the admin"
+            )
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
         self.message_user(request, f"{version.name} is now active.")
 
 
@@ -209,3 +224,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
 class ModelActivationAdmin(AuditTrailAdmin):
     list_display = ["created_at", "action", "previous", "version", "user", "reason"]
     list_filter = ["action"]
+
+
+@admin.register(TrainingJob)
+class TrainingJobAdmin(AuditTrailAdmin):
+    """Read-only here: start retraining on the models page, the API or `manage.py retrain`."""
+
+    list_display = ["id", "created_at", "created_by", "init", "status", "candidate", "promoted"]
+    list_filter = ["status", "promoted"]
+
+
+@admin.register(ValidationSplit)
+class ValidationSplitAdmin(AuditTrailAdmin):
+    list_display = ["id", "created_at", "created_by", "manifest", "manifest_hash"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from diagnosis.models import Label, Unusable
+from diagnosis.models import Label, TrainingJob, Unusable
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -40,3 +40,23 @@ class ReviewForm(forms.Form):
         if not data.get("label") and not data.get("unusable_reason"):
             raise forms.ValidationError("Choose a label, or say why the image is unusable.")
         return data
+
+
+class RetrainForm(forms.Form):
+    """Start a retraining job (admins, models page). Empty fields keep retrain's defaults."""
+
+    init = forms.ChoiceField(choices=TrainingJob.Init.choices, initial=TrainingJob.Init.ACTIVE)
+    freeze_epochs = forms.IntegerField(min_value=0, max_value=50, required=False)
+    epochs = forms.IntegerField(min_value=0, max_value=50, required=False)
+    limit_per_class = forms.IntegerField(
+        min_value=1, required=False, help_text="At most this many base images per class."
+    )
+    clean = forms.BooleanField(
+        required=False, initial=True, label="Rank the pool for cleaning first"
+    )
+
+    def job_arguments(self) -> dict:
+        data = self.cleaned_data
+        keys = ("freeze_epochs", "epochs", "limit_per_class")
+        parameters = {k: data[k] for k in keys if data[k] is not None} | {"clean": data["clean"]}
+        return {"init": data["init"], "parameters": parameters}

@@ -22,6 +22,9 @@ urlpatterns = [
     path("cleaning/decide/", views.cleaning_decide, name="cleaning-decide"),
     path("cleaning/images/<int:pk>/", views.cleaning_image, name="cleaning-image"),
     path("models/", views.model_list, name="model-list"),
+    path("models/<int:pk>/promote/", views.model_promote, name="model-promote"),
+    path("models/retrain/", views.training_job_create, name="training-job-create"),
+    path("models/jobs/<int:pk>/", views.training_job, name="training-job"),
     path(
         "models/plots/<slug:owner>/<int:pk>/<slug:plot>.png",
         views.plot,

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from diagnosis import roles, selectors, services
-from diagnosis.forms import ReviewForm, UploadForm
+from diagnosis.forms import RetrainForm, ReviewForm, UploadForm
 from diagnosis.models import Label, Prediction
 from diagnosis.validation import UploadRejected
 
@@ -182,9 +182,55 @@ def plot(request, owner: str, pk: int, plot: str):
 @require_GET
 def model_list(request):
     _require(roles.has_any_role(request.user))
-    return render(
-        request, "diagnosis/model_list.html", {"versions": selectors.model_version_list()}
+    context = {
+        "versions": selectors.model_version_list(),
+        "activations": selectors.model_activations(),
+        "jobs": selectors.training_jobs(),
+        "can_promote": roles.can_promote(request.user),
+        "retrain_form": RetrainForm(),
+    }
+    return render(request, "diagnosis/model_list.html", context)
+
+
+@login_required
+@require_POST
+def model_promote(request, pk: int):
+    _require(roles.can_promote(request.user))
+    version = selectors.model_version(pk)
+    if version is None:
+        raise Http404("No such model version.")
+    services.model_version_promote(
+        version=version, user=request.user, reason=request.POST.get("reason", "")[:500]
     )
+    messages.success(request, f"{version.name} is now the active model.")
+    return redirect("model-list")
+
+
+@login_required
+@require_POST
+def training_job_create(request):
+    _require(roles.can_promote(request.user))
+    form = RetrainForm(request.POST)
+    if form.is_valid():
+        try:
+            job = services.training_job_create(user=request.user, **form.job_arguments())
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("training-job", pk=job.pk)
+    for error in form.errors.values():
+        messages.error(request, " ".join(error))
+    return redirect("model-list")
+
+
+@login_required
+@require_GET
+def training_job(request, pk: int):
+    _require(roles.has_any_role(request.user))
+    job = selectors.training_job(pk)
+    if job is None:
+        raise Http404("No such training job.")
+    return render(request, "diagnosis/training_job.html", {"job": job})
 
 
 @login_required

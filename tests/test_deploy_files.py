@@ -26,16 +26,17 @@ def test_it_documents_every_setting_in_env_example():
     assert example_variables() - settings_variables() == set()
 
 
-def test_it_describes_web_worker_beat_redis_and_postgres_in_compose():
+def test_it_describes_web_workers_beat_redis_and_postgres_in_compose():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"web", "worker", "beat", "redis", "postgres"}
-    for name in ("web", "worker", "beat"):
+    assert set(services) == {"web", "worker", "training-worker", "beat", "redis", "postgres"}
+    for name in ("web", "worker", "training-worker", "beat"):
         env = services[name]["environment"]
         assert set(env) <= settings_variables(), name
         assert env["DEBUG"] == "false"
         assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
         assert set(services[name]["depends_on"]) == {"redis", "postgres"}
-    assert "celery -A pneumo_site worker" in services["worker"]["command"]
+    assert "celery -A pneumo_site worker -Q pneumo " in services["worker"]["command"]
+    assert "worker -Q pneumo-training " in services["training-worker"]["command"]
     assert "celery -A pneumo_site beat" in services["beat"]["command"]
     assert "migrate" in services["web"]["command"]

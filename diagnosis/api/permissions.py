@@ -17,3 +17,10 @@ class CanReview(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return roles.can_review(request.user)
+
+
+class CanPromote(BasePermission):
+    message = "Only admins may retrain and promote models."
+
+    def has_permission(self, request, view) -> bool:
+        return roles.can_promote(request.user)

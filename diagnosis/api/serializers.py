@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from diagnosis.models import Evaluation, ModelVersion, Prediction, Review, Study
+from diagnosis.models import Evaluation, ModelVersion, Prediction, Review, Study, TrainingJob
 
 
 class PredictionOutputSerializer(serializers.ModelSerializer):
@@ -115,6 +115,7 @@ class EvaluationOutputSerializer(serializers.ModelSerializer):
 
 class ModelVersionOutputSerializer(serializers.ModelSerializer):
     activated_by = serializers.CharField(source="activated_by.get_username", default=None)
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
     evaluations = EvaluationOutputSerializer(many=True, source="evaluations.all")
     plots = serializers.SerializerMethodField()
 
@@ -135,9 +136,23 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "activated_at",
             "activated_by",
+            "parent",
+            "gate",
             "plots",
             "evaluations",
         ]
 
     def get_plots(self, version: ModelVersion) -> dict[str, str]:
         return plot_urls("version", version)
+
+
+class TrainingJobOutputSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.get_username", default=None)
+    candidate = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = TrainingJob
+        fields = [
+            "id", "status", "init", "parameters", "created_by", "created_at", "started_at",
+            "finished_at", "attempts", "candidate", "promoted", "error", "log",
+        ]  # fmt: skip

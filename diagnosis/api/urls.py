@@ -21,6 +21,17 @@ urlpatterns = [
     path("agreement/", views.AgreementApi.as_view(), name="agreement"),
     path("models/", views.ModelVersionListApi.as_view(), name="model-list"),
     path(
+        "models/<slug:name>/promote/",
+        views.ModelVersionPromoteApi.as_view(),
+        name="model-promote",
+    ),
+    path("training-jobs/", views.TrainingJobListCreateApi.as_view(), name="training-job-list"),
+    path(
+        "training-jobs/<int:pk>/",
+        views.TrainingJobDetailApi.as_view(),
+        name="training-job-detail",
+    ),
+    path(
         "plots/<slug:owner>/<int:pk>/<slug:plot>/",
         views.PlotApi.as_view(),
         name="plot",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -14,14 +15,15 @@ from rest_framework.views import APIView
 
 from diagnosis import selectors, services
 from diagnosis.api.pagination import Pagination
-from diagnosis.api.permissions import CanReview, CanUpload
+from diagnosis.api.permissions import CanPromote, CanReview, CanUpload
 from diagnosis.api.serializers import (
     ModelVersionOutputSerializer,
     ReviewOutputSerializer,
     StudyDetailSerializer,
     StudySummarySerializer,
+    TrainingJobOutputSerializer,
 )
-from diagnosis.models import Label, Prediction, Unusable
+from diagnosis.models import Label, Prediction, TrainingJob, Unusable
 from diagnosis.validation import UploadRejected
 
 
@@ -227,3 +229,81 @@ class ModelVersionListApi(APIView):
         return Response(
             {"active": active, "results": ModelVersionOutputSerializer(versions, many=True).data}
         )
+
+
+class ModelVersionPromoteApi(APIView):
+    permission_classes = [IsAuthenticated, CanPromote]
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses=ModelVersionOutputSerializer,
+        summary="Make a model version the active one (admins; audited)",
+    )
+    def post(self, request, name: str):
+        version = selectors.model_version_by_name(name)
+        if version is None:
+            raise Http404("No such model version.")
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = services.model_version_promote(
+            version=version, user=request.user, reason=data.validated_data.get("reason", "")
+        )
+        return Response(ModelVersionOutputSerializer(version, context={"request": request}).data)
+
+
+class TrainingJobListCreateApi(APIView):
+    def get_permissions(self):
+        # Everyone with a role may follow retraining; only admins start it.
+        extra = CanPromote() if self.request.method == "POST" else CanUpload()
+        return [IsAuthenticated(), extra]
+
+    class InputSerializer(serializers.Serializer):
+        init = serializers.ChoiceField(choices=TrainingJob.Init.values, default="active")
+        freeze_epochs = serializers.IntegerField(min_value=0, max_value=50, required=False)
+        epochs = serializers.IntegerField(min_value=0, max_value=50, required=False)
+        limit_per_class = serializers.IntegerField(min_value=1, required=False)
+        clean = serializers.BooleanField(default=True)
+
+    @extend_schema(
+        responses=TrainingJobOutputSerializer(many=True), summary="Recent retraining jobs"
+    )
+    def get(self, request):
+        jobs = selectors.training_jobs(limit=50)
+        return Response(TrainingJobOutputSerializer(jobs, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: TrainingJobOutputSerializer},
+        summary="Start retraining on the training worker (admins)",
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        parameters = dict(data.validated_data)
+        init = parameters.pop("init")
+        try:
+            job = services.training_job_create(user=request.user, init=init, parameters=parameters)
+        except ValueError as exc:
+            raise serializers.ValidationError({"init": [str(exc)]}) from None
+        location = reverse("api:training-job-detail", args=[job.pk])
+        return Response(
+            TrainingJobOutputSerializer(job).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": location},
+        )
+
+
+class TrainingJobDetailApi(APIView):
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        responses=TrainingJobOutputSerializer, summary="One retraining job, with its log"
+    )
+    def get(self, request, pk: int):
+        job = selectors.training_job(pk)
+        if job is None:
+            raise Http404("No such training job.")
+        return Response(TrainingJobOutputSerializer(job).data)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(transactional_db, broker, tmp_path) -> Iterator[Callable[..., Process]]:
-    """Start `celery -A pneumo_site worker` (prefork, one child) on the test run's queue."""
+    """Start `celery -A pneumo_site worker` (prefork, one child) on the test run's prediction
+    queue, or on the queues that `-Q` names."""
     started: list[Process] = []
 
     def start(*extra_args: str, **env: str) -> Process:
@@ -93,6 +95,8 @@ def start_worker(transactional_db, broker, tmp_path) -> Iterator[Callable[..., P
             f"--hostname=test-{len(started)}@%h",
             *extra_args,
         ]
+        if "-Q" not in extra_args:  # the prediction queue, as scripts/up.sh starts it
+            args += ["-Q", settings.CELERY_TASK_DEFAULT_QUEUE]
         worker = Process(args, child_env(VAR_DIR=str(tmp_path), **env))
         started.append(worker)
         worker.wait_for_output("ready.", timeout=60)
