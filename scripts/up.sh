@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the whole platform on one machine with embedded defaults: a virtualenv, the
-# SQLite database in var/, demo accounts, a Celery worker (with the sweeper's schedule) and
-# the web server on http://127.0.0.1:8000. Redis is the broker when it answers on
+# SQLite database in var/, demo accounts, a Celery worker for predictions (with the
+# sweeper's schedule), a second one for retraining, and the web server on
+# http://127.0.0.1:8000. Redis is the broker when it answers on
 # 127.0.0.1:6379; otherwise kombu's filesystem transport in var/broker stands in.
 #
 # If no model is active yet and the Kermany training data is at ../shared/data/chest_xray
@@ -16,6 +17,10 @@ PORT=${PORT:-8000}
 DEMO_DATA=${DEMO_DATA:-../shared/data/chest_xray/train}
 DEMO_MODEL=var/models/demo-resnet34.pt
 mkdir -p var/log var/models
+# Retraining starts from the base data set plus the reviewed studies.
+if [ -z "${TRAINING_BASE_DATA:-}" ] && [ -d "$DEMO_DATA" ]; then
+  export TRAINING_BASE_DATA=$(cd "$DEMO_DATA" && pwd)
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "==> Creating .venv"
@@ -49,11 +54,16 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-echo "==> Starting the worker (log: var/log/worker.log)"
-"$PY" -m celery -A pneumo_site worker --beat --concurrency 1 --loglevel INFO \
-  > var/log/worker.log 2>&1 &
+QUEUE=${CELERY_TASK_DEFAULT_QUEUE:-pneumo}
+echo "==> Starting the prediction worker (log: var/log/worker.log)"
+"$PY" -m celery -A pneumo_site worker --beat --concurrency 1 --loglevel INFO -Q "$QUEUE" \
+  -n "predict@%h" > var/log/worker.log 2>&1 &
 worker=$!
 pids+=("$worker")
+echo "==> Starting the training worker (log: var/log/training-worker.log)"
+"$PY" -m celery -A pneumo_site worker --concurrency 1 --loglevel INFO \
+  -Q "${TRAINING_QUEUE:-$QUEUE-training}" -n "training@%h" > var/log/training-worker.log 2>&1 &
+pids+=($!)
 
 has_model=$("$PY" manage.py shell -v 0 -c \
   "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
