@@ -389,7 +389,7 @@ def main(args: argparse.Namespace) -> Path:
     lr_find_info = rates.pop("lr_find")
     extra_args = rates | {
         "lr_find_plot": lr_find_info["plot"] if lr_find_info else None,
-        **{name: str(path) for name, path in manifests.items()},
+        **{name: str(path.resolve()) for name, path in manifests.items()},
         "train_manifest_hash": manifest_hash(train),
         "val_manifest_hash": manifest_hash(val),
         "test_manifest_hash": manifest_hash(test) if test else None,

@@ -60,8 +60,11 @@ def test_it_honours_the_latest_cleaning_decision(base, rita, alice):
         services.cleaning_decide(item_key=key, decision="exclude", user=alice)
 
 
-def test_it_ranks_and_stores_the_pool_then_reviewers_decide_on_the_page(base, rita, alice):
-    call_command("clean_data", "--data", str(base), "--folds", "4")
+def test_it_ranks_and_stores_the_pool_then_reviewers_decide_on_the_page(
+    base, rita, alice, settings
+):
+    settings.TRAINING_BASE_DATA = str(base)  # what --data defaults to
+    call_command("clean_data", "--folds", "4")
 
     run = CleaningRun.objects.get()
     assert run.n_items == 32 == run.candidates.count()

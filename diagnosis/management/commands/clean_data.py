@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
@@ -17,7 +18,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--data", type=Path, default=None, help="Base training folder (NORMAL/, PNEUMONIA/)."
+            "--data",
+            type=Path,
+            default=Path(settings.TRAINING_BASE_DATA) if settings.TRAINING_BASE_DATA else None,
+            help="Base training folder (NORMAL/, PNEUMONIA/); default: TRAINING_BASE_DATA.",
         )
         parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds.")
         parser.add_argument("--seed", type=int, default=0, help="Seed of the folds.")
