@@ -6,7 +6,7 @@ from django.test import Client
 from django.urls import reverse
 
 from diagnosis import services
-from diagnosis.models import Review, Study
+from diagnosis.models import Review, Study, TrainingJob
 from tests.conftest import jpeg_bytes
 
 
@@ -31,6 +31,7 @@ PAGES = {
     "review": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 302, "ada": 302},
     "upload": {"anonymous": 302, "nemo": 403, "alice": 302, "bob": 302, "rita": 302, "ada": 302},
     "admin": {"anonymous": 302, "nemo": 302, "alice": 302, "bob": 302, "rita": 302, "ada": 200},
+    "retrain": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 403, "ada": 302},
 }
 
 
@@ -50,8 +51,10 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
             reverse("study-upload"), {"images": SimpleUploadedFile("x.jpg", jpeg_bytes())}
         ),
         "admin": lambda: client.get(reverse("admin:diagnosis_study_changelist")),
+        "retrain": lambda: client.post(reverse("training-job-create"), {"init": "imagenet"}),
     }
     reviews_before, studies_before = Review.objects.count(), Study.objects.count()
+    jobs_before = TrainingJob.objects.count()
 
     response = calls[page]()
 
@@ -61,6 +64,7 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
     allowed = PAGES[page][persona] in (200, 302) and persona not in ("anonymous", "nemo")
     assert Review.objects.count() == reviews_before + (page == "review" and allowed)
     assert Study.objects.count() == studies_before + (page == "upload" and allowed)
+    assert TrainingJob.objects.count() == jobs_before + (page == "retrain" and allowed)
 
 
 def test_it_uploads_several_files_from_the_page(alice):
