@@ -21,8 +21,8 @@ class MultipleImageField(forms.FileField):
 
 class UploadForm(forms.Form):
     images = MultipleImageField(
-        widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png"}),
-        help_text="Chest X-rays as JPEG or PNG; select several files at once if you like.",
+        widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png,application/dicom,.dcm"}),
+        help_text="Chest X-rays as JPEG, PNG or DICOM; select several files at once if you like.",
     )
 
 

@@ -119,6 +119,16 @@ class Study(models.Model):
     # Likewise the latest review's verdict on the image; non-empty keeps it out of training.
     unusable_reason = models.CharField(max_length=20, choices=Unusable.choices, blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # What the upload was (JPEG, PNG or DICOM; a DICOM is stored as the PNG it converts to)
+    # and the de-identified facts of a DICOM header: never names, IDs, dates or places.
+    source_format = models.CharField(max_length=10, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    view_position = models.CharField(max_length=16, blank=True)
+    body_part = models.CharField(max_length=32, blank=True)
+    patient_sex = models.CharField(max_length=1, blank=True)
+    patient_age_years = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Intended-use warnings found at upload (diagnosis.guardrails): shown, never a refusal.
+    warnings = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -64,6 +64,14 @@ def study_list_for(user, *, status: str = "", label: str = "", predicted_label: 
     return qs
 
 
+def studies_by_sha256(user, digests: set[str]) -> dict[str, Study]:
+    """The oldest study with each of these file hashes among those `user` may see."""
+    found: dict[str, Study] = {}
+    for study in study_list_for(user).filter(sha256__in=digests).order_by("created_at", "id"):
+        found.setdefault(study.sha256, study)
+    return found
+
+
 def study_get_for(user, pk: int) -> Study | None:
     """The study if `user` may see it, else None (callers answer 404, hiding its existence)."""
     return study_list_for(user).filter(pk=pk).first()

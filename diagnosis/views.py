@@ -72,11 +72,18 @@ def study_upload(request):
         except UploadRejected as exc:
             form.add_error("images", str(exc))
         else:
-            messages.success(
-                request,
-                f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} "
-                "uploaded; predictions follow.",
-            )
+            new = [s for s in studies if not s.is_duplicate]
+            if new:
+                messages.success(
+                    request,
+                    f"{len(new)} stud{'y' if len(new) == 1 else 'ies'} "
+                    "uploaded; predictions follow.",
+                )
+            for study in studies:
+                if study.is_duplicate:
+                    messages.info(request, f"Already uploaded as study #{study.pk}; not re-run.")
+                for warning in study.warnings:
+                    messages.warning(request, f"Study #{study.pk}: {warning}")
             return redirect("study-list")
     return _render_list(request, form, status=400)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,9 @@ def png_bytes(label: str = "NORMAL", *, seed: int = 0, size: int = 256) -> bytes
 
 @pytest.fixture
 def xray_upload():
-    def make(name: str = "chest.jpg", *, label: str = "NORMAL", seed: int = 0):
+    def make(name: str = "chest.jpg", *, label: str = "NORMAL", seed: int | None = None):
+        # Each name its own image by default: the same bytes twice would be one study.
+        seed = zlib.crc32(name.encode()) if seed is None else seed
         return SimpleUploadedFile(name, jpeg_bytes(label, seed=seed), content_type="image/jpeg")
 
     return make

@@ -72,6 +72,13 @@ class StudySummarySerializer(serializers.ModelSerializer):
             "height",
             "uploaded_by",
             "created_at",
+            "source_format",
+            "modality",
+            "view_position",
+            "body_part",
+            "patient_sex",
+            "patient_age_years",
+            "warnings",
         ]
 
     def get_status(self, study: Study) -> str:

@@ -56,6 +56,8 @@ class StudyListCreateApi(APIView):
         id = serializers.IntegerField()
         status = serializers.CharField()
         url = serializers.CharField()
+        duplicate = serializers.BooleanField()
+        warnings = serializers.ListField(child=serializers.CharField())
 
     @extend_schema(
         parameters=[FilterSerializer],
@@ -71,8 +73,10 @@ class StudyListCreateApi(APIView):
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
-        responses={202: AcceptedSerializer},
-        summary="Upload a chest X-ray (JPEG or PNG); it is predicted asynchronously",
+        responses={202: AcceptedSerializer, 200: AcceptedSerializer},
+        summary="Upload a chest X-ray (JPEG, PNG or DICOM); it is predicted asynchronously",
+        description="202: a new study, predicted asynchronously. 200: the same bytes were "
+        "already uploaded as a study you can see; that study is returned, not run again.",
     )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
@@ -85,8 +89,14 @@ class StudyListCreateApi(APIView):
             raise serializers.ValidationError({"image": [exc.reason]}) from None
         body = StudySummarySerializer(study).data
         return Response(
-            {"id": study.pk, "status": body["status"], "url": body["url"]},
-            status=status.HTTP_202_ACCEPTED,
+            {
+                "id": study.pk,
+                "status": body["status"],
+                "url": body["url"],
+                "duplicate": study.is_duplicate,
+                "warnings": study.warnings,
+            },
+            status=status.HTTP_200_OK if study.is_duplicate else status.HTTP_202_ACCEPTED,
             headers={"Location": request.build_absolute_uri(body["url"])},
         )
 

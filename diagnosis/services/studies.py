@@ -8,11 +8,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from diagnosis import roles
+from diagnosis import roles, selectors
 from diagnosis.models import Label, Prediction, Review, Study, Unusable
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
@@ -31,6 +32,11 @@ def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[St
     Every file is checked before anything is written. The rows are created in one
     transaction, and the files written during it are deleted if it fails, so a refused or
     failed upload leaves neither a row nor a file. Jobs are enqueued only after commit.
+
+    An exact duplicate (same bytes) of a study the uploader may already see is not stored or
+    predicted again: that study is returned instead, with `is_duplicate = True`. (A duplicate
+    of a study the uploader may not see is stored as a new study: linking to it would reveal
+    that someone else uploaded the image.)
     """
     if not roles.can_upload(uploaded_by):
         raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
@@ -39,26 +45,50 @@ def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[St
     if len(images) > settings.UPLOAD_MAX_FILES:
         raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
     infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
+    existing = selectors.studies_by_sha256(uploaded_by, {info.sha256 for info in infos})
 
     with atomic_files() as written, transaction.atomic():
         studies = []
         for upload, info in zip(images, infos, strict=True):
+            if info.sha256 in existing:
+                duplicate = existing[info.sha256]
+                duplicate.is_duplicate = True
+                studies.append(duplicate)
+                continue
             # A server-generated name: the client's file name is only ever displayed.
-            name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", upload)
+            content = ContentFile(info.converted) if info.converted is not None else upload
+            name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", content)
             written.append(name)
             study = Study.objects.create(
                 image=name,
-                original_filename=Path(upload.name or "upload").name[:255],
+                original_filename=_display_name(upload.name),
                 content_type=info.content_type,
                 sha256=info.sha256,
                 width=info.width,
                 height=info.height,
                 uploaded_by=uploaded_by,
+                source_format=info.source_format,
+                modality=info.facts.get("modality", ""),
+                view_position=info.facts.get("view_position", ""),
+                body_part=info.facts.get("body_part", ""),
+                patient_sex=info.facts.get("sex", ""),
+                patient_age_years=info.facts.get("age_years"),
+                warnings=info.warnings,
             )
             prediction = Prediction.objects.create(study=study)
             transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+            study.is_duplicate = False
+            existing[info.sha256] = study  # the same bytes twice in one upload: one study
             studies.append(study)
     return studies
+
+
+def _display_name(name: str | None) -> str:
+    """The client's file name for display only: its last path part, control characters
+    dropped, at most 255 characters."""
+    base = Path((name or "upload").replace("\\", "/")).name
+    cleaned = "".join(ch for ch in base if ch.isprintable())
+    return cleaned[:255] or "upload"
 
 
 # ---------------------------------------------------------------------------- reviews

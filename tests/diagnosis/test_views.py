@@ -12,7 +12,7 @@ from tests.conftest import jpeg_bytes
 
 @pytest.fixture
 def alices_study(alice, xray_upload):
-    return services.study_create(uploaded_by=alice, image=xray_upload("alice.jpg"))
+    return services.study_create(uploaded_by=alice, image=xray_upload("alice.jpg", seed=0))
 
 
 def client_for(user) -> Client:
@@ -48,7 +48,7 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
         "models": lambda: client.get(reverse("model-list")),
         "review": lambda: client.post(reverse("review-create", args=[pk]), {"label": "NORMAL"}),
         "upload": lambda: client.post(
-            reverse("study-upload"), {"images": SimpleUploadedFile("x.jpg", jpeg_bytes())}
+            reverse("study-upload"), {"images": SimpleUploadedFile("x.jpg", jpeg_bytes(seed=1))}
         ),
         "admin": lambda: client.get(reverse("admin:diagnosis_study_changelist")),
         "retrain": lambda: client.post(reverse("training-job-create"), {"init": "imagenet"}),
@@ -85,7 +85,9 @@ def test_it_shows_a_form_error_for_a_bad_file(alice):
         reverse("study-upload"), {"images": SimpleUploadedFile("notes.jpg", b"hello")}
     )
     assert response.status_code == 400
-    assert "notes.jpg: this is not a readable JPEG or PNG image." in response.content.decode()
+    assert (
+        "notes.jpg: this is not a readable JPEG, PNG or DICOM image." in response.content.decode()
+    )
     assert Study.objects.count() == 0
 
 
