@@ -164,6 +164,9 @@ class Prediction(models.Model):
     threshold = models.FloatField(null=True, blank=True)
     elapsed_ms = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # The failure was the model's (file missing, corrupted or unreadable), not the image's:
+    # the next activation of a model sends the prediction round again.
+    model_error = models.BooleanField(default=False)
     # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
     attempts = models.PositiveIntegerField(default=0)

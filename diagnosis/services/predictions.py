@@ -95,11 +95,18 @@ def prediction_run(prediction_id: int) -> Prediction | None:
             else:
                 result = predictor.predict(fh)
     except Exception as exc:
+        from ml.checkpoint import CheckpointError
+
+        model_error = isinstance(exc, inference.ModelFileError | CheckpointError)
         logger.exception("Prediction %s failed", prediction.pk)
+        reason = f"{type(exc).__name__}: {exc}"
+        if model_error:
+            reason = f"The active model cannot be used ({reason}); retried when one is."
         ours.update(
             status=Prediction.Status.FAILED,
             model_version=version,
-            error=f"{type(exc).__name__}: {exc}"[:2000],
+            error=reason[:2000],
+            model_error=model_error,
             finished_at=timezone.now(),
         )
     else:

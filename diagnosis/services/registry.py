@@ -88,6 +88,10 @@ def model_version_activate(
         ModelActivation.objects.create(
             version=version, previous=previous, action=action, user=user, reason=reason
         )
+        # Predictions that failed because of the previous model go round again.
+        Prediction.objects.filter(status=Prediction.Status.FAILED, model_error=True).update(
+            status=Prediction.Status.PENDING, model_error=False, error="", enqueued_at=None
+        )
         pending = list(
             Prediction.objects.filter(status=Prediction.Status.PENDING).values_list("pk", flat=True)
         )

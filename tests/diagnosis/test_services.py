@@ -203,13 +203,37 @@ def test_it_waits_for_a_model_then_runs_on_activation(
     assert services.prediction_run(pk).status == "done"
 
 
-def test_it_marks_a_prediction_failed_when_the_model_file_is_gone(alice, xray_upload, active_model):
+def test_it_marks_a_prediction_failed_when_the_model_file_is_gone(
+    alice, xray_upload, active_model, tmp_path
+):
     Path(settings.MEDIA_ROOT, active_model.file).unlink()
     study = services.study_create(uploaded_by=alice, image=xray_upload())
 
     prediction = services.prediction_run(study.predictions.get().pk)
-    assert prediction.status == "failed"
-    assert "missing" in prediction.error
+    assert prediction.status == "failed" and prediction.model_error
+    assert "The active model cannot be used" in prediction.error and "missing" in prediction.error
+    assert prediction.label == "" and prediction.probability is None
+
+    # Once a valid model is active, the same prediction runs again and succeeds.
+    fixed = services.model_version_register(
+        path=make_checkpoint(tmp_path / "fixed.pt", seed=5), name="fixed"
+    )
+    services.model_version_activate(version=fixed)
+    prediction.refresh_from_db()
+    assert (prediction.status, prediction.error) == ("pending", "")
+    prediction = services.prediction_run(prediction.pk)
+    assert prediction.status == "done" and prediction.model_version == fixed
+
+
+def test_a_corrupted_model_file_fails_clearly_and_never_gives_a_result(
+    alice, xray_upload, active_model
+):
+    path = Path(settings.MEDIA_ROOT, active_model.file)
+    path.write_bytes(path.read_bytes()[:1000])
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    prediction = services.prediction_run(study.predictions.get().pk)
+    assert prediction.status == "failed" and prediction.model_error
+    assert "does not match its registered sha256" in prediction.error
     assert prediction.label == "" and prediction.probability is None
 
 
