@@ -131,6 +131,20 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# Sign-in throttling: after this many failures for one user name from one address within
+# the window, that pair is refused until the window has passed.
+LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", "5")
+LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
+# Throttle counters live in this cache: per process by default; set CACHE_URL to a Redis
+# URL (redis://host:6379/1) so that every web process shares them.
+CACHE_URL = os.getenv("CACHE_URL", "locmem://")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL.startswith(("redis://", "rediss://"))
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 LOGIN_REDIRECT_URL = "study-list"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -191,6 +205,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "diagnosis.api.pagination.Pagination",
     "PAGE_SIZE": envint("API_PAGE_SIZE", "50"),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Per user (or per address when anonymous); uploads have a budget of their own.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "diagnosis.api.throttles.UploadRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.getenv("API_ANON_RATE", "60/min"),
+        "user": os.getenv("API_USER_RATE", "1200/min"),
+        "uploads": os.getenv("UPLOAD_RATE", "300/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pneumonia review platform API",
@@ -200,6 +225,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Swagger UI's files come from a pip package, not a CDN: the platform runs offline.
     "SWAGGER_UI_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "LabelEnum": "diagnosis.models.Label",
+        "UnusableReasonEnum": "diagnosis.models.Unusable",
+    },
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 

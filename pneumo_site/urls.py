@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+
+from diagnosis.auth import throttle_login
+
+admin.site.login = throttle_login(admin.site.login)
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/login/", throttle_login(auth_views.LoginView.as_view()), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/", include("diagnosis.api.urls")),
     path("", include("diagnosis.urls")),

@@ -1,14 +1,16 @@
 """The README's walkthrough, done in a real browser against a running platform (`make up`).
 
     .venv/bin/python scripts/walkthrough.py [--url http://127.0.0.1:8000] \
-        [--images ../shared/data/full_resolution] [--limit-per-class 300] [--out var/walkthrough]
+        [--images ../shared/data/full_resolution] [--base-data ../shared/data/chest_xray/train] \
+        [--limit-per-class 300] [--out var/walkthrough]
 
 An uploader uploads all but one of the labeled images in --images (NORMAL/, PNEUMONIA/); a
 radiologist works through the worklist in uncertainty order, confirming or correcting each
 label from the folder it came from, until two predictions were corrected; `manage.py
-clean_data` ranks the pool; the radiologist relabels the first flagged image on /cleaning/; the
-admin starts retraining on /models/ and follows the job's page until the gate decides; the
-uploader uploads the last image and the study page names the version that predicted it.
+clean_data --data BASE` ranks the pool; the radiologist relabels the first flagged image on
+/cleaning/; the admin starts retraining on /models/ and follows the job's page until the gate
+decides; the uploader uploads the last image and the study page names the version that
+predicted it.
 Accounts come from var/demo-credentials.txt. Screenshots go to --out. Needs the dev
 requirements (Playwright) and Debian's chromium.
 """
@@ -158,6 +160,9 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/full_resolution")
     parser.add_argument("--credentials", type=Path, default=ROOT / "var/demo-credentials.txt")
+    parser.add_argument(
+        "--base-data", type=Path, default=ROOT.parent / "shared/data/chest_xray/train"
+    )
     parser.add_argument("--limit-per-class", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "var/walkthrough")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
@@ -181,7 +186,9 @@ def main() -> None:
         walk.log_in("radiologist")
         walk.review(names)
         step("clean_data ranks the training pool")
-        subprocess.run([sys.executable, "manage.py", "clean_data"], cwd=ROOT, check=True)
+        python = ROOT / ".venv/bin/python"
+        command = [str(python if python.exists() else sys.executable), "manage.py", "clean_data"]
+        subprocess.run([*command, "--data", str(args.base_data)], cwd=ROOT, check=True)
         step("radiologist relabels the first flagged image: " + walk.relabel_first_flagged())
         step(f"admin starts retraining (--limit-per-class {args.limit_per_class})")
         walk.log_in("admin")

@@ -37,6 +37,14 @@ def broker() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counters (sign-ins, API rates) start at zero in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -43,13 +43,14 @@ def _study_or_404(request, pk: int):
 class StudyListCreateApi(APIView):
     permission_classes = [IsAuthenticated, CanUpload]
     parser_classes = [MultiPartParser, FormParser]
+    throttle_scope = "uploads"  # UploadRateThrottle: UPLOAD_RATE per user
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Prediction.Status.values, required=False)
         label = serializers.ChoiceField(choices=Label.values, required=False)
         predicted_label = serializers.ChoiceField(choices=Label.values, required=False)
 
-    class InputSerializer(serializers.Serializer):
+    class UploadInputSerializer(serializers.Serializer):
         image = serializers.FileField(allow_empty_file=True)
 
     class AcceptedSerializer(serializers.Serializer):
@@ -72,14 +73,14 @@ class StudyListCreateApi(APIView):
         )
 
     @extend_schema(
-        request={"multipart/form-data": InputSerializer},
+        request={"multipart/form-data": UploadInputSerializer},
         responses={202: AcceptedSerializer, 200: AcceptedSerializer},
         summary="Upload a chest X-ray (JPEG, PNG or DICOM); it is predicted asynchronously",
         description="202: a new study, predicted asynchronously. 200: the same bytes were "
         "already uploaded as a study you can see; that study is returned, not run again.",
     )
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
+        data = self.UploadInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             study = services.study_create(
@@ -137,7 +138,7 @@ class PredictionHeatmapApi(APIView):
 class ReviewCreateApi(APIView):
     permission_classes = [IsAuthenticated, CanReview]
 
-    class InputSerializer(serializers.Serializer):
+    class ReviewInputSerializer(serializers.Serializer):
         label = serializers.ChoiceField(choices=Label.values, required=False, allow_blank=True)
         unusable_reason = serializers.ChoiceField(
             choices=Unusable.values, required=False, allow_blank=True
@@ -152,13 +153,13 @@ class ReviewCreateApi(APIView):
             return data
 
     @extend_schema(
-        request=InputSerializer,
+        request=ReviewInputSerializer,
         responses={201: ReviewOutputSerializer},
         summary="Confirm or correct a study's label, or mark it unusable (radiologists)",
     )
     def post(self, request, pk: int):
         study = _study_or_404(request, pk)
-        data = self.InputSerializer(data=request.data)
+        data = self.ReviewInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         review = services.review_create(study=study, reviewer=request.user, **data.validated_data)
         return Response(ReviewOutputSerializer(review).data, status=status.HTTP_201_CREATED)
@@ -244,11 +245,11 @@ class ModelVersionListApi(APIView):
 class ModelVersionPromoteApi(APIView):
     permission_classes = [IsAuthenticated, CanPromote]
 
-    class InputSerializer(serializers.Serializer):
+    class PromoteInputSerializer(serializers.Serializer):
         reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
     @extend_schema(
-        request=InputSerializer,
+        request=PromoteInputSerializer,
         responses=ModelVersionOutputSerializer,
         summary="Make a model version the active one (admins; audited)",
     )
@@ -256,7 +257,7 @@ class ModelVersionPromoteApi(APIView):
         version = selectors.model_version_by_name(name)
         if version is None:
             raise Http404("No such model version.")
-        data = self.InputSerializer(data=request.data)
+        data = self.PromoteInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         version = services.model_version_promote(
             version=version, user=request.user, reason=data.validated_data.get("reason", "")
@@ -270,7 +271,7 @@ class TrainingJobListCreateApi(APIView):
         extra = CanPromote() if self.request.method == "POST" else CanUpload()
         return [IsAuthenticated(), extra]
 
-    class InputSerializer(serializers.Serializer):
+    class TrainingJobInputSerializer(serializers.Serializer):
         init = serializers.ChoiceField(choices=TrainingJob.Init.values, default="active")
         freeze_epochs = serializers.IntegerField(min_value=0, max_value=50, required=False)
         epochs = serializers.IntegerField(min_value=0, max_value=50, required=False)
@@ -285,12 +286,12 @@ class TrainingJobListCreateApi(APIView):
         return Response(TrainingJobOutputSerializer(jobs, many=True).data)
 
     @extend_schema(
-        request=InputSerializer,
+        request=TrainingJobInputSerializer,
         responses={202: TrainingJobOutputSerializer},
         summary="Start retraining on the training worker (admins)",
     )
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
+        data = self.TrainingJobInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         parameters = dict(data.validated_data)
         init = parameters.pop("init")
