@@ -103,6 +103,31 @@ def read_dicom(file: BinaryIO, *, max_pixels: int) -> DicomImage:
         raise DicomError(f"the DICOM file cannot be read ({exc}).") from None
     finally:
         file.seek(0)
+    try:
+        facts = _check_header(ds, max_pixels)
+        syntax = ds.file_meta.TransferSyntaxUID
+    except DicomError:
+        raise
+    except Exception as exc:  # a value of the wrong type or form in a damaged header
+        raise DicomError(f"the DICOM header is invalid ({exc}).") from None
+    try:
+        pixels = ds.pixel_array  # (H, W)
+    except NotImplementedError:
+        raise DicomError(f"the transfer syntax {syntax.name} is not supported.") from None
+    except Exception as exc:  # a plugin's decoder error on damaged data
+        raise DicomError(f"the DICOM pixel data cannot be decoded ({exc}).") from None
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise DicomError(f"unexpected pixel data of shape {pixels.shape}.")
+    try:
+        image = Image.fromarray(_to_8bit(ds, pixels), mode="L")
+    except Exception as exc:  # e.g. a window or LUT the header describes wrongly
+        raise DicomError(f"the DICOM image cannot be converted ({exc}).") from None
+    return DicomImage(image=image, facts=facts, transfer_syntax=str(syntax.name))
+
+
+def _check_header(ds, max_pixels: int) -> dict:
+    """The de-identified facts, or DicomError when the header says this is not a single
+    grayscale radiograph within the pixel limit."""
     facts = _facts(ds)
     if "PixelData" not in ds:
         raise DicomError("the DICOM file holds no image (no Pixel Data).")
@@ -122,14 +147,4 @@ def read_dicom(file: BinaryIO, *, max_pixels: int) -> DicomImage:
         raise DicomError(
             f"the image is {columns}x{rows} pixels, above the limit of {max_pixels} pixels."
         )
-    syntax = ds.file_meta.TransferSyntaxUID
-    try:
-        pixels = ds.pixel_array  # (H, W)
-    except NotImplementedError:
-        raise DicomError(f"the transfer syntax {syntax.name} is not supported.") from None
-    except Exception as exc:  # a plugin's decoder error on damaged data
-        raise DicomError(f"the DICOM pixel data cannot be decoded ({exc}).") from None
-    if pixels.ndim != 2 or pixels.size == 0:
-        raise DicomError(f"unexpected pixel data of shape {pixels.shape}.")
-    image = Image.fromarray(_to_8bit(ds, pixels), mode="L")
-    return DicomImage(image=image, facts=facts, transfer_syntax=str(syntax.name))
+    return facts
