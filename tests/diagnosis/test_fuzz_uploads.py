@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diagnosis.validation import ImageInfo, UploadRejected, inspect_upload
 from tests.conftest import jpeg_bytes, png_bytes
