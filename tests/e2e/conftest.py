@@ -4,6 +4,7 @@ the test database and media folder with the test process."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,9 +35,11 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
         self.lines: list[str] = []
+        # A session of its own, so that a test can kill the process and its children at once.
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -57,6 +60,11 @@ class Process:
                     f"no {text!r} from {self.args[:4]} in {timeout}s:\n{self.output}"
                 )
             time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started (a crash, not a shutdown)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
