@@ -7,7 +7,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from diagnosis import services
-from diagnosis.models import Prediction, Review, Study
+from diagnosis.models import ModelActivation, Prediction, Review, Study, TrainingJob
 from tests.conftest import api_client_for, jpeg_bytes
 
 
@@ -29,51 +29,85 @@ def upload(client: APIClient, content: bytes | None = None, name: str = "chest.j
 
 # --------------------------------------------------------------------- permissions, every role
 
-PERSONAS = ["anonymous", "nemo", "alice", "bob", "rita", "ada"]
+PERSONAS = ["anonymous", "nemo", "alice", "alice-token", "bob", "rita", "ada"]
 
 
 def client_as(request, persona: str) -> APIClient:
     if persona == "anonymous":
         return APIClient()
+    if persona.endswith("-token"):  # a real token, as a script would send it
+        return request.getfixturevalue("token_client")(request.getfixturevalue(persona[:-6]))
     return api_client_for(request.getfixturevalue(persona))
+
+
+def _row(anonymous, nemo, alice, bob, rita, ada) -> dict[str, int]:
+    row = {"anonymous": anonymous, "nemo": nemo, "alice": alice, "bob": bob, "rita": rita}
+    return row | {"ada": ada, "alice-token": alice}
 
 
 # What each persona gets on alice's study: bob is another uploader, nemo has no role.
 EXPECTED = {
-    "list": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
-    "upload": {"anonymous": 401, "nemo": 403, "alice": 202, "bob": 202, "rita": 202, "ada": 202},
-    "detail": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
-    "image": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
-    "review": {"anonymous": 401, "nemo": 403, "alice": 403, "bob": 403, "rita": 201, "ada": 201},
-    "models": {"anonymous": 401, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
-    "schema": {"anonymous": 401, "nemo": 200, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "list": _row(401, 403, 200, 200, 200, 200),
+    "upload": _row(401, 403, 202, 202, 202, 202),
+    "detail": _row(401, 403, 200, 404, 200, 200),
+    "image": _row(401, 403, 200, 404, 200, 200),
+    "heatmap": _row(401, 403, 404, 404, 404, 404),  # no heatmap yet: 404 even where allowed
+    "review": _row(401, 403, 403, 403, 201, 201),
+    "worklist": _row(401, 403, 403, 403, 200, 200),
+    "agreement": _row(401, 403, 200, 200, 200, 200),
+    "models": _row(401, 403, 200, 200, 200, 200),
+    "training-jobs": _row(401, 403, 200, 200, 200, 200),
+    "training-job": _row(401, 403, 200, 200, 200, 200),
+    "retrain": _row(401, 403, 403, 403, 403, 202),
+    "promote": _row(401, 403, 403, 403, 403, 200),
+    "schema": _row(401, 200, 200, 200, 200, 200),
 }
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
 @pytest.mark.parametrize("operation", EXPECTED)
-def test_it_enforces_roles_on_every_endpoint(request, persona, operation, alices_study):
+def test_it_enforces_roles_on_every_endpoint(
+    request, persona, operation, alices_study, checkpoint_path
+):
     client = client_as(request, persona)
     pk = alices_study.pk
+    prediction = alices_study.predictions.get()
+    job = TrainingJob.objects.create(init="imagenet")
+
+    def promote():
+        version = services.model_version_register(path=checkpoint_path, name="candidate")
+        return client.post(reverse("api:model-promote", args=[version.name]), {}, format="json")
+
     calls = {
         "list": lambda: client.get(reverse("api:study-list")),
         "upload": lambda: upload(client),
         "detail": lambda: client.get(reverse("api:study-detail", args=[pk])),
         "image": lambda: client.get(reverse("api:study-image", args=[pk])),
+        "heatmap": lambda: client.get(reverse("api:prediction-heatmap", args=[pk, prediction.pk])),
         "review": lambda: client.post(
             reverse("api:study-reviews", args=[pk]), {"label": "PNEUMONIA"}, format="json"
         ),
+        "worklist": lambda: client.get(reverse("api:worklist")),
+        "agreement": lambda: client.get(reverse("api:agreement")),
         "models": lambda: client.get(reverse("api:model-list")),
+        "training-jobs": lambda: client.get(reverse("api:training-job-list")),
+        "training-job": lambda: client.get(reverse("api:training-job-detail", args=[job.pk])),
+        "retrain": lambda: client.post(
+            reverse("api:training-job-list"), {"init": "imagenet"}, format="json"
+        ),
+        "promote": promote,
         "schema": lambda: client.get(reverse("api:schema")),
     }
-    studies_before, reviews_before = Study.objects.count(), Review.objects.count()
+    before = (Study.objects.count(), Review.objects.count(), TrainingJob.objects.count())
+    activations_before = ModelActivation.objects.count()
 
     response = calls[operation]()
 
     assert response.status_code == EXPECTED[operation][persona]
     if response.status_code >= 400:
-        assert Study.objects.count() == studies_before
-        assert Review.objects.count() == reviews_before
+        after = (Study.objects.count(), Review.objects.count(), TrainingJob.objects.count())
+        assert after == before
+        assert ModelActivation.objects.count() == activations_before
 
 
 def test_it_lists_only_an_uploaders_own_studies(alice, bob, rita, alices_study, xray_upload):
