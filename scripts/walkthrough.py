@@ -141,10 +141,11 @@ class Walkthrough:
             time.sleep(5)
             page.reload()
         self.shot("training-job")
+        status = page.inner_text("#job-status")
         gate = [line for line in page.inner_text("#job-log").splitlines() if "Gate:" in line]
         page.goto(self.url + "/models/")
         self.shot("models")
-        return page.inner_text("#job-status") + " | " + (gate[-1] if gate else "no gate line")
+        return status + " | " + (gate[-1] if gate else "no gate line")
 
     def predicted_by(self, image: Path) -> str:
         self.upload([image])

@@ -1,0 +1,189 @@
+"""Load benchmark: N real chest X-rays uploaded through the API by C concurrent clients
+against the running platform (`make up`: gunicorn + one worker), then every prediction
+awaited. Prints one table.
+
+    .venv/bin/python bench/load.py [--url http://127.0.0.1:8000] [-n 500] [-c 20] \
+        [--images ../shared/data/chest_xray/train] [--timeout 1800]
+
+Each client is its own uploader account (bench-uploader-K, created with an API token in the
+platform's database, so run it with the platform's settings: same DATABASE_URL / VAR_DIR).
+Images are distinct files (the platform links exact duplicates instead of predicting them).
+Standard library only on the client side: threads and urllib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_tokens(n: int) -> list[str]:
+    """n uploader accounts with API tokens, made in the platform's database."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pneumo_site.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from rest_framework.authtoken.models import Token
+
+    from diagnosis import roles
+
+    group, _ = Group.objects.get_or_create(name=roles.UPLOADER)
+    tokens = []
+    for k in range(n):
+        user, created = get_user_model().objects.get_or_create(username=f"bench-uploader-{k}")
+        if created:
+            user.set_unusable_password()
+            user.save()
+        user.groups.add(group)
+        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+    return tokens
+
+
+def multipart(path: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="{path.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+def request(url: str, token: str, *, body: bytes | None = None, boundary: str = ""):
+    req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    req.add_header("Authorization", f"Token {token}")
+    if boundary:
+        req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(req, timeout=120) as response:
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def peak_rss_mb(pattern: str) -> tuple[float, int]:
+    """(largest VmHWM in MB, number of processes) of the processes whose command line
+    contains `pattern` (their high-water mark since they started)."""
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if pattern not in cmdline or "bench/load.py" in cmdline:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1000)
+        except OSError:
+            continue
+    return (max(peaks) if peaks else float("nan")), len(peaks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("-n", type=int, default=500, help="uploads")
+    parser.add_argument("-c", type=int, default=20, help="concurrent clients")
+    default_images = ROOT.parent / "shared/data/chest_xray/train"
+    parser.add_argument("--images", type=Path, default=default_images)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for results")
+    args = parser.parse_args()
+    paths = sorted(args.images.rglob("*.jpeg"))[: args.n]
+    if len(paths) < args.n:
+        raise SystemExit(f"only {len(paths)} images under {args.images}")
+    tokens = bench_tokens(args.c)
+    api = args.url.rstrip("/") + "/api/studies/"
+
+    accepted: dict[int, str] = {}  # study id -> token of its uploader
+    latencies, errors, lock = [], [], threading.Lock()
+
+    def client(k: int) -> None:
+        for path in paths[k :: args.c]:
+            body, boundary = multipart(path)
+            start = time.perf_counter()
+            try:
+                status, answer = request(api, tokens[k], body=body, boundary=boundary)
+            except (urllib.error.URLError, OSError) as exc:
+                with lock:
+                    errors.append(f"{path.name}: {exc}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                if status in (200, 202):
+                    accepted[answer["id"]] = tokens[k]
+                else:
+                    errors.append(f"{path.name}: HTTP {status}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.c) as pool:
+        list(pool.map(client, range(args.c)))
+    upload_seconds = time.perf_counter() - started
+
+    # Wait for every accepted study to be predicted (or failed), polling its detail.
+    results: dict[int, dict] = {}
+    deadline = time.monotonic() + args.timeout
+    while len(results) < len(accepted) and time.monotonic() < deadline:
+        for study_id, token in list(accepted.items()):
+            if study_id in results:
+                continue
+            _, body = request(f"{api}{study_id}/", token)
+            if body.get("status") in ("done", "failed"):
+                results[study_id] = body
+        time.sleep(1)
+    lost = len(accepted) - len(results)
+
+    done = [r for r in results.values() if r["status"] == "done"]
+    created = [datetime.fromisoformat(r["created_at"]) for r in done]
+    finished = [datetime.fromisoformat(r["prediction"]["finished_at"]) for r in done]
+    to_prediction = [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)]
+    drain = len(done) / (max(finished) - min(created)).total_seconds() if done else 0.0
+    web, n_web = peak_rss_mb("gunicorn")
+    worker, n_worker = peak_rss_mb("predict@")  # the prediction worker, as up.sh names it
+
+    def ps(values, qs, fmt):
+        return " / ".join(format(percentile(values, q), fmt) for q in qs)
+
+    rows = [
+        ("uploads sent / accepted", f"{args.n} / {len(accepted)}"),
+        ("clients", str(args.c)),
+        ("uploads/s accepted", f"{len(accepted) / upload_seconds:.1f}"),
+        ("upload latency p50 / p95 / p99 (s)", ps(latencies, (50, 95, 99), ".3f")),
+        ("upload -> prediction p50 / p95 (s)", ps(to_prediction, (50, 95), ".1f")),
+        ("predictions/s drained", f"{drain:.2f}"),
+        ("predictions done / failed", f"{len(done)} / {len(results) - len(done)}"),
+        ("errors", str(len(errors))),
+        ("lost studies", str(lost)),
+        (f"peak RSS web (largest of {n_web} gunicorn processes)", f"{web:.0f} MB"),
+        (f"peak RSS worker (largest of {n_worker} processes)", f"{worker:.0f} MB"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"| {'measure'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+    for line in errors[:10]:
+        print("error:", line, file=sys.stderr)
+    if lost or errors:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
