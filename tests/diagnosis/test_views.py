@@ -6,7 +6,7 @@ from django.test import Client
 from django.urls import reverse
 
 from diagnosis import services
-from diagnosis.models import Review, Study, TrainingJob
+from diagnosis.models import ModelActivation, ModelVersion, Review, Study, TrainingJob
 from tests.conftest import jpeg_bytes
 
 
@@ -32,6 +32,12 @@ PAGES = {
     "upload": {"anonymous": 302, "nemo": 403, "alice": 302, "bob": 302, "rita": 302, "ada": 302},
     "admin": {"anonymous": 302, "nemo": 302, "alice": 302, "bob": 302, "rita": 302, "ada": 200},
     "retrain": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 403, "ada": 302},
+    "job": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "promote": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 403, "ada": 302},
+    "worklist": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 200, "ada": 200},
+    "agreement": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
+    "cleaning": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 200, "ada": 200},
+    "heatmap": {"anonymous": 302, "nemo": 403, "alice": 404, "bob": 404, "rita": 404, "ada": 404},
 }
 
 
@@ -41,6 +47,14 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
     user = None if persona == "anonymous" else request.getfixturevalue(persona)
     client = client_for(user)
     pk = alices_study.pk
+    prediction = alices_study.predictions.get()
+    job = TrainingJob.objects.create(init="imagenet")
+    version = ModelVersion.objects.create(
+        name="v", architecture="resnet34", file="models/v.pt", sha256="0" * 64,
+        class_names=["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA", preprocessing={},
+        threshold=0.5,
+    )  # fmt: skip
+    activations_before = ModelActivation.objects.count()
     calls = {
         "list": lambda: client.get(reverse("study-list")),
         "detail": lambda: client.get(reverse("study-detail", args=[pk])),
@@ -52,6 +66,13 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
         ),
         "admin": lambda: client.get(reverse("admin:diagnosis_study_changelist")),
         "retrain": lambda: client.post(reverse("training-job-create"), {"init": "imagenet"}),
+        "job": lambda: client.get(reverse("training-job", args=[job.pk])),
+        "promote": lambda: client.post(reverse("model-promote", args=[version.pk])),
+        "worklist": lambda: client.get(reverse("worklist")),
+        "agreement": lambda: client.get(reverse("agreement")),
+        "cleaning": lambda: client.get(reverse("cleaning")),
+        # No heatmap has been made yet: 404 even for those who may see the study.
+        "heatmap": lambda: client.get(reverse("prediction-heatmap", args=[pk, prediction.pk])),
     }
     reviews_before, studies_before = Review.objects.count(), Study.objects.count()
     jobs_before = TrainingJob.objects.count()
@@ -65,6 +86,7 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
     assert Review.objects.count() == reviews_before + (page == "review" and allowed)
     assert Study.objects.count() == studies_before + (page == "upload" and allowed)
     assert TrainingJob.objects.count() == jobs_before + (page == "retrain" and allowed)
+    assert ModelActivation.objects.count() == activations_before + (page == "promote" and allowed)
 
 
 def test_it_uploads_several_files_from_the_page(alice):
