@@ -170,6 +170,9 @@ class Prediction(models.Model):
     # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Which claim (one worker's batch) holds the prediction while it runs; only that claim's
+    # holder may write the result.
+    claim = models.CharField(max_length=32, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

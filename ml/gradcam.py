@@ -21,19 +21,31 @@ from torch import nn
 def grad_cam(
     model: nn.Module, x: torch.Tensor, *, target_layer: nn.Module, class_index: int
 ) -> np.ndarray:
-    """Grad-CAM of `class_index` for one image x (1, 3, H, W) -> float32 (H, W) in [0, 1].
+    """Grad-CAM of `class_index` for one image x (1, 3, H, W) -> float32 (H, W) in [0, 1]."""
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"grad_cam takes one image shaped (1, C, H, W), got {tuple(x.shape)}")
+    return grad_cams(model, x, target_layer=target_layer, class_index=class_index)[0]
+
+
+def grad_cams(
+    model: nn.Module, x: torch.Tensor, *, target_layer: nn.Module, class_index: int
+) -> np.ndarray:
+    """Grad-CAM of `class_index` for a batch x (B, 3, H, W) -> float32 (B, H, W) in [0, 1],
+    with one forward and one backward pass for the whole batch.
 
     The class score is the logit's margin over the other classes, z_c - logsumexp(z_other),
     which for two classes is log(p / (1 - p)): the map then shows evidence for pneumonia
-    against normal rather than features that raise both logits. The map is ReLU'd and scaled
-    by its own maximum, so 1 is the strongest evidence in this image (not comparable across
-    images) and an image with no evidence for the class gives all zeros.
+    against normal rather than features that raise both logits. The scores of the batch are
+    summed before the backward pass; in eval() mode images do not interact, so each image's
+    gradient is its own. Each map is ReLU'd and scaled by its own maximum, so 1 is the
+    strongest evidence in that image (not comparable across images) and an image with no
+    evidence for the class gives all zeros.
 
     The model's state is untouched: the hook is removed in `finally`, gradients come from
     torch.autograd.grad (nothing lands in parameters' .grad) and eval/train mode is kept.
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"grad_cam takes one image shaped (1, C, H, W), got {tuple(x.shape)}")
+    if x.ndim != 4:
+        raise ValueError(f"grad_cams takes images shaped (B, C, H, W), got {tuple(x.shape)}")
     captured: list[torch.Tensor] = []
 
     def keep_activation(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -49,23 +61,21 @@ def grad_cam(
         # requires_grad on the input makes the graph exist even if the weights are frozen.
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone().requires_grad_(True)
-            logits = model(x)  # (1, C)
+            logits = model(x).float()  # (B, C)
             if not captured:
                 raise ValueError("target_layer did not run in the model's forward pass")
-            activation = captured[-1]  # (1, K, h, w)
-            z = logits[0].float()
-            others = torch.cat([z[:class_index], z[class_index + 1 :]])
-            score = z[class_index] - torch.logsumexp(others, dim=0)
-            (gradient,) = torch.autograd.grad(score, activation)  # (1, K, h, w)
-        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (1, K, 1, 1) per-channel importance
-        cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (1, 1, h, w)
+            activation = captured[-1]  # (B, K, h, w)
+            others = torch.cat([logits[:, :class_index], logits[:, class_index + 1 :]], dim=1)
+            score = logits[:, class_index] - torch.logsumexp(others, dim=1)  # (B,)
+            (gradient,) = torch.autograd.grad(score.sum(), activation)  # (B, K, h, w)
+        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1) per-channel importance
+        cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
     finally:
         handle.remove()
     cam = F.interpolate(cam.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    cam = cam[0, 0].clamp_(min=0.0)  # (H, W); bilinear can undershoot by float noise
-    peak = float(cam.max())
-    if peak > 0.0:
-        cam = cam / peak
+    cam = cam[:, 0].clamp_(min=0.0)  # (B, H, W); bilinear can undershoot by float noise
+    peak = cam.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    cam = torch.where(peak > 0.0, cam / peak.clamp(min=1e-12), cam)
     return cam.cpu().numpy().astype(np.float32)
 
 

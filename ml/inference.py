@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
-from ml.gradcam import grad_cam, overlay
+from ml.gradcam import grad_cams, overlay
 from ml.models import target_layer
 from ml.preprocessing import ImageDecodeError, ImageSource, image_to_tensor, open_image
 
@@ -124,23 +124,38 @@ class Predictor:
         pass with gradients that follows costs about two forward passes more and is not in
         it). The model is left as it was: no hooks, no .grad, still in eval().
         """
+        return self.explain_batch([source], threshold=threshold)[0]
+
+    def explain_batch(
+        self, sources: Sequence[ImageSource], *, threshold: float | None = None
+    ) -> list[tuple[Prediction, Image.Image]]:
+        """explain() for several images: one inference pass and one Grad-CAM pass (forward and
+        backward) for the whole batch. Probabilities equal predict_batch()'s."""
         t = self._threshold(threshold)
-        if hasattr(source, "read"):  # decoded twice below; a stream can only be read once
-            if hasattr(source, "seek"):
-                source.seek(0)  # as open_image() does
-            source = source.read()
+        if not sources:
+            return []
+        data = []
+        for source in sources:  # each is decoded twice below; a stream can be read once
+            if hasattr(source, "read"):
+                if hasattr(source, "seek"):
+                    source.seek(0)  # as open_image() does
+                source = source.read()
+            data.append(source)
         start = time.perf_counter()
-        x = self._load(source).unsqueeze(0)  # (1, 3, S, S)
-        (probability,) = self._positive_probabilities(x)
-        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        x = torch.stack([self._load(source) for source in data])  # (B, 3, S, S)
+        probabilities = self._positive_probabilities(x)
+        elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(data)
         with self._explain_lock:
-            cam = grad_cam(
+            cams = grad_cams(
                 self.model,
                 x.to(self.device, memory_format=torch.channels_last),
                 target_layer=target_layer(self.model, self.meta.arch),
                 class_index=self._positive,
-            )  # (S, S) in [0, 1]
-        image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for big JPEGs
-        image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
-        heatmap = overlay(image, cam)
-        return Prediction(self._label(probability, t), probability, t, elapsed_ms), heatmap
+            )  # (B, S, S) in [0, 1]
+        results = []
+        for source, probability, cam in zip(data, probabilities, cams, strict=True):
+            image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for JPEGs
+            image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
+            prediction = Prediction(self._label(probability, t), probability, t, elapsed_ms)
+            results.append((prediction, overlay(image, cam)))
+        return results

@@ -294,6 +294,11 @@ RETRAIN_GATE_METRIC = os.getenv("RETRAIN_GATE_METRIC", "auc")
 RETRAIN_GATE_MARGIN = envfloat("RETRAIN_GATE_MARGIN", "0.005")
 RETRAIN_MIN_SENSITIVITY = envfloat("RETRAIN_MIN_SENSITIVITY", "0.9")
 
+# Micro-batching: a prediction task claims its own prediction plus up to this many minus one
+# other pending ones (oldest first) and runs them as one batch. It never waits for a batch
+# to fill: an isolated upload runs alone at once; under load, batches form by themselves.
+PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
+
 # Each prediction also stores a Grad-CAM overlay of what drove the call (one extra
 # backward pass per image).
 PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")

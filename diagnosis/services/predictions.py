@@ -54,52 +54,108 @@ def predictions_sweep() -> int:
     return sent
 
 
-def _claim(prediction_id: int) -> Prediction | None:
-    """Take the prediction for this worker with one conditional UPDATE: a duplicate
-    delivery, or a second worker, finds nothing to claim and does nothing. A running
+def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
+    """Take predictions for this worker with conditional UPDATEs under one claim token: this
+    task's own (unless another worker has it), then up to batch_size - 1 other pending ones,
+    oldest first. A duplicate delivery, or a second worker, finds nothing to claim. A running
     prediction whose lease is over (its worker died) can be claimed again."""
     now = timezone.now()
+    token = uuid.uuid4().hex
     lease_over = now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS)
-    claimed = Prediction.objects.filter(
+    take = {"status": Prediction.Status.RUNNING, "started_at": now, "claim": token,
+            "attempts": F("attempts") + 1}  # fmt: skip
+    Prediction.objects.filter(
         Q(status=Prediction.Status.PENDING)
         | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
         pk=prediction_id,
-    ).update(status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
-    if not claimed:
-        return None
-    return Prediction.objects.select_related("study").get(pk=prediction_id)
+    ).update(**take)
+    if batch_size > 1:
+        others = (
+            Prediction.objects.filter(status=Prediction.Status.PENDING)
+            .exclude(pk=prediction_id)
+            .order_by("created_at", "id")
+            .values_list("pk", flat=True)[: batch_size - 1]
+        )
+        # The status condition is evaluated again by the UPDATE: a row another worker took
+        # meanwhile is not taken twice.
+        Prediction.objects.filter(pk__in=list(others), status=Prediction.Status.PENDING).update(
+            **take
+        )
+    return list(
+        Prediction.objects.filter(claim=token).select_related("study").order_by("created_at")
+    )
 
 
 def prediction_run(prediction_id: int) -> Prediction | None:
-    """Run the active model on the prediction's study. Returns the finished prediction, or
-    None when there was nothing to do (already taken, or no active model yet)."""
+    """Run the active model on the prediction's study, batched with other pending ones
+    (PREDICTION_BATCH_SIZE). Returns this task's prediction as it ended, or None when there
+    was nothing to do for it (already taken, or no active model yet)."""
     version = selectors.model_version_active()
     if version is None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
         return None
-    prediction = _claim(prediction_id)
-    if prediction is None:
+    batch = _claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
+    if not batch:
         return None
-    # Only the holder of this claim may write the result: if its lease ran out and another
-    # worker took over, the later writer finds no row to update.
-    ours = Prediction.objects.filter(
-        pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
-    )
-    heatmap = ""
     try:
         predictor = inference.predictor_for(version)
-        with default_storage.open(prediction.study.image.name, "rb") as fh:
-            if settings.PREDICTION_HEATMAPS:
-                result, overlay = predictor.explain(fh)
-                heatmap = _save_png(overlay, "heatmaps")
-            else:
-                result = predictor.predict(fh)
+        results = _run_batch(predictor, batch)
+    except Exception as exc:  # the model, not an image: every prediction of the batch fails
+        results = {p.pk: exc for p in batch}
+    for prediction in batch:
+        _record(prediction, version, results[prediction.pk])
+    mine = next((p for p in batch if p.pk == prediction_id), None)
+    if mine is None:
+        return None
+    mine.refresh_from_db()
+    return mine
+
+
+def _run_batch(predictor, batch: list[Prediction]) -> dict:
+    """prediction id -> (ml Prediction, heatmap name or "") or the exception for that image.
+    Images are read one by one (a damaged file fails alone), then run as one batch."""
+    results, sources, ready = {}, [], []
+    for prediction in batch:
+        try:
+            with default_storage.open(prediction.study.image.name, "rb") as fh:
+                sources.append(fh.read())
+            ready.append(prediction)
+        except Exception as exc:
+            results[prediction.pk] = exc
+    if not ready:
+        return results
+    try:
+        if settings.PREDICTION_HEATMAPS:
+            outputs = [(r, _save_png(o, "heatmaps")) for r, o in predictor.explain_batch(sources)]
+        else:
+            outputs = [(r, "") for r in predictor.predict_batch(sources)]
     except Exception as exc:
+        from ml.preprocessing import ImageDecodeError
+
+        if not isinstance(exc, ImageDecodeError) or len(ready) == 1:
+            raise
+        # One image the batch could not decode: run each alone, so only that one fails.
+        for prediction in ready:
+            try:
+                results[prediction.pk] = _run_batch(predictor, [prediction])[prediction.pk]
+            except Exception as single:
+                results[prediction.pk] = single
+        return results
+    results.update({p.pk: out for p, out in zip(ready, outputs, strict=True)})
+    return results
+
+
+def _record(prediction: Prediction, version, result) -> None:
+    """Write one prediction's outcome, only if this claim still holds it."""
+    ours = Prediction.objects.filter(
+        pk=prediction.pk, status=Prediction.Status.RUNNING, claim=prediction.claim
+    )
+    if isinstance(result, Exception):
         from ml.checkpoint import CheckpointError
 
-        model_error = isinstance(exc, inference.ModelFileError | CheckpointError)
-        logger.exception("Prediction %s failed", prediction.pk)
-        reason = f"{type(exc).__name__}: {exc}"
+        model_error = isinstance(result, inference.ModelFileError | CheckpointError)
+        logger.error("Prediction %s failed: %r", prediction.pk, result)
+        reason = f"{type(result).__name__}: {result}"
         if model_error:
             reason = f"The active model cannot be used ({reason}); retried when one is."
         ours.update(
@@ -109,22 +165,21 @@ def prediction_run(prediction_id: int) -> Prediction | None:
             model_error=model_error,
             finished_at=timezone.now(),
         )
-    else:
-        written = ours.update(
-            status=Prediction.Status.DONE,
-            model_version=version,
-            label=result.label,
-            probability=result.probability,
-            threshold=result.threshold,
-            elapsed_ms=result.elapsed_ms,
-            heatmap=heatmap,
-            error="",
-            finished_at=timezone.now(),
-        )
-        if not written and heatmap:
-            default_storage.delete(heatmap)  # another worker's result stands
-    prediction.refresh_from_db()
-    return prediction
+        return
+    output, heatmap = result
+    written = ours.update(
+        status=Prediction.Status.DONE,
+        model_version=version,
+        label=output.label,
+        probability=output.probability,
+        threshold=output.threshold,
+        elapsed_ms=output.elapsed_ms,
+        heatmap=heatmap,
+        error="",
+        finished_at=timezone.now(),
+    )
+    if not written and heatmap:
+        default_storage.delete(heatmap)  # another worker's result stands
 
 
 def _save_png(image, folder: str) -> str:

@@ -165,12 +165,54 @@ def test_it_gives_one_result_for_two_deliveries(alice, xray_upload, active_model
 def test_it_does_not_run_a_prediction_another_worker_holds(alice, xray_upload, active_model):
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     prediction = study.predictions.get()
-    assert claim(prediction.pk) is not None  # worker A holds it
+    assert [p.pk for p in claim(prediction.pk)] == [prediction.pk]  # worker A holds it
 
     assert services.prediction_run(prediction.pk) is None  # worker B's duplicate delivery
     prediction.refresh_from_db()
     assert prediction.status == "running"
     assert prediction.attempts == 1
+
+
+def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
+    alice, xray_upload, active_model, settings
+):
+    from ml.inference import Predictor
+
+    settings.PREDICTION_BATCH_SIZE = 4
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(6)
+    ]
+    first = studies[0].predictions.get()
+
+    # One task runs its own prediction and the three oldest other pending ones.
+    assert services.prediction_run(first.pk).status == "done"
+    statuses = [s.predictions.get().status for s in studies]
+    assert statuses == ["done"] * 4 + ["pending"] * 2
+    claims = {s.predictions.get().claim for s in studies[:4]}
+    assert len(claims) == 1 and "" not in claims
+    # The task of one already done returns None for it, but its worker is free: it takes the
+    # remaining two as the next batch.
+    assert services.prediction_run(studies[1].predictions.get().pk) is None
+    assert [s.predictions.get().status for s in studies] == ["done"] * 6
+    assert services.prediction_run(studies[4].predictions.get().pk) is None
+
+    # Batched results equal one-by-one inference on the same checkpoint, study by study.
+    predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
+    for study in studies:
+        prediction = study.predictions.get()
+        alone = predictor.predict(study.image.path)
+        assert prediction.probability == pytest.approx(alone.probability, abs=1e-5)
+        assert prediction.label == alone.label and prediction.heatmap
+        assert prediction.attempts == 1
+
+
+def test_an_isolated_upload_runs_at_once_as_a_batch_of_one(
+    alice, xray_upload, active_model, settings
+):
+    settings.PREDICTION_BATCH_SIZE = 16
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    result = services.prediction_run(study.predictions.get().pk)
+    assert result.status == "done"
 
 
 def test_it_takes_back_a_prediction_whose_worker_died(alice, xray_upload, active_model, settings):

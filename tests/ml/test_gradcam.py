@@ -157,3 +157,16 @@ def test_it_explains_every_architecture(arch: str, meta):
     assert np.asarray(heatmap).std() > 1.0  # a coloured map, not a flat tint
     assert _no_hooks(model)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_batch_gives_each_image_the_map_and_result_it_gets_alone(predictor: Predictor):
+    images = [_jpeg(make_xray(label, seed=i, size=160)) for i, label in
+              enumerate(["NORMAL", "PNEUMONIA", "PNEUMONIA"])]  # fmt: skip
+    batch = predictor.explain_batch(images)
+    for data, (prediction, heatmap) in zip(images, batch, strict=True):
+        alone, alone_heatmap = predictor.explain(data)
+        assert prediction.probability == pytest.approx(alone.probability, abs=1e-5)
+        assert prediction.label == alone.label
+        difference = np.abs(np.asarray(heatmap, np.int16) - np.asarray(alone_heatmap, np.int16))
+        assert difference.max() <= 2  # the same map, up to float rounding in the batch
+    assert _no_hooks(predictor.model)
