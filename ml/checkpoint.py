@@ -22,15 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ml.core import CheckpointError, Preprocessing
 from ml.models import ARCHITECTURES, build_model
-from ml.preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
 _TOP_LEVEL_KEYS = ("format_version", "meta", "state_dict")
-
-
-class CheckpointError(ValueError):
-    """The file is missing, corrupted, not a checkpoint, or does not fit the model it names."""
 
 
 @dataclass(frozen=True)

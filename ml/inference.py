@@ -15,13 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
+from ml.core import Prediction
 from ml.gradcam import grad_cams, overlay
 from ml.models import target_layer
 from ml.preprocessing import ImageDecodeError, ImageSource, image_to_tensor, open_image
@@ -29,14 +29,6 @@ from ml.preprocessing import ImageDecodeError, ImageSource, image_to_tensor, ope
 # Long side of the image explain() draws its heatmap on: enough to read on a study page,
 # small enough that a PNG per prediction stays a few hundred kB.
 EXPLAIN_DISPLAY_SIZE = 512
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    probability: float  # P(positive class)
-    threshold: float  # the threshold the label was decided with
-    elapsed_ms: float  # decode + preprocess + forward for this image
 
 
 class Predictor:

@@ -130,7 +130,7 @@ def _run_batch(predictor, batch: list[Prediction]) -> dict:
         else:
             outputs = [(r, "") for r in predictor.predict_batch(sources)]
     except Exception as exc:
-        from ml.preprocessing import ImageDecodeError
+        from ml.core import ImageDecodeError
 
         if not isinstance(exc, ImageDecodeError) or len(ready) == 1:
             raise
@@ -151,7 +151,7 @@ def _record(prediction: Prediction, version, result) -> None:
         pk=prediction.pk, status=Prediction.Status.RUNNING, claim=prediction.claim
     )
     if isinstance(result, Exception):
-        from ml.checkpoint import CheckpointError
+        from ml.core import CheckpointError
 
         model_error = isinstance(result, inference.ModelFileError | CheckpointError)
         logger.error("Prediction %s failed: %r", prediction.pk, result)
