@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# ((model version id, file sha256), predictor) of this process; never shared across a fork
+# ((model version id, file sha256, runtime), predictor) of this process; never shared across a fork
 # because it is filled lazily by the first task, which runs in the child. The sha256 is part
 # of the key because SQLite can hand a deleted row's id to a new row.
-_loaded: tuple[tuple[int, str], Predictor] | None = None
+_loaded: tuple[tuple[int, str, str], Predictor] | None = None
 
 
 class ModelFileError(RuntimeError):
@@ -44,27 +44,63 @@ def model_path(version: ModelVersion) -> str:
 
 
 def _verified_path(version: ModelVersion) -> str:
-    path = model_path(version)
+    return _file_checked(version.file, version.sha256, f"model file of {version.name}")
+
+
+def _file_checked(name: str, sha256: str, what: str) -> str:
+    path = default_storage.path(name)
     if not Path(path).is_file():
-        raise ModelFileError(f"model file of {version.name} is missing: {version.file}")
+        raise ModelFileError(f"{what} is missing: {name}")
     with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    if digest != version.sha256:
-        raise ModelFileError(f"model file of {version.name} does not match its registered sha256")
+        if hashlib.file_digest(fh, "sha256").hexdigest() != sha256:
+            raise ModelFileError(f"{what} does not match its registered sha256")
     return path
 
 
-def predictor_for(version: ModelVersion) -> Predictor:
+def _build(version: ModelVersion, runtime: str):
+    from django.conf import settings
+
+    if runtime in ("torch", "torch-bf16"):
+        from ml.inference import Predictor
+
+        precision = "bf16" if runtime == "torch-bf16" else "fp32"
+        return Predictor.from_checkpoint(_verified_path(version), precision=precision)
+    from ml.core import Preprocessing
+    from ml.runtimes import OnnxPredictor
+
+    artifact = version.runtimes.get(runtime=runtime)
+    path = _file_checked(artifact.file, artifact.sha256, f"{runtime} artifact of {version.name}")
+    return OnnxPredictor(
+        path, Preprocessing.from_dict(version.preprocessing), version.threshold,
+        version.class_names, version.positive_class, threads=settings.INFERENCE_THREADS,
+    )  # fmt: skip
+
+
+def runtime_for(version: ModelVersion) -> str:
+    """INFERENCE_RUNTIME if this version has an accepted artifact for it, else torch."""
+    from django.conf import settings
+
+    wanted = settings.INFERENCE_RUNTIME
+    if wanted == "torch" or version.runtimes.filter(runtime=wanted).exists():
+        return wanted
+    logger.warning(
+        "%s has no accepted %s artifact (manage.py optimize_model); using torch", version, wanted
+    )
+    return "torch"
+
+
+def predictor_for(version: ModelVersion):
+    """The loaded predictor of `version` for this process's runtime; `.runtime` names it."""
     global _loaded
-    key = (version.pk, version.sha256)
+    runtime = runtime_for(version)
+    key = (version.pk, version.sha256, runtime)
     if _loaded is not None and _loaded[0] == key:
         return _loaded[1]
-    from ml.inference import Predictor
-
     _loaded = None  # Free the previous model before loading the next.
-    predictor = Predictor.from_checkpoint(_verified_path(version))
+    predictor = _build(version, runtime)
+    predictor.runtime = runtime
     _loaded = (key, predictor)
-    logger.info("Loaded model %s in process %s", version.name, os.getpid())
+    logger.info("Loaded model %s (%s) in process %s", version.name, runtime, os.getpid())
     return predictor
 
 

@@ -170,6 +170,8 @@ class Prediction(models.Model):
     # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # The inference runtime that made it (INFERENCE_RUNTIME): torch, torch-bf16, onnx-int8...
+    runtime = models.CharField(max_length=20, blank=True)
     # Which claim (one worker's batch) holds the prediction while it runs; only that claim's
     # holder may write the result.
     claim = models.CharField(max_length=32, blank=True, db_index=True)
@@ -370,3 +372,29 @@ class TrainingJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
+class RuntimeArtifact(models.Model):
+    """An optimized form of a model version for one inference runtime (`optimize_model`),
+    kept only if it passed the accuracy gate against the version's fp32 on validation."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="runtimes")
+    runtime = models.CharField(max_length=20)
+    # The artifact under MEDIA_ROOT (blank for torch-bf16, which runs the checkpoint itself).
+    file = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    # ml.runtimes.accuracy_gate's comparison: reference / candidate figures, drops, reason.
+    comparison = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["version", "runtime"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "runtime"], name="one_artifact_per_runtime")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} ({self.runtime})"

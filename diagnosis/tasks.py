@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 @worker_process_init.connect
 def _set_threads(**_) -> None:
     # Worker concurrency x intra-op threads should not exceed the cores (README, "Workers").
-    if settings.INFERENCE_THREADS > 0:
+    # An ONNX runtime takes its threads from the setting itself and must not import torch.
+    if settings.INFERENCE_THREADS > 0 and settings.INFERENCE_RUNTIME.startswith("torch"):
         import torch
 
         torch.set_num_threads(settings.INFERENCE_THREADS)

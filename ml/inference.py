@@ -34,10 +34,22 @@ EXPLAIN_DISPLAY_SIZE = 512
 class Predictor:
     """A model in eval mode plus the metadata needed to turn images into labels."""
 
-    def __init__(self, model: nn.Module, meta: CheckpointMeta, *, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: CheckpointMeta,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+    ) -> None:
         if len(meta.class_names) != 2:
             raise ValueError(f"Predictor needs a two-class model, got {meta.class_names}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.meta = meta
+        # bf16: the forward pass under bfloat16 autocast (about twice the fp32 speed on CPUs
+        # with AVX-512 BF16); Grad-CAM stays in fp32.
+        self.precision = precision
         self.device = torch.device(device)
         # channels_last is the faster layout for convolutions on CPU (oneDNN) and GPU alike.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
@@ -48,9 +60,11 @@ class Predictor:
         self._explain_lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32"
+    ) -> Predictor:
         model, meta = load_checkpoint(path, map_location="cpu")
-        return cls(model, meta, device=device)
+        return cls(model, meta, device=device, precision=precision)
 
     def _threshold(self, threshold: float | None) -> float:
         t = self.meta.threshold if threshold is None else float(threshold)
@@ -68,7 +82,8 @@ class Predictor:
     @torch.inference_mode()
     def _positive_probabilities(self, x: torch.Tensor) -> list[float]:
         x = x.to(self.device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        logits = self.model(x)  # (B, C)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x)  # (B, C)
         return logits.float().softmax(dim=1)[:, self._positive].tolist()
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:

@@ -69,7 +69,10 @@ def choose_threshold(
 
     Missing a pneumonia costs more than a false alarm, so sensitivity is fixed first and the
     threshold is then as high as possible to keep specificity up. With positives' scores sorted
-    high to low, that threshold is the k-th of them, k = ceil(min_sensitivity * n_positives).
+    high to low, the k-th of them must stay positive, k = ceil(min_sensitivity * n_positives).
+    The threshold sits halfway between that score and the next lower score of any image, so
+    it classifies these images the same way but does not flip that k-th positive on a change
+    of the last float digit (another runtime, another batch size).
     """
     if not 0.0 < min_sensitivity <= 1.0:
         raise ValueError(f"min_sensitivity must be within (0, 1], got {min_sensitivity}")
@@ -80,7 +83,9 @@ def choose_threshold(
     # The small epsilon stops float noise (0.95 * 20 = 19.000000000000004) from asking for one
     # more positive than the rule means.
     k = max(1, math.ceil(min_sensitivity * positives.size - 1e-9))
-    return float(positives[k - 1])
+    kth = float(positives[k - 1])
+    below = s[s < kth]
+    return (kth + float(below.max())) / 2.0 if below.size else kth
 
 
 def confusion(y_true: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, int]:

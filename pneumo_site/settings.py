@@ -303,6 +303,11 @@ PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
 # backward pass per image).
 PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")
 
+# Which runtime the worker predicts with: torch (PyTorch eager fp32), torch-bf16, onnx-fp32 or
+# onnx-int8. The non-torch ones need an artifact made by `manage.py optimize_model`, accepted
+# by its accuracy gate; without one the worker falls back to torch and says so in its log.
+INFERENCE_RUNTIME = os.getenv("INFERENCE_RUNTIME", "torch")
+
 # Intra-op threads of the inference process. Worker concurrency x threads should not
 # exceed the cores, or the processes fight over them.
 INFERENCE_THREADS = envint("INFERENCE_THREADS", "0")  # 0: torch's default (all cores)

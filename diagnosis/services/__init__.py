@@ -10,10 +10,12 @@ from __future__ import annotations
 from diagnosis.services.cleaning import cleaning_decide, cleaning_run_create, training_pool
 from diagnosis.services.predictions import prediction_enqueue, prediction_run, predictions_sweep
 from diagnosis.services.registry import (
+    RuntimeRejected,
     evaluation_create,
     model_version_activate,
     model_version_register,
     model_version_rollback,
+    runtime_artifact_create,
 )
 from diagnosis.services.studies import (
     review_create,
@@ -32,6 +34,7 @@ from diagnosis.services.training import (
 )
 
 __all__ = [
+    "RuntimeRejected",
     "cleaning_decide",
     "cleaning_run_create",
     "evaluation_create",
@@ -44,6 +47,7 @@ __all__ = [
     "prediction_run",
     "predictions_sweep",
     "review_create",
+    "runtime_artifact_create",
     "studies_relabel",
     "study_create",
     "study_create_many",

@@ -97,13 +97,15 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     batch = _claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
     if not batch:
         return None
+    runtime = ""
     try:
         predictor = inference.predictor_for(version)
+        runtime = predictor.runtime
         results = _run_batch(predictor, batch)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
     for prediction in batch:
-        _record(prediction, version, results[prediction.pk])
+        _record(prediction, version, results[prediction.pk], runtime)
     mine = next((p for p in batch if p.pk == prediction_id), None)
     if mine is None:
         return None
@@ -125,7 +127,8 @@ def _run_batch(predictor, batch: list[Prediction]) -> dict:
     if not ready:
         return results
     try:
-        if settings.PREDICTION_HEATMAPS:
+        # Heatmaps need gradients: only the torch runtimes give them.
+        if settings.PREDICTION_HEATMAPS and hasattr(predictor, "explain_batch"):
             outputs = [(r, _save_png(o, "heatmaps")) for r, o in predictor.explain_batch(sources)]
         else:
             outputs = [(r, "") for r in predictor.predict_batch(sources)]
@@ -145,7 +148,7 @@ def _run_batch(predictor, batch: list[Prediction]) -> dict:
     return results
 
 
-def _record(prediction: Prediction, version, result) -> None:
+def _record(prediction: Prediction, version, result, runtime: str = "") -> None:
     """Write one prediction's outcome, only if this claim still holds it."""
     ours = Prediction.objects.filter(
         pk=prediction.pk, status=Prediction.Status.RUNNING, claim=prediction.claim
@@ -175,6 +178,7 @@ def _record(prediction: Prediction, version, result) -> None:
         threshold=output.threshold,
         elapsed_ms=output.elapsed_ms,
         heatmap=heatmap,
+        runtime=runtime,
         error="",
         finished_at=timezone.now(),
     )

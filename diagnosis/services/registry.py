@@ -6,6 +6,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -140,3 +141,102 @@ def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evalua
         row.plots = {Path(name).stem: name for name in written}
         row.save(update_fields=["plots"])
     return row
+
+
+# ---------------------------------------------------------------------------- runtimes
+
+
+class RuntimeRejected(ValueError):
+    """The optimized artifact failed the accuracy gate; `comparison` says by how much."""
+
+    def __init__(self, comparison: dict) -> None:
+        super().__init__(comparison["reason"])
+        self.comparison = comparison
+
+
+def _validation_items(version: ModelVersion, data: Path | None) -> list:
+    from diagnosis import selectors
+    from ml.data import read_manifest
+
+    if data is None:
+        split = selectors.validation_split_current()
+        if split is not None:
+            data = Path(default_storage.path(split.manifest))
+        elif version.train_args.get("val_manifest"):
+            data = Path(version.train_args["val_manifest"])
+        else:
+            raise ValueError("no validation data: pass a manifest or folder")
+    if data.suffix == ".csv":
+        return read_manifest(data)
+    from ml.evaluate import scan_eval_folder
+
+    return scan_eval_folder(data)
+
+
+def _scores(predictor, paths: list, batch: int = 16) -> list[float]:
+    scores = []
+    for i in range(0, len(paths), batch):
+        scores += [p.probability for p in predictor.predict_batch(paths[i : i + batch])]
+    return scores
+
+
+def runtime_artifact_create(
+    *,
+    version: ModelVersion,
+    runtime: str,
+    data: Path | None = None,
+    calibration: list | None = None,
+    user=None,
+    build=None,
+):
+    """Build `runtime`'s artifact from the version's checkpoint, compare it with fp32 on the
+    validation images (the frozen split, else the version's own), and keep it only if
+    ml.runtimes.accuracy_gate accepts it; otherwise raise RuntimeRejected and keep nothing.
+    Calibration images (int8) default to 64 of the training pool, never validation images."""
+    from diagnosis.models import RuntimeArtifact
+    from ml.core import Preprocessing
+    from ml.inference import Predictor
+    from ml.runtimes import OnnxPredictor, accuracy_gate, build_artifact
+
+    build = build or build_artifact
+    items = _validation_items(version, data)
+    paths = [item.path for item in items]
+    y_true = [int(item.label == version.positive_class) for item in items]
+    checkpoint = inference.model_path(version)
+    reference = _scores(Predictor.from_checkpoint(checkpoint), paths)
+    if calibration is None and runtime == "onnx-int8":
+        from diagnosis.services.cleaning import training_pool
+
+        base = settings.TRAINING_BASE_DATA
+        pool = training_pool(base_data=Path(base) if base else None)
+        held = {str(p) for p in paths}
+        calibration = [item.path for item in pool if str(item.path) not in held][:64]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = build(
+            checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration or []
+        )
+        if out is None:  # torch-bf16: the checkpoint itself, under autocast
+            candidate = Predictor.from_checkpoint(checkpoint, precision="bf16")
+        else:
+            candidate = OnnxPredictor(
+                out, Preprocessing.from_dict(version.preprocessing), version.threshold,
+                version.class_names, version.positive_class,
+            )  # fmt: skip
+        comparison = accuracy_gate(y_true, reference, _scores(candidate, paths), version.threshold)
+        comparison |= {"runtime": runtime, "n_calibration": len(calibration or [])}
+        if not comparison["accepted"]:
+            raise RuntimeRejected(comparison)
+        with atomic_files() as written, transaction.atomic():
+            RuntimeArtifact.objects.filter(version=version, runtime=runtime).delete()
+            name, sha256 = "", ""
+            if out is not None:
+                with open(out, "rb") as fh:
+                    name = default_storage.save(
+                        f"models/runtimes/{version.name}.{runtime}.onnx", fh
+                    )
+                written.append(name)
+                sha256 = _file_sha256(out)
+            return RuntimeArtifact.objects.create(
+                version=version, runtime=runtime, file=name, sha256=sha256,
+                comparison=comparison, created_by=user,
+            )  # fmt: skip

@@ -40,12 +40,14 @@ def test_it_chooses_the_highest_threshold_that_keeps_the_sensitivity():
     y = [1] * 20 + [0] * 4
     t = choose_threshold(y, positives + negatives, min_sensitivity=0.95)
     # 19 of 20 positives must stay above: the 19th highest score is 0.10 (not 0.05, which
-    # float noise in 0.95 * 20 = 19.000000000000004 would pick).
-    assert t == pytest.approx(0.10)
+    # float noise in 0.95 * 20 = 19.000000000000004 would pick); the threshold sits halfway
+    # to the next lower score, 0.05.
+    assert t == pytest.approx(0.075)
     sensitivity, specificity = sensitivity_specificity(y, positives + negatives, t)
     assert sensitivity >= 0.95
     assert specificity == 0.5
-    assert choose_threshold(y, positives + negatives, min_sensitivity=1.0) == pytest.approx(0.05)
+    # All 20: halfway between the lowest positive, 0.05, and the next lower score, 0.02.
+    assert choose_threshold(y, positives + negatives, min_sensitivity=1.0) == pytest.approx(0.035)
 
 
 def test_it_refuses_to_choose_a_threshold_without_positives():

@@ -1,0 +1,119 @@
+"""Optimized runtimes: built from a registered checkpoint, kept only past the accuracy gate,
+switched by INFERENCE_RUNTIME, and (ONNX) run without importing torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from diagnosis import services
+from diagnosis.models import RuntimeArtifact
+from tests.conftest import make_checkpoint
+from tests.e2e.conftest import ROOT, child_env
+from tests.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A ResNet34 that has learned the synthetic classes, with its validation manifest."""
+    from ml.train import get_args_parser, main
+
+    root = tmp_path_factory.mktemp("runtime-data")
+    write_dataset(root / "train", 40, size=64, seed=8)
+    args = get_args_parser().parse_args(
+        ["--data", str(root / "train"), "--img-size", "64", "--epochs", "8", "--lr", "1e-3",
+         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--print-freq", "0",
+         "--out", str(root / "m.pt")]
+    )  # fmt: skip
+    return main(args)
+
+
+@pytest.fixture
+def version(db, trained):
+    return services.model_version_register(path=trained, name="good", activate=True)
+
+
+def test_an_onnx_artifact_that_matches_fp32_is_kept(version, capsys):
+    call_command("optimize_model", "good", "--runtime", "onnx-fp32")
+    out = capsys.readouterr().out
+    artifact = RuntimeArtifact.objects.get(version=version, runtime="onnx-fp32")
+    assert artifact.comparison["accepted"] and artifact.comparison["n"] > 0
+    assert abs(artifact.comparison["auc_drop"]) <= 0.005
+    assert artifact.file.endswith(".onnx") and len(artifact.sha256) == 64
+    assert "AUC" in out and "onnx-fp32 accepted" in out
+
+
+def test_an_int8_artifact_is_calibrated_on_training_images_and_gated(version, settings, trained):
+    settings.TRAINING_BASE_DATA = str(Path(trained).parent / "train")
+    artifact = services.runtime_artifact_create(version=version, runtime="onnx-int8")
+    assert artifact.comparison["n_calibration"] == 64
+    assert artifact.comparison["auc_drop"] <= 0.005
+
+
+def test_the_gate_refuses_a_broken_artifact_and_keeps_nothing(version, tmp_path, capsys, settings):
+    from ml.runtimes import export_onnx
+
+    broken = make_checkpoint(tmp_path / "random.pt", seed=3, input_size=64)
+
+    def build(checkpoint, runtime, out, calibration):
+        return export_onnx(broken, out)  # not the model it claims to be
+
+    before = set(Path(settings.MEDIA_ROOT).rglob("*.onnx"))
+    with pytest.raises(services.RuntimeRejected, match="AUC drops"):
+        services.runtime_artifact_create(version=version, runtime="onnx-fp32", build=build)
+    assert not RuntimeArtifact.objects.exists()
+    assert set(Path(settings.MEDIA_ROOT).rglob("*.onnx")) == before
+
+
+def test_the_runtime_setting_switches_what_predictions_use(version, alice, xray_upload, settings):
+    from ml.inference import Predictor
+
+    services.runtime_artifact_create(version=version, runtime="onnx-fp32")
+    study = services.study_create(uploaded_by=alice, image=xray_upload("a.jpg", label="PNEUMONIA"))
+    settings.INFERENCE_RUNTIME = "onnx-fp32"
+    onnx = services.prediction_run(study.predictions.get().pk)
+    assert (onnx.status, onnx.runtime, onnx.heatmap) == ("done", "onnx-fp32", "")
+    alone = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, version.file)).predict(
+        study.image.path
+    )
+    assert onnx.probability == pytest.approx(alone.probability, abs=0.02)
+
+    # No accepted artifact for the runtime asked for: torch, and the log says so.
+    settings.INFERENCE_RUNTIME = "onnx-int8"
+    again = services.study_create(uploaded_by=alice, image=xray_upload("b.jpg"))
+    result = services.prediction_run(again.predictions.get().pk)
+    assert (result.status, result.runtime) == ("done", "torch") and result.heatmap
+
+
+def test_bf16_is_gated_like_any_runtime(version):
+    artifact = services.runtime_artifact_create(version=version, runtime="torch-bf16")
+    assert artifact.file == "" and artifact.comparison["runtime"] == "torch-bf16"
+
+
+def test_a_worker_on_onnx_never_imports_torch(transactional_db, trained, alice, tmp_path):
+    version = services.model_version_register(path=trained, name="good", activate=True)
+    services.runtime_artifact_create(version=version, runtime="onnx-fp32")
+    image = tmp_path / "x.jpg"
+    from tests.conftest import jpeg_bytes
+
+    image.write_bytes(jpeg_bytes("PNEUMONIA", seed=4))
+    script = (
+        "import sys\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from django.core.files.uploadedfile import SimpleUploadedFile\n"
+        "from diagnosis import services, tasks\n"
+        "user = get_user_model().objects.get(username='alice')\n"
+        f"study = services.study_create(uploaded_by=user, image=SimpleUploadedFile('x.jpg', open({str(image)!r}, 'rb').read()))\n"
+        "p = services.prediction_run(study.predictions.get().pk)\n"
+        "print('RESULT', p.status, p.runtime, 'torch' in sys.modules)\n"
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
+        env=child_env(INFERENCE_RUNTIME="onnx-fp32", CELERY_BROKER_URL="redis://127.0.0.1:1/0"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "RESULT done onnx-fp32 False" in result.stdout, result.stdout + result.stderr
