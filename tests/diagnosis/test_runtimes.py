@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 
 from diagnosis import services
 from diagnosis.models import RuntimeArtifact
@@ -107,7 +107,8 @@ def test_a_worker_on_onnx_never_imports_torch(transactional_db, trained, alice, 
         "from django.core.files.uploadedfile import SimpleUploadedFile\n"
         "from diagnosis import services, tasks\n"
         "user = get_user_model().objects.get(username='alice')\n"
-        f"study = services.study_create(uploaded_by=user, image=SimpleUploadedFile('x.jpg', open({str(image)!r}, 'rb').read()))\n"
+        f"data = open({str(image)!r}, 'rb').read()\n"
+        "study = services.study_create(uploaded_by=user, image=SimpleUploadedFile('x.jpg', data))\n"
         "p = services.prediction_run(study.predictions.get().pk)\n"
         "print('RESULT', p.status, p.runtime, 'torch' in sys.modules)\n"
     )  # fmt: skip
