@@ -98,26 +98,14 @@ def peak_rss_mb(pattern: str) -> tuple[float, int]:
     return (max(peaks) if peaks else float("nan")), len(peaks)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("-n", type=int, default=500, help="uploads")
-    parser.add_argument("-c", type=int, default=20, help="concurrent clients")
-    default_images = ROOT.parent / "shared/data/chest_xray/train"
-    parser.add_argument("--images", type=Path, default=default_images)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for results")
-    args = parser.parse_args()
-    paths = sorted(args.images.rglob("*.jpeg"))[: args.n]
-    if len(paths) < args.n:
-        raise SystemExit(f"only {len(paths)} images under {args.images}")
-    tokens = bench_tokens(args.c)
-    api = args.url.rstrip("/") + "/api/studies/"
-
+def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 1800) -> dict:
+    """Upload `paths` from len(tokens) concurrent clients, then await every prediction."""
+    api = url.rstrip("/") + "/api/studies/"
     accepted: dict[int, str] = {}  # study id -> token of its uploader
     latencies, errors, lock = [], [], threading.Lock()
 
     def client(k: int) -> None:
-        for path in paths[k :: args.c]:
+        for path in paths[k :: len(tokens)]:
             body, boundary = multipart(path)
             start = time.perf_counter()
             try:
@@ -134,54 +122,107 @@ def main() -> None:
                     errors.append(f"{path.name}: HTTP {status}")
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.c) as pool:
-        list(pool.map(client, range(args.c)))
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        list(pool.map(client, range(len(tokens))))
     upload_seconds = time.perf_counter() - started
-
-    # Wait for every accepted study to be predicted (or failed), polling its detail.
-    results: dict[int, dict] = {}
-    deadline = time.monotonic() + args.timeout
-    while len(results) < len(accepted) and time.monotonic() < deadline:
-        for study_id, token in list(accepted.items()):
-            if study_id in results:
-                continue
-            _, body = request(f"{api}{study_id}/", token)
-            if body.get("status") in ("done", "failed"):
-                results[study_id] = body
-        time.sleep(1)
-    lost = len(accepted) - len(results)
-
+    results = await_results(api, accepted, timeout=timeout)
     done = [r for r in results.values() if r["status"] == "done"]
     created = [datetime.fromisoformat(r["created_at"]) for r in done]
     finished = [datetime.fromisoformat(r["prediction"]["finished_at"]) for r in done]
-    to_prediction = [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)]
-    drain = len(done) / (max(finished) - min(created)).total_seconds() if done else 0.0
+    return {
+        "sent": len(paths),
+        "accepted": len(accepted),
+        "uploads_per_s": len(accepted) / upload_seconds,
+        "upload_latency": latencies,
+        "to_prediction": [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)],
+        "drain_per_s": len(done) / (max(finished) - min(created)).total_seconds() if done else 0.0,
+        "done": len(done),
+        "failed": len(results) - len(done),
+        "errors": errors,
+        "lost": len(accepted) - len(results),
+        "runtimes": sorted({r["prediction"].get("runtime", "") for r in done}),
+    }
+
+
+def await_results(api: str, accepted: dict[int, str], *, timeout: float, poll: float = 1.0):
+    """study id -> its detail once predicted (done or failed), polling each one."""
+    results: dict[int, dict] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < len(accepted) and time.monotonic() < deadline:
+        for study_id, token in list(accepted.items()):
+            if study_id not in results:
+                _, body = request(f"{api}{study_id}/", token)
+                if body.get("status") in ("done", "failed"):
+                    results[study_id] = body
+        if len(results) < len(accepted):
+            time.sleep(poll)
+    return results
+
+
+def idle(url: str, token: str, paths: list[Path], *, timeout: float = 60) -> list[float]:
+    """One upload at a time, each awaited: seconds from sending it to its prediction being
+    written (the server's finished_at; the client polls every 10 ms)."""
+    api = url.rstrip("/") + "/api/studies/"
+    seconds = []
+    for path in paths:
+        body, boundary = multipart(path)
+        sent = datetime.now().astimezone()
+        _, answer = request(api, token, body=body, boundary=boundary)
+        result = await_results(api, {answer["id"]: token}, timeout=timeout, poll=0.01)
+        if answer["id"] in result and result[answer["id"]]["status"] == "done":
+            finished = datetime.fromisoformat(result[answer["id"]]["prediction"]["finished_at"])
+            seconds.append((finished - sent).total_seconds())
+    return seconds
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+    return "\n".join(lines + [f"| {name.ljust(width)} | {value} |" for name, value in rows])
+
+
+def ps(values, qs, fmt) -> str:
+    return " / ".join(format(percentile(values, q), fmt) for q in qs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("-n", type=int, default=500, help="uploads")
+    parser.add_argument("-c", type=int, default=20, help="concurrent clients")
+    default_images = ROOT.parent / "shared/data/chest_xray/train"
+    parser.add_argument("--images", type=Path, default=default_images)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for results")
+    args = parser.parse_args()
+    paths = sorted(args.images.rglob("*.jpeg"))[: args.n]
+    if len(paths) < args.n:
+        raise SystemExit(f"only {len(paths)} images under {args.images}")
+    r = burst(args.url, bench_tokens(args.c), paths, timeout=args.timeout)
     web, n_web = peak_rss_mb("gunicorn")
     worker, n_worker = peak_rss_mb("predict@")  # the prediction worker, as up.sh names it
-
-    def ps(values, qs, fmt):
-        return " / ".join(format(percentile(values, q), fmt) for q in qs)
-
-    rows = [
-        ("uploads sent / accepted", f"{args.n} / {len(accepted)}"),
-        ("clients", str(args.c)),
-        ("uploads/s accepted", f"{len(accepted) / upload_seconds:.1f}"),
-        ("upload latency p50 / p95 / p99 (s)", ps(latencies, (50, 95, 99), ".3f")),
-        ("upload -> prediction p50 / p95 (s)", ps(to_prediction, (50, 95), ".1f")),
-        ("predictions/s drained", f"{drain:.2f}"),
-        ("predictions done / failed", f"{len(done)} / {len(results) - len(done)}"),
-        ("errors", str(len(errors))),
-        ("lost studies", str(lost)),
-        (f"peak RSS web (largest of {n_web} gunicorn processes)", f"{web:.0f} MB"),
-        (f"peak RSS worker (largest of {n_worker} processes)", f"{worker:.0f} MB"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print(f"| {'measure'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
-    for line in errors[:10]:
+    print(
+        table(
+            [
+                ("uploads sent / accepted", f"{r['sent']} / {r['accepted']}"),
+                ("clients", str(args.c)),
+                ("uploads/s accepted", f"{r['uploads_per_s']:.1f}"),
+                (
+                    "upload latency p50 / p95 / p99 (s)",
+                    ps(r["upload_latency"], (50, 95, 99), ".3f"),
+                ),
+                ("upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
+                ("predictions/s drained", f"{r['drain_per_s']:.2f}"),
+                ("predictions done / failed", f"{r['done']} / {r['failed']}"),
+                ("errors", str(len(r["errors"]))),
+                ("lost studies", str(r["lost"])),
+                (f"peak RSS web (largest of {n_web} gunicorn processes)", f"{web:.0f} MB"),
+                (f"peak RSS worker (largest of {n_worker} processes)", f"{worker:.0f} MB"),
+            ]
+        )
+    )
+    for line in r["errors"][:10]:
         print("error:", line, file=sys.stderr)
-    if lost or errors:
+    if r["lost"] or r["errors"]:
         raise SystemExit(1)
 
 

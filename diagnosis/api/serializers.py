@@ -21,6 +21,7 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "probability",
             "threshold",
             "model_version",
+            "runtime",
             "elapsed_ms",
             "heatmap_url",
             "error",

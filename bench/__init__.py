@@ -1,0 +1,1 @@
+"""Benchmarks that run against the platform (see README, Measured results)."""

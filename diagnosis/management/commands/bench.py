@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from diagnosis import inference, selectors
+from diagnosis.models import ModelVersion
+
+SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"
+
+
+def _median_seconds(fn, *, warmup: int = 2, repeats: int = 7) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Command(BaseCommand):
+    help = (
+        "One table of inference speed on this machine: model-only img/s at batch 1 and 16 for "
+        "each runtime with its ratio to PyTorch eager fp32, preprocessing ms per full-resolution "
+        "JPEG and per DICOM, and, with --url of a running platform (make up), upload -> "
+        "prediction latency at idle, a burst's drain rate against the model-only batch-16 "
+        "throughput, errors, lost studies and peak RSS of the web and worker processes."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model", default="", help="model version (default: the active)")
+        parser.add_argument("--runtimes", default="torch,torch-bf16,onnx-fp32,onnx-int8")
+        parser.add_argument("--url", default="", help="a running platform, for the e2e rows")
+        parser.add_argument("--idle", type=int, default=20, help="uploads one at a time")
+        parser.add_argument("-n", type=int, default=500, help="uploads in the burst")
+        parser.add_argument("-c", type=int, default=20, help="clients in the burst")
+        parser.add_argument("--images", type=Path, default=SHARED / "chest_xray" / "train")
+        parser.add_argument("--full-resolution", type=Path, default=SHARED / "full_resolution")
+
+    def handle(self, *args, model, runtimes, url, idle, n, c, images, full_resolution, **o):
+        version = (
+            ModelVersion.objects.filter(name=model).first()
+            if model
+            else selectors.model_version_active()
+        )
+        if version is None:
+            raise CommandError("No such model version, and none is active.")
+        size = version.preprocessing["input_size"]
+        rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
+        throughput = self._model_rows(version, runtimes.split(","), images, rows)
+        self._preprocessing_rows(version, full_resolution, rows)
+        if url:
+            self._platform_rows(url, idle, n, c, images, throughput, rows)
+        from bench.load import table
+
+        self.stdout.write(table(rows))
+
+    # ------------------------------------------------------------------ model only
+
+    def _predictors(self, version, runtime: str, images: Path, tmp: str):
+        """(predictor, note) for `runtime`: the accepted artifact when there is one, else one
+        built here for timing (its accuracy not gated: note says so)."""
+        from ml.core import Preprocessing
+        from ml.inference import Predictor
+        from ml.runtimes import OnnxPredictor, build_artifact
+
+        checkpoint = inference.model_path(version)
+        if runtime in ("torch", "torch-bf16"):
+            precision = "bf16" if runtime == "torch-bf16" else "fp32"
+            gated = runtime == "torch" or version.runtimes.filter(runtime=runtime).exists()
+            note = "" if gated else " (not gated)"
+            return Predictor.from_checkpoint(checkpoint, precision=precision), note
+        artifact = version.runtimes.filter(runtime=runtime).first()
+        if artifact is not None:
+            path, note = Path(inference.default_storage.path(artifact.file)), ""
+        else:
+            calibration = sorted(images.rglob("*.jpeg"))[:64] if images.is_dir() else []
+            path = build_artifact(
+                checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration
+            )
+            note = " (not gated)"
+        pre = Preprocessing.from_dict(version.preprocessing)
+        predictor = OnnxPredictor(
+            path, pre, version.threshold, version.class_names, version.positive_class,
+            threads=settings.INFERENCE_THREADS,
+        )  # fmt: skip
+        return predictor, note
+
+    def _model_rows(self, version, runtimes, images, rows) -> dict:
+        import numpy as np
+
+        size = version.preprocessing["input_size"]
+        throughput: dict[str, float] = {}
+        reference: dict[int, float] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for runtime in runtimes:
+                predictor, note = self._predictors(version, runtime, images, tmp)
+                figures = []
+                for batch in (1, 16):
+                    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
+                    if runtime.startswith("torch"):
+                        import torch
+
+                        tensor = torch.from_numpy(x)
+                        seconds = _median_seconds(
+                            lambda t=tensor, p=predictor: p._positive_probabilities(t)
+                        )
+                    else:
+                        seconds = _median_seconds(
+                            lambda a=x, p=predictor: p.positive_probabilities(a)
+                        )
+                    rate = batch / seconds
+                    reference.setdefault(batch, rate)  # the first runtime: torch fp32
+                    figures.append(f"b{batch} {rate:.1f} img/s ({rate / reference[batch]:.2f}x)")
+                    if batch == 16:
+                        throughput[runtime] = rate
+                rows.append((f"model only, {runtime}{note}", "; ".join(figures)))
+        return throughput
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def _preprocessing_rows(self, version, folder: Path, rows) -> None:
+        from ml.core import Preprocessing, image_to_array, open_image
+        from ml.dicom import read_dicom
+
+        pre = Preprocessing.from_dict(version.preprocessing)
+        jpegs = sorted(folder.rglob("*.jpeg")) if folder.is_dir() else []
+        if not jpegs:
+            rows.append(("preprocessing", f"skipped: no JPEGs under {folder}"))
+            return
+        datas = [p.read_bytes() for p in jpegs]
+
+        def jpeg_all():
+            for data in datas:
+                image_to_array(open_image(data, size=pre.input_size), pre)
+
+        ms = _median_seconds(jpeg_all, warmup=1, repeats=3) * 1000 / len(datas)
+        rows.append(
+            (f"preprocessing, full-resolution JPEG ({len(datas)} images)", f"{ms:.1f} ms/img")
+        )
+        dicom = _dicom_from(jpegs[0])
+
+        def dicom_one():
+            image_to_array(read_dicom(io.BytesIO(dicom), max_pixels=10**9).image, pre)
+
+        ms = _median_seconds(dicom_one, warmup=1, repeats=5) * 1000
+        rows.append(("preprocessing, 16-bit DICOM of the same size", f"{ms:.1f} ms/img"))
+
+    # ------------------------------------------------------------------ the platform
+
+    def _platform_rows(self, url, n_idle, n, c, images, throughput, rows) -> None:
+        from bench.load import bench_tokens, burst, idle, peak_rss_mb, ps
+
+        paths = sorted(images.rglob("*.jpeg"))
+        if len(paths) < n + n_idle:
+            raise CommandError(f"need {n + n_idle} images under {images}")
+        tokens = bench_tokens(c)
+        latencies = idle(url, tokens[0], paths[-n_idle:])
+        rows.append(("upload -> prediction at idle p50 / p95 (s)", ps(latencies, (50, 95), ".3f")))
+        r = burst(url, tokens, paths[:n])
+        runtime = ",".join(r["runtimes"]) or "?"
+        ratio = r["drain_per_s"] / throughput[runtime] if runtime in throughput else float("nan")
+        web, worker = peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0]
+        drained = f"{r['drain_per_s']:.2f} predictions/s = {ratio:.2f} x model-only b16"
+        rows += [
+            (f"burst: {n} uploads from {c} clients, accepted",
+             f"{r['accepted']} ({r['uploads_per_s']:.1f}/s)"),
+            ("burst: upload latency p50 / p95 (s)", ps(r["upload_latency"], (50, 95), ".3f")),
+            (f"burst: drained (worker runtime {runtime})", drained),
+            ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
+            ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
+            ("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"),
+        ]  # fmt: skip
+
+
+def _dicom_from(jpeg: Path) -> bytes:
+    """A 16-bit MONOCHROME2 DICOM with the pixels of `jpeg` (what a DR system would send)."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    pixels = (np.asarray(Image.open(jpeg).convert("L"), np.uint16) * 257).astype(np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        DigitalXRayImageStorageForPresentation,
+        ds.file_meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.Rows, ds.Columns = "DX", *pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

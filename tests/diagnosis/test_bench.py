@@ -1,0 +1,26 @@
+"""`manage.py bench` runs and prints its table (figures are measured, never asserted)."""
+
+from __future__ import annotations
+
+from django.core.management import call_command
+
+from tests.synthetic import write_dataset
+
+
+def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
+    db, tmp_path, checkpoint_path, capsys
+):
+    from diagnosis import services
+
+    services.model_version_register(path=checkpoint_path, name="bench-v1", activate=True)
+    write_dataset(tmp_path / "train", 8, size=64, seed=1)
+    write_dataset(tmp_path / "full", 2, size=400, seed=2)
+    call_command(
+        "bench", "--runtimes", "torch,onnx-fp32", "--images", str(tmp_path / "train"),
+        "--full-resolution", str(tmp_path / "full"),
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    torch_row = next(line for line in out.splitlines() if "| model only, torch " in line)
+    assert "b1 " in torch_row and "b16 " in torch_row and "(1.00x)" in torch_row
+    assert "model only, onnx-fp32 (not gated)" in out
+    assert "full-resolution JPEG (4 images)" in out and "16-bit DICOM" in out
