@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import tempfile
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def runtime_artifact_create(
     """Build `runtime`'s artifact from the version's checkpoint, compare it with fp32 on the
     validation images (the frozen split, else the version's own), and keep it only if
     ml.runtimes.accuracy_gate accepts it; otherwise raise RuntimeRejected and keep nothing.
-    Calibration images (int8) default to 64 of the training pool, never validation images."""
+    Calibration images (int8) default to 128 of the training pool taken at random (seeded),
+    never validation images."""
     from diagnosis.models import RuntimeArtifact
     from ml.core import Preprocessing
     from ml.inference import Predictor
@@ -210,7 +212,8 @@ def runtime_artifact_create(
         base = settings.TRAINING_BASE_DATA
         pool = training_pool(base_data=Path(base) if base else None)
         held = {str(p) for p in paths}
-        calibration = [item.path for item in pool if str(item.path) not in held][:64]
+        candidates = [item.path for item in pool if str(item.path) not in held]
+        calibration = random.Random(0).sample(candidates, min(128, len(candidates)))
     with tempfile.TemporaryDirectory() as tmp:
         out = build(
             checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration or []

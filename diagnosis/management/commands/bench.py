@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import random
 import statistics
 import tempfile
 import time
@@ -82,7 +83,8 @@ class Command(BaseCommand):
         if artifact is not None:
             path, note = Path(inference.default_storage.path(artifact.file)), ""
         else:
-            calibration = sorted(images.rglob("*.jpeg"))[:64] if images.is_dir() else []
+            found = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
+            calibration = random.Random(0).sample(found, min(128, len(found)))
             path = build_artifact(
                 checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration
             )
