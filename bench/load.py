@@ -5,7 +5,7 @@ awaited. Prints one table.
     .venv/bin/python bench/load.py [--url http://127.0.0.1:8000] [-n 500] [-c 20] \
         [--images ../shared/data/chest_xray/train] [--timeout 1800]
 
-Each client is its own uploader account (bench-uploader-K, created with an API token in the
+Each client is its own new uploader account (bench-<time>-K, created with an API token in the
 platform's database, so run it with the platform's settings: same DATABASE_URL / VAR_DIR).
 Images are distinct files (the platform links exact duplicates instead of predicting them).
 Standard library only on the client side: threads and urllib.
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_tokens(n: int) -> list[str]:
-    """n uploader accounts with API tokens, made in the platform's database."""
+    """n new uploader accounts with API tokens, made in the platform's database. New ones each
+    run: an account's earlier uploads of the same files would be linked, not predicted."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pneumo_site.settings")
     import django
@@ -45,7 +46,8 @@ def bench_tokens(n: int) -> list[str]:
     group, _ = Group.objects.get_or_create(name=roles.UPLOADER)
     tokens = []
     for k in range(n):
-        user, created = get_user_model().objects.get_or_create(username=f"bench-uploader-{k}")
+        name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{k}"
+        user, created = get_user_model().objects.get_or_create(username=name)
         if created:
             user.set_unusable_password()
             user.save()
