@@ -63,8 +63,15 @@ def _build(version: ModelVersion, runtime: str):
     if runtime in ("torch", "torch-bf16"):
         from ml.inference import Predictor
 
+        device = torch_device()
+        # On a GPU the forward pass runs under half-precision autocast: bf16 where the card
+        # has it, else fp16 (the heatmap's Grad-CAM pass stays in fp32).
         precision = "bf16" if runtime == "torch-bf16" else "fp32"
-        return Predictor.from_checkpoint(_verified_path(version), precision=precision)
+        if device == "cuda":
+            precision = "bf16" if _cuda_bf16() else "fp16"
+        return Predictor.from_checkpoint(
+            _verified_path(version), device=device, precision=precision
+        )
     from ml.core import Preprocessing
     from ml.runtimes import OnnxPredictor
 
@@ -74,6 +81,28 @@ def _build(version: ModelVersion, runtime: str):
         path, Preprocessing.from_dict(version.preprocessing), version.threshold,
         version.class_names, version.positive_class, threads=settings.INFERENCE_THREADS,
     )  # fmt: skip
+
+
+def torch_device() -> str:
+    """cuda when INFERENCE_DEVICE is auto (the default) or cuda and a GPU is there, else cpu.
+    Run a GPU worker with --concurrency 1: one process owns the card."""
+    from django.conf import settings
+
+    if settings.INFERENCE_DEVICE == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if settings.INFERENCE_DEVICE == "cuda":
+        logger.warning("INFERENCE_DEVICE=cuda but no GPU is available; using the CPU")
+    return "cpu"
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
 
 
 def runtime_for(version: ModelVersion) -> str:

@@ -307,6 +307,9 @@ PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")
 # onnx-int8. The non-torch ones need an artifact made by `manage.py optimize_model`, accepted
 # by its accuracy gate; without one the worker falls back to torch and says so in its log.
 INFERENCE_RUNTIME = os.getenv("INFERENCE_RUNTIME", "torch")
+# auto: the torch runtimes use a CUDA GPU when there is one (half-precision autocast); cpu
+# never does; cuda asks for it and falls back to the CPU, with a warning, when none is there.
+INFERENCE_DEVICE = os.getenv("INFERENCE_DEVICE", "auto")
 
 # Intra-op threads of the inference process. Worker concurrency x threads should not
 # exceed the cores, or the processes fight over them.

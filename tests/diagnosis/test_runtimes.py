@@ -119,3 +119,27 @@ def test_a_worker_on_onnx_never_imports_torch(transactional_db, trained, alice, 
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "RESULT done onnx-fp32 False" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_device_is_the_gpu_only_when_there_is_one(settings, monkeypatch):
+    import torch
+
+    from diagnosis.inference import torch_device
+
+    settings.INFERENCE_DEVICE = "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_device() == "cpu"
+    settings.INFERENCE_DEVICE = "cuda"
+    assert torch_device() == "cpu"  # asked for, not there: the CPU, with a warning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch_device() == "cuda"
+    settings.INFERENCE_DEVICE = "cpu"
+    assert torch_device() == "cpu"
+
+
+def test_fp16_is_a_precision_the_predictor_accepts(checkpoint_path):
+    from ml.inference import Predictor
+
+    with pytest.raises(ValueError, match="precision"):
+        Predictor.from_checkpoint(checkpoint_path, precision="int4")
+    assert Predictor.from_checkpoint(checkpoint_path, precision="fp16").precision == "fp16"
