@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import io
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -17,14 +15,9 @@ SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"
 
 
 def _median_seconds(fn, *, warmup: int = 2, repeats: int = 7) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from ml.bench import median_seconds
+
+    return median_seconds(fn, warmup=warmup, repeats=repeats)
 
 
 class Command(BaseCommand):
