@@ -131,6 +131,13 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
     done = [r for r in results.values() if r["status"] == "done"]
     created = [datetime.fromisoformat(r["created_at"]) for r in done]
     finished = [datetime.fromisoformat(r["prediction"]["finished_at"]) for r in done]
+    # The worker's own pace: predictions finished after the last upload was accepted, over
+    # the time they took (no uploads competing for the cores then). None without a backlog.
+    uploads_over = max(created) if created else None
+    after = sorted(f for f in finished if uploads_over and f > uploads_over)
+    backlog_rate = None
+    if len(after) >= 20:
+        backlog_rate = (len(after) - 1) / (after[-1] - after[0]).total_seconds()
     return {
         "sent": len(paths),
         "accepted": len(accepted),
@@ -138,6 +145,7 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
         "upload_latency": latencies,
         "to_prediction": [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)],
         "drain_per_s": len(done) / (max(finished) - min(created)).total_seconds() if done else 0.0,
+        "backlog_per_s": backlog_rate,
         "done": len(done),
         "failed": len(results) - len(done),
         "errors": errors,
@@ -202,6 +210,8 @@ def main() -> None:
     r = burst(args.url, bench_tokens(args.c), paths, timeout=args.timeout)
     web, n_web = peak_rss_mb("gunicorn")
     worker, n_worker = peak_rss_mb("predict@")  # the prediction worker, as up.sh names it
+    rate = r["backlog_per_s"]
+    backlog = "no backlog" if rate is None else f"{rate:.2f}"
     print(
         table(
             [
@@ -214,6 +224,7 @@ def main() -> None:
                 ),
                 ("upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
                 ("predictions/s drained", f"{r['drain_per_s']:.2f}"),
+                ("predictions/s drained after the last upload", backlog),
                 ("predictions done / failed", f"{r['done']} / {r['failed']}"),
                 ("errors", str(len(r["errors"]))),
                 ("lost studies", str(r["lost"])),

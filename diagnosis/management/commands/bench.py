@@ -165,11 +165,18 @@ class Command(BaseCommand):
         ratio = r["drain_per_s"] / throughput[runtime] if runtime in throughput else float("nan")
         web, worker = peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0]
         drained = f"{r['drain_per_s']:.2f} predictions/s = {ratio:.2f} x model-only b16"
+        backlog = "no backlog: the worker kept pace with the uploads"
+        if r["backlog_per_s"] is not None and runtime in throughput:
+            rate = r["backlog_per_s"]
+            backlog = (
+                f"{rate:.2f} predictions/s = {rate / throughput[runtime]:.2f} x model-only b16"
+            )
         rows += [
             (f"burst: {n} uploads from {c} clients, accepted",
              f"{r['accepted']} ({r['uploads_per_s']:.1f}/s)"),
             ("burst: upload latency p50 / p95 (s)", ps(r["upload_latency"], (50, 95), ".3f")),
             (f"burst: drained (worker runtime {runtime})", drained),
+            ("burst: backlog drained after the last upload", backlog),
             ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
             ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
             ("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"),
