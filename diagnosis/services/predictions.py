@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -64,6 +65,14 @@ def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
     lease_over = now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS)
     take = {"status": Prediction.Status.RUNNING, "started_at": now, "claim": token,
             "attempts": F("attempts") + 1}  # fmt: skip
+    with transaction.atomic():  # one commit for the claim
+        _claim_rows(prediction_id, batch_size, take, lease_over)
+    return list(
+        Prediction.objects.filter(claim=token).select_related("study").order_by("created_at")
+    )
+
+
+def _claim_rows(prediction_id: int, batch_size: int, take: dict, lease_over) -> None:
     Prediction.objects.filter(
         Q(status=Prediction.Status.PENDING)
         | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
@@ -81,9 +90,6 @@ def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
         Prediction.objects.filter(pk__in=list(others), status=Prediction.Status.PENDING).update(
             **take
         )
-    return list(
-        Prediction.objects.filter(claim=token).select_related("study").order_by("created_at")
-    )
 
 
 def prediction_run(prediction_id: int) -> Prediction | None:
@@ -104,8 +110,9 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         results = _run_batch(predictor, batch)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
-    for prediction in batch:
-        _record(prediction, version, results[prediction.pk], runtime)
+    with transaction.atomic():  # one commit for the batch, not one per prediction
+        for prediction in batch:
+            _record(prediction, version, results[prediction.pk], runtime)
     mine = next((p for p in batch if p.pk == prediction_id), None)
     if mine is None:
         return None
