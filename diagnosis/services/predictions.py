@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -100,9 +101,11 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     if version is None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
         return None
+    start = time.perf_counter()
     batch = _claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
     if not batch:
         return None
+    claimed = time.perf_counter()
     runtime = ""
     try:
         predictor = inference.predictor_for(version)
@@ -110,9 +113,15 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         results = _run_batch(predictor, batch)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
+    ran = time.perf_counter()
     with transaction.atomic():  # one commit for the batch, not one per prediction
         for prediction in batch:
             _record(prediction, version, results[prediction.pk], runtime)
+    logger.info(
+        "Batch of %d (%s): claim %.0f ms, predict %.0f ms, record %.0f ms",
+        len(batch), runtime, 1000 * (claimed - start), 1000 * (ran - claimed),
+        1000 * (time.perf_counter() - ran),
+    )  # fmt: skip
     mine = next((p for p in batch if p.pk == prediction_id), None)
     if mine is None:
         return None
