@@ -155,17 +155,26 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
 
 
 def await_results(api: str, accepted: dict[int, str], *, timeout: float, poll: float = 1.0):
-    """study id -> its detail once predicted (done or failed), polling each one."""
-    results: dict[int, dict] = {}
+    """study id -> its detail once predicted (done or failed). While waiting it asks each
+    uploader only how many of their studies are still pending or running (two small list
+    requests per uploader and round), so that polling does not load the web server and
+    steal the cores from the worker being measured; details are read once at the end."""
+    tokens = sorted(set(accepted.values()))
     deadline = time.monotonic() + timeout
-    while len(results) < len(accepted) and time.monotonic() < deadline:
-        for study_id, token in list(accepted.items()):
-            if study_id not in results:
-                _, body = request(f"{api}{study_id}/", token)
-                if body.get("status") in ("done", "failed"):
-                    results[study_id] = body
-        if len(results) < len(accepted):
-            time.sleep(poll)
+    while time.monotonic() < deadline:
+        waiting = sum(
+            request(f"{api}?status={status}&page_size=1", token)[1].get("count", 0)
+            for token in tokens
+            for status in ("pending", "running")
+        )
+        if not waiting:
+            break
+        time.sleep(poll)
+    results: dict[int, dict] = {}
+    for study_id, token in accepted.items():
+        _, body = request(f"{api}{study_id}/", token)
+        if body.get("status") in ("done", "failed"):
+            results[study_id] = body
     return results
 
 
