@@ -117,11 +117,10 @@ def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
 def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evaluation:
     """Evaluate `version` with ml.evaluate on a labeled folder (Kaggle layout) or a CSV
     manifest, and keep its figures and plots with the version."""
-    from ml.data import read_manifest
-    from ml.evaluate import evaluate_checkpoint, scan_eval_folder
+    from ml.evaluate import evaluate_checkpoint
     from ml.plots import save_plots
 
-    items = read_manifest(data) if data.suffix == ".csv" else scan_eval_folder(data)
+    items = _labeled_items(data)
     evaluation = evaluate_checkpoint(inference.model_path(version), items, source=data)
     metrics = evaluation.to_dict()
     with (
@@ -157,7 +156,6 @@ class RuntimeRejected(ValueError):
 
 def _validation_items(version: ModelVersion, data: Path | None) -> list:
     from diagnosis import selectors
-    from ml.data import read_manifest
 
     if data is None:
         split = selectors.validation_split_current()
@@ -167,11 +165,15 @@ def _validation_items(version: ModelVersion, data: Path | None) -> list:
             data = Path(version.train_args["val_manifest"])
         else:
             raise ValueError("no validation data: pass a manifest or folder")
-    if data.suffix == ".csv":
-        return read_manifest(data)
+    return _labeled_items(data)
+
+
+def _labeled_items(data: Path) -> list:
+    """The images of a CSV manifest or of a labeled folder (Kaggle layout)."""
+    from ml.data import read_manifest
     from ml.evaluate import scan_eval_folder
 
-    return scan_eval_folder(data)
+    return read_manifest(data) if data.suffix == ".csv" else scan_eval_folder(data)
 
 
 def _scores(predictor, paths: list, batch: int = 16) -> list[float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import random
 import time
 import traceback
 from datetime import timedelta
@@ -363,18 +362,14 @@ def _evaluation_on(version: ModelVersion, split: ValidationSplit) -> Evaluation 
 
 
 def _limit_base(pool: list, n: int | None, *, seed: int) -> list:
-    """At most `n` base images per class (seeded); reviewed studies are always all kept."""
+    """At most `n` base images per class (ml.data.limit_per_class: seeded, whole patients);
+    reviewed studies are always all kept."""
+    from ml.data import limit_per_class
+
     if not n:
         return pool
-    kept, per_label = [], {}
-    base = [item for item in pool if item.source.startswith("base:")]
-    random.Random(seed).shuffle(base)
-    for item in base:
-        if per_label.get(item.label, 0) < n:
-            per_label[item.label] = per_label.get(item.label, 0) + 1
-            kept.append(item)
-    keep = set(map(id, kept))
-    return [item for item in pool if not item.source.startswith("base:") or id(item) in keep]
+    kept = set(limit_per_class([i for i in pool if i.source.startswith("base:")], n, seed=seed))
+    return [item for item in pool if not item.source.startswith("base:") or item in kept]
 
 
 def model_version_promote(*, version: ModelVersion, user, reason: str = "") -> ModelVersion:

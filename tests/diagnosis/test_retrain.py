@@ -219,3 +219,28 @@ def test_the_command_cleans_finds_the_lr_and_retrains_from_the_active_model(
     assert "lr_find:" in out and job.candidate.plots.get("lr_find")
     assert job.candidate.train_args["init_checkpoint"].endswith(".pt")
     assert "== 4. Evaluating" in out and job.candidate.name in out
+
+
+def test_the_sweeper_resends_lost_jobs_and_gives_up_on_dead_ones(db, broker, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.PREDICTION_REQUEUE_AFTER, settings.TRAINING_LEASE_SECONDS = 60, 600
+    settings.TRAINING_MAX_ATTEMPTS = 2
+    long_ago = timezone.now() - timedelta(hours=1)
+    lost = TrainingJob.objects.create(init="none")  # the broker never got it
+    fresh = TrainingJob.objects.create(init="none", enqueued_at=timezone.now())
+    silent = TrainingJob.objects.create(
+        init="none", status="running", attempts=1, heartbeat_at=long_ago
+    )
+    dead = TrainingJob.objects.create(
+        init="none", status="running", attempts=2, heartbeat_at=long_ago
+    )
+
+    assert services.training_jobs_sweep() == 2  # the lost one and the silent one
+    for job in (lost, fresh, silent, dead):
+        job.refresh_from_db()
+    assert lost.enqueued_at is not None and silent.enqueued_at is not None
+    assert fresh.status == "queued" and silent.status == "running"
+    assert dead.status == "failed" and "stopped answering 2 times" in dead.error

@@ -25,7 +25,7 @@ def test_a_retrain_started_through_the_api_runs_on_the_training_worker(
         path=make_checkpoint(tmp_path / "m.pt", input_size=64), name="v1", activate=True
     )
     # The prediction worker (its own queue) must not take training jobs; the training one does.
-    start_worker()
+    predictor = start_worker()
     worker = start_worker(
         "-Q", settings.TRAINING_QUEUE, TRAINING_BASE_DATA=str(base), TRAINING_LEASE_SECONDS="600"
     )
@@ -53,3 +53,5 @@ def test_a_retrain_started_through_the_api_runs_on_the_training_worker(
     assert seen_running, "the log should be visible while the job runs"
     assert job.candidate.parent == active and job.candidate.gate["reason"]
     assert f"Training job {job.pk}: succeeded" in worker.output
+    assert "Task diagnosis.tasks.retrain" in worker.output
+    assert "Task diagnosis.tasks.retrain" not in predictor.output  # never received there

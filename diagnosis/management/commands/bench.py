@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import inference, selectors
@@ -74,7 +75,7 @@ class Command(BaseCommand):
             return Predictor.from_checkpoint(checkpoint, precision=precision), note
         artifact = version.runtimes.filter(runtime=runtime).first()
         if artifact is not None:
-            path, note = Path(inference.default_storage.path(artifact.file)), ""
+            path, note = Path(default_storage.path(artifact.file)), ""
         else:
             found = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
             calibration = random.Random(0).sample(found, min(128, len(found)))
