@@ -137,8 +137,11 @@ def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evalua
         )
         for png in save_plots(evaluation, tmp):
             with png.open("rb") as fh:
-                written.append(default_storage.save(f"evaluations/{row.pk}/{png.name}", File(fh)))
-        row.plots = {Path(name).stem: name for name in written}
+                # The storage may rename the file (a name already taken); the plot keeps its
+                # own name as the key either way.
+                stored = default_storage.save(f"evaluations/{row.pk}/{png.name}", File(fh))
+            written.append(stored)
+            row.plots[png.stem] = stored
         row.save(update_fields=["plots"])
     return row
 
