@@ -4,6 +4,7 @@
     t = choose_threshold(y_val, p_val, min_sensitivity=0.95)
     sens, spec = sensitivity_specificity(y_val, p_val, t)
     low, high = bootstrap_auc_ci(y_test, p_test, n=1000, seed=0)  # 95% stratified bootstrap
+    t = choose_threshold_by_rule(y_val, p_val, rule="specificity", target=0.90)  # or "youden"
 
 Everywhere `score >= threshold` means positive, `y_true` is 0/1 (1 = the positive class) and
 figures that need both classes are NaN when one is missing.
@@ -86,6 +87,71 @@ def choose_threshold(
     kth = float(positives[k - 1])
     below = s[s < kth]
     return (kth + float(below.max())) / 2.0 if below.size else kth
+
+
+def choose_threshold_for_specificity(
+    y_true: Sequence[int], scores: Sequence[float], *, min_specificity: float = 0.90
+) -> float:
+    """The lowest threshold whose specificity on these data is >= min_specificity: the most
+    pneumonias found while bothering at most 1 - min_specificity of the healthy children.
+
+    The mirror of choose_threshold: with negatives' scores sorted low to high, the m-th of
+    them must stay negative, m = ceil(min_specificity * n_negatives), and the threshold sits
+    halfway between that score and the next higher score of any image (just above it when no
+    image scores higher), so it classifies these images the same way as the exact bound.
+    """
+    if not 0.0 < min_specificity <= 1.0:
+        raise ValueError(f"min_specificity must be within (0, 1], got {min_specificity}")
+    y, s = _as_arrays(y_true, scores)
+    negatives = np.sort(s[~y])  # (N,) low to high
+    if negatives.size == 0:
+        raise ValueError("choose_threshold_for_specificity needs at least one negative example")
+    m = max(1, math.ceil(min_specificity * negatives.size - 1e-9))  # float noise, as above
+    mth = float(negatives[m - 1])
+    above = s[s > mth]
+    return (mth + float(above.min())) / 2.0 if above.size else float(np.nextafter(mth, np.inf))
+
+
+def youden_threshold(y_true: Sequence[int], scores: Sequence[float]) -> float:
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1.
+
+    Among equally good thresholds the lowest (the most sensitive) wins, since a missed
+    pneumonia costs more than a false alarm. Placed halfway to the next lower score, as in
+    choose_threshold. Needs both classes.
+    """
+    fpr, tpr, thresholds = roc_curve(y_true, scores)
+    if thresholds.size < 2 or np.isnan(fpr).any() or np.isnan(tpr).any():
+        raise ValueError("youden_threshold needs at least one positive and one negative example")
+    j = (tpr - fpr)[1:]  # (K,) one per distinct score, high to low; point 0 calls nothing
+    best = 1 + (j.size - 1 - int(np.argmax(j[::-1])))  # the last (lowest) maximum
+    if best + 1 < thresholds.size:
+        return (float(thresholds[best]) + float(thresholds[best + 1])) / 2.0
+    return float(thresholds[best])
+
+
+THRESHOLD_RULES = ("sensitivity", "specificity", "youden")
+
+
+def choose_threshold_by_rule(
+    y_true: Sequence[int],
+    scores: Sequence[float],
+    *,
+    rule: str = "sensitivity",
+    target: float = 0.95,
+) -> float:
+    """One entry point for the threshold rules (`target` is ignored by "youden"):
+
+    - "sensitivity": the highest threshold whose sensitivity is >= target (choose_threshold);
+    - "specificity": the lowest threshold whose specificity is >= target;
+    - "youden": the one that maximises sensitivity + specificity - 1.
+    """
+    if rule == "sensitivity":
+        return choose_threshold(y_true, scores, min_sensitivity=target)
+    if rule == "specificity":
+        return choose_threshold_for_specificity(y_true, scores, min_specificity=target)
+    if rule == "youden":
+        return youden_threshold(y_true, scores)
+    raise ValueError(f"rule must be one of {THRESHOLD_RULES}, got {rule!r}")
 
 
 def confusion(y_true: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, int]:

@@ -11,7 +11,8 @@ Recipe, fastai's `fine_tune` made explicit:
 1. Split by patient: a TEST split (--test-fraction) is carved out first and never used for any
    choice; validation (--val-fraction) picks the epoch and the threshold. Both are written
    next to the checkpoint as CSV manifests (`<out>.test.csv`, `<out>.val.csv`) for
-   `python -m ml.evaluate --data-manifest`.
+   `python -m ml.evaluate --data-manifest`, and the training split as `<out>.train.csv` (for
+   `python -m ml.shift --exclude-manifest`: a site made of patients the model never saw).
 2. LR finder on the frozen model (skipped when --lr is given); its plot goes to
    `<out>.lr_find.png` and its "valley" becomes the learning rate.
 3. --freeze-epochs with the body frozen: only the new head and the BatchNorm layers train.
@@ -363,7 +364,11 @@ def main(args: argparse.Namespace) -> Path:
 
     pre = init[1].preprocessing if init else default_preprocessing(args.arch, args.img_size)
     items, train, val, test = _splits(args)
-    manifests = {"val_manifest": write_manifest(out.with_suffix(".val.csv"), val)}
+    manifests = {
+        # The training split too, so that a new site can be built from other patients.
+        "train_manifest": write_manifest(out.with_suffix(".train.csv"), train),
+        "val_manifest": write_manifest(out.with_suffix(".val.csv"), val),
+    }
     if test:  # what `python -m ml.evaluate --data-manifest` reads
         manifests["test_manifest"] = write_manifest(out.with_suffix(".test.csv"), test)
     if init is not None:

@@ -9,7 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ALL_MODULES = (
     "ml, ml.preprocessing, ml.models, ml.checkpoint, ml.data, ml.metrics, ml.inference, "
-    "ml.train, ml.lr_find, ml.evaluate, ml.gradcam, ml.plots, ml.bench, ml.cleaning"
+    "ml.train, ml.lr_find, ml.evaluate, ml.gradcam, ml.plots, ml.bench, ml.cleaning, "
+    "ml.calibration, ml.shift"
 )
 
 
@@ -34,3 +35,8 @@ def test_it_imports_ml_without_loading_django_or_celery():
 def test_it_keeps_matplotlib_off_the_inference_path(module):
     # Plots are drawn only when asked for; a worker never pays for matplotlib.
     assert loaded_after(module, ("matplotlib",)) == []
+
+
+def test_it_calibrates_a_site_without_loading_torch():
+    # Choosing a site's threshold from stored scores is numpy only, like ml.metrics.
+    assert loaded_after("ml.calibration", ("torch", "torchvision", "PIL")) == []

@@ -66,18 +66,27 @@ def test_it_writes_patient_disjoint_val_and_test_manifests_next_to_the_checkpoin
     out = main(_args(tmp_path / "data", tmp_path / "run" / "model.pt", *common))
 
     meta = read_meta(out)
+    train = read_manifest(tmp_path / "run" / "model.train.csv")
     val = read_manifest(tmp_path / "run" / "model.val.csv")
     test = read_manifest(tmp_path / "run" / "model.test.csv")
+    assert meta.train_args["train_manifest"] == str(tmp_path / "run" / "model.train.csv")
     assert meta.train_args["val_manifest"] == str(tmp_path / "run" / "model.val.csv")
     assert meta.train_args["test_manifest"] == str(tmp_path / "run" / "model.test.csv")
+    assert meta.train_args["train_manifest_hash"] == manifest_hash(train)
     assert meta.train_args["val_manifest_hash"] == manifest_hash(val)
     assert meta.train_args["test_manifest_hash"] == manifest_hash(test)
-    assert (len(val), len(test)) == (meta.metrics["n_val"], meta.metrics["n_test"])
+    assert (len(train), len(val), len(test)) == (
+        meta.metrics["n_train"],
+        meta.metrics["n_val"],
+        meta.metrics["n_test"],
+    )
+    train_patients = {patient_id(p) for p, _ in train}
     val_patients = {patient_id(p) for p, _ in val}
     test_patients = {patient_id(p) for p, _ in test}
     all_patients = {patient_id(p) for p, _ in scan_folder(tmp_path / "data")}
     assert val_patients.isdisjoint(test_patients)
-    assert len(all_patients - val_patients - test_patients) > 0  # the rest trained
+    assert train_patients.isdisjoint(val_patients | test_patients)
+    assert train_patients == all_patients - val_patients - test_patients  # the rest trained
     assert meta.train_args["lr_used"] == 1e-3 and meta.metrics["lr_find"] is None
     assert not (tmp_path / "run" / "model.lr_find.png").exists()  # --lr given: no finder
 
