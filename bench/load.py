@@ -81,17 +81,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def peak_rss_mb(pattern: str) -> tuple[float, int]:
+def peak_rss_mb(pattern: str = "", *, group: int | None = None) -> tuple[float, int]:
     """(largest VmHWM in MB, number of processes) of the processes whose command line
-    contains `pattern` (their high-water mark since they started)."""
+    contains `pattern`, or of those in process group `group` (their high-water mark since
+    they started)."""
     peaks = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if pattern not in cmdline or "bench/load.py" in cmdline:
+            if group is not None and os.getpgid(int(proc.name)) != group:
                 continue
+            if group is None:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if pattern not in cmdline or "bench/load.py" in cmdline:
+                    continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peaks.append(int(line.split()[1]) / 1000)

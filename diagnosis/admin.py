@@ -15,6 +15,9 @@ from diagnosis.models import (
     ModelVersion,
     Prediction,
     Review,
+    Site,
+    SiteAudit,
+    SiteThreshold,
     Study,
     TrainingJob,
     ValidationSplit,
@@ -105,6 +108,7 @@ class StudyAdmin(admin.ModelAdmin):
         PredictedLabelFilter,
         "current_label",
         DisagreementFilter,
+        "site",
         "created_at",
     ]
     search_fields = ["original_filename", "sha256", "uploaded_by__username"]
@@ -237,3 +241,25 @@ class TrainingJobAdmin(AuditTrailAdmin):
 @admin.register(ValidationSplit)
 class ValidationSplitAdmin(AuditTrailAdmin):
     list_display = ["id", "created_at", "created_by", "manifest", "manifest_hash"]
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    list_display = ["name", "title", "created_at"]
+    search_fields = ["name", "title"]
+
+
+@admin.register(SiteAudit)
+class SiteAuditAdmin(AuditTrailAdmin):
+    """Read-only: audits come from `manage.py site_audit`; the site page shows them."""
+
+    list_display = ["id", "created_at", "site", "model_version", "threshold_in_force", "candidate"]
+    list_filter = ["site"]
+
+
+@admin.register(SiteThreshold)
+class SiteThresholdAdmin(AuditTrailAdmin):
+    """Read-only: a site threshold is activated on the site page, the API or the command."""
+
+    list_display = ["created_at", "site", "model_version", "threshold", "created_by", "reason"]
+    list_filter = ["site"]

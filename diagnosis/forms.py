@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from diagnosis.models import Label, TrainingJob, Unusable
+from diagnosis.models import Label, Site, TrainingJob, Unusable
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -23,6 +23,13 @@ class UploadForm(forms.Form):
     images = MultipleImageField(
         widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png,application/dicom,.dcm"}),
         help_text="Chest X-rays as JPEG, PNG or DICOM; select several files at once if you like.",
+    )
+    site = forms.ModelChoiceField(
+        queryset=Site.objects.all(),
+        to_field_name="name",
+        required=False,
+        empty_label="default site",
+        help_text="Where the images come from: that site's threshold decides.",
     )
 
 

@@ -18,6 +18,9 @@ from diagnosis.models import (
     ModelActivation,
     ModelVersion,
     Prediction,
+    Site,
+    SiteAudit,
+    SiteThreshold,
     Study,
     TrainingJob,
     ValidationSplit,
@@ -119,11 +122,11 @@ def training_job(pk: int) -> TrainingJob | None:
     return TrainingJob.objects.select_related("created_by", "candidate").filter(pk=pk).first()
 
 
-PLOT_OWNERS = {"evaluation": Evaluation, "version": ModelVersion}
+PLOT_OWNERS = {"evaluation": Evaluation, "version": ModelVersion, "audit": SiteAudit}
 
 
 def plot_file(owner: str, pk: int, plot: str) -> str | None:
-    """The stored file of one plot of an evaluation or a model version, or None."""
+    """The stored file of one plot of an evaluation, a model version or a site audit."""
     row = PLOT_OWNERS[owner].objects.filter(pk=pk).first() if owner in PLOT_OWNERS else None
     return row.plots.get(plot) if row else None
 
@@ -252,3 +255,47 @@ def cleaning_decisions(keys) -> dict[str, CleaningDecision]:
 
 def cleaning_candidate(pk: int) -> CleaningCandidate | None:
     return CleaningCandidate.objects.filter(pk=pk).first()
+
+
+# ---------------------------------------------------------------------------- sites
+
+
+def site_thresholds_in_force(version: ModelVersion, site_ids) -> dict[int, SiteThreshold]:
+    """site id -> the site threshold deciding for `version` there; a site missing from the
+    answer uses the version's own threshold (none set, or the latest row restored it)."""
+    rows = SiteThreshold.objects.filter(model_version=version, site_id__in=list(site_ids))
+    in_force = {}
+    for row in rows.order_by("site_id", "-created_at", "-id"):
+        in_force.setdefault(row.site_id, row)  # the latest row of each site
+    return {site: row for site, row in in_force.items() if row.threshold is not None}
+
+
+def site_threshold_in_force(version: ModelVersion, site: Site) -> SiteThreshold | None:
+    return site_thresholds_in_force(version, [site.pk]).get(site.pk)
+
+
+def site_list() -> QuerySet[Site]:
+    return Site.objects.annotate(
+        n_studies=Count("studies", distinct=True), n_audits=Count("audits", distinct=True)
+    )
+
+
+def site(name: str) -> Site | None:
+    return Site.objects.filter(name=name).first()
+
+
+def site_audit(pk: int) -> SiteAudit | None:
+    return SiteAudit.objects.select_related("site", "model_version").filter(pk=pk).first()
+
+
+def site_audits(site: Site) -> QuerySet[SiteAudit]:
+    return site.audits.select_related("model_version", "candidate", "created_by")
+
+
+def site_threshold_history(site: Site) -> QuerySet[SiteThreshold]:
+    return site.thresholds.select_related("model_version", "created_by", "audit")
+
+
+def site_labeled_studies(site: Site) -> QuerySet[Study]:
+    """The site's studies a radiologist has labeled and not marked unusable: its audit set."""
+    return site.studies.exclude(current_label="").filter(unusable_reason="").order_by("pk")

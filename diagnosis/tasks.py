@@ -32,8 +32,12 @@ def predict(prediction_id: int) -> None:
 
 @shared_task
 def sweep_predictions() -> int:
-    # Training jobs lost by the broker, or by a dead worker, are swept on the same beat.
-    return services.predictions_sweep() + services.training_jobs_sweep()
+    # Training jobs lost by the broker, or by a dead worker, are swept on the same beat, and
+    # heatmaps left owed by a worker killed while drawing them are drawn.
+    sent = services.predictions_sweep() + services.training_jobs_sweep()
+    if settings.PREDICTION_HEATMAPS == "deferred":
+        services.heatmaps_draw()
+    return sent
 
 
 # Routed to settings.TRAINING_QUEUE (CELERY_TASK_ROUTES): a worker of its own, so a long

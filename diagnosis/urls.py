@@ -22,6 +22,13 @@ urlpatterns = [
     path("cleaning/decide/", views.cleaning_decide, name="cleaning-decide"),
     path("cleaning/images/<int:pk>/", views.cleaning_image, name="cleaning-image"),
     path("models/", views.model_list, name="model-list"),
+    path("sites/", views.site_list, name="site-list"),
+    path("sites/<slug:name>/", views.site_detail, name="site-detail"),
+    path(
+        "sites/<slug:name>/thresholds/",
+        views.site_threshold_activate,
+        name="site-threshold-activate",
+    ),
     path("models/<int:pk>/promote/", views.model_promote, name="model-promote"),
     path("models/retrain/", views.training_job_create, name="training-job-create"),
     path("models/jobs/<int:pk>/", views.training_job, name="training-job"),

@@ -67,7 +67,9 @@ def study_upload(request):
     if form.is_valid():
         try:
             studies = services.study_create_many(
-                uploaded_by=request.user, images=form.cleaned_data["images"]
+                uploaded_by=request.user,
+                images=form.cleaned_data["images"],
+                site=form.cleaned_data["site"],
             )
         except UploadRejected as exc:
             form.add_error("images", str(exc))
@@ -282,3 +284,64 @@ def cleaning_image(request, pk: int):
     if candidate is None or not Path(candidate.path).is_file():
         raise Http404("No such image (it may have been moved since the cleaning run).")
     return FileResponse(open(candidate.path, "rb"), content_type="image/jpeg")
+
+
+# ---------------------------------------------------------------------------- sites
+
+
+@login_required
+@require_GET
+def site_list(request):
+    _require(roles.has_any_role(request.user))
+    return render(request, "diagnosis/site_list.html", {"sites": selectors.site_list()})
+
+
+@login_required
+@require_GET
+def site_detail(request, name: str):
+    _require(roles.has_any_role(request.user))
+    site = selectors.site(name)
+    if site is None:
+        raise Http404("No such site.")
+    active = selectors.model_version_active()
+    context = {
+        "site": site,
+        "active": active,
+        "in_force": selectors.site_threshold_in_force(active, site) if active else None,
+        "audits": selectors.site_audits(site),
+        "history": selectors.site_threshold_history(site),
+        "can_promote": roles.can_promote(request.user),
+    }
+    return render(request, "diagnosis/site_detail.html", context)
+
+
+@login_required
+@require_POST
+def site_threshold_activate(request, name: str):
+    """Activate an audit's calibrated threshold, or restore the version's own (admins)."""
+    _require(roles.can_promote(request.user))
+    audit = selectors.site_audit(_int(request.POST.get("audit")))
+    if audit is None or audit.site.name != name:
+        raise Http404("No such audit at this site.")
+    reason = request.POST.get("reason", "")[:500]
+    if request.POST.get("restore"):
+        services.site_threshold_activate(
+            site=audit.site, version=audit.model_version, threshold=None, user=request.user,
+            reason=reason or "restored the version's own threshold", audit=audit,
+        )  # fmt: skip
+        messages.success(request, f"{audit.model_version.name}'s own threshold decides again.")
+    else:
+        try:
+            row = services.site_threshold_from_audit(audit=audit, user=request.user, reason=reason)
+        except ValueError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Threshold {row.threshold:.4f} is in force at {name}.")
+    return redirect("site-detail", name=name)
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

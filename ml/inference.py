@@ -142,17 +142,25 @@ class Predictor:
         t = self._threshold(threshold)
         if not sources:
             return []
-        data = []
-        for source in sources:  # each is decoded twice below; a stream can be read once
-            if hasattr(source, "read"):
-                if hasattr(source, "seek"):
-                    source.seek(0)  # as open_image() does
-                source = source.read()
-            data.append(source)
+        data = _bytes_or_paths(sources)
         start = time.perf_counter()
         x = torch.stack([self._load(source) for source in data])  # (B, 3, S, S)
         probabilities = self._positive_probabilities(x)
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(data)
+        return [
+            (Prediction(self._label(probability, t), probability, t, elapsed_ms), image)
+            for probability, image in zip(probabilities, self._overlays(data, x), strict=True)
+        ]
+
+    def heatmaps(self, sources: Sequence[ImageSource]) -> list[Image.Image]:
+        """The Grad-CAM overlays of explain_batch() without its inference pass: for a heatmap
+        made after the prediction itself was recorded."""
+        if not sources:
+            return []
+        data = _bytes_or_paths(sources)
+        return self._overlays(data, torch.stack([self._load(source) for source in data]))
+
+    def _overlays(self, data: list, x: torch.Tensor) -> list[Image.Image]:
         with self._explain_lock:
             cams = grad_cams(
                 self.model,
@@ -161,9 +169,20 @@ class Predictor:
                 class_index=self._positive,
             )  # (B, S, S) in [0, 1]
         results = []
-        for source, probability, cam in zip(data, probabilities, cams, strict=True):
+        for source, cam in zip(data, cams, strict=True):
             image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for JPEGs
             image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
-            prediction = Prediction(self._label(probability, t), probability, t, elapsed_ms)
-            results.append((prediction, overlay(image, cam)))
+            results.append(overlay(image, cam))
         return results
+
+
+def _bytes_or_paths(sources: Sequence[ImageSource]) -> list:
+    """Each image is decoded twice (model input, display overlay): a stream can be read once."""
+    data = []
+    for source in sources:
+        if hasattr(source, "read"):
+            if hasattr(source, "seek"):
+                source.seek(0)  # as open_image() does
+            source = source.read()
+        data.append(source)
+    return data

@@ -118,8 +118,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The end-to-end tests share the test database with a worker process, which an
     # in-memory SQLite database cannot do, so tests get a file.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
-    # SQLite raises "database is locked" at once unless told to wait for the other process.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # SQLite raises "database is locked" at once unless told to wait for the other process;
+    # and a transaction that reads before it writes (an upload) cannot wait for the lock it
+    # upgrades to, so transactions take the write lock when they begin.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20, transaction_mode="IMMEDIATE"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------------------- auth
@@ -299,9 +303,15 @@ RETRAIN_MIN_SENSITIVITY = envfloat("RETRAIN_MIN_SENSITIVITY", "0.9")
 # to fill: an isolated upload runs alone at once; under load, batches form by themselves.
 PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
 
-# Each prediction also stores a Grad-CAM overlay of what drove the call (one extra
-# backward pass per image).
-PREDICTION_HEATMAPS = envbool("PREDICTION_HEATMAPS", "true")
+# Each prediction also gets a Grad-CAM overlay of what drove the call (a forward and a
+# backward pass more per image, torch runtimes only). deferred: the result is recorded first
+# and the worker draws the heatmaps when no prediction is waiting, so a burst drains at the
+# model's pace and the heatmap follows; inline: drawn in the same batch, before the result is
+# recorded; off: none. true/false are taken for deferred/off.
+_heatmaps = os.getenv("PREDICTION_HEATMAPS", "deferred").lower()
+PREDICTION_HEATMAPS = {"true": "deferred", "false": "off"}.get(_heatmaps, _heatmaps)
+if PREDICTION_HEATMAPS not in ("deferred", "inline", "off"):
+    raise ImproperlyConfigured("PREDICTION_HEATMAPS must be deferred, inline or off.")
 
 # Which runtime the worker predicts with: torch (PyTorch eager fp32), torch-bf16, onnx-fp32 or
 # onnx-int8. The non-torch ones need an artifact made by `manage.py optimize_model`, accepted

@@ -135,9 +135,16 @@ def xray_upload():
 
 
 def make_checkpoint(
-    path: Path, *, seed: int = 0, threshold: float = 0.5, input_size: int = 128
+    path: Path,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    input_size: int = 128,
+    fc_scale: float = 1.0,
 ) -> Path:
-    """A real ResNet34 checkpoint written by the ml package, with seeded random weights."""
+    """A real ResNet34 checkpoint written by the ml package, with seeded random weights.
+    Its logits are large enough to saturate P(pneumonia) at 0 or 1; fc_scale=0.01 spreads the
+    probabilities over distinct values near 0.5."""
     import torch
 
     from ml.checkpoint import CheckpointMeta, save_checkpoint, utc_now
@@ -146,6 +153,8 @@ def make_checkpoint(
 
     torch.manual_seed(seed)
     model = build_model("resnet34", pretrained="none")
+    with torch.no_grad():
+        model.fc.weight.mul_(fc_scale)
     meta = CheckpointMeta(
         arch="resnet34",
         class_names=("NORMAL", "PNEUMONIA"),

@@ -5,12 +5,25 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from diagnosis.models import Evaluation, ModelVersion, Prediction, Review, Study, TrainingJob
+from diagnosis.models import (
+    Evaluation,
+    ModelVersion,
+    Prediction,
+    Review,
+    Site,
+    SiteAudit,
+    SiteThreshold,
+    Study,
+    TrainingJob,
+)
 
 
 class PredictionOutputSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
     heatmap_url = serializers.SerializerMethodField()
+    threshold_source = serializers.CharField(
+        read_only=True, help_text="Whose threshold decided: 'site NAME' or 'model version'."
+    )
 
     class Meta:
         model = Prediction
@@ -20,10 +33,12 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "label",
             "probability",
             "threshold",
+            "threshold_source",
             "model_version",
             "runtime",
             "elapsed_ms",
             "heatmap_url",
+            "heatmap_due",
             "error",
             "attempts",
             "created_at",
@@ -58,12 +73,14 @@ class StudySummarySerializer(serializers.ModelSerializer):
     prediction = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
     uploaded_by = serializers.CharField(source="uploaded_by.get_username")
+    site = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = Study
         fields = [
             "id",
             "url",
+            "site",
             "status",
             "prediction",
             "current_label",
@@ -106,7 +123,7 @@ class StudyDetailSerializer(StudySummarySerializer):
         return reverse("api:study-image", args=[study.pk])
 
 
-def plot_urls(owner: str, row: Evaluation | ModelVersion) -> dict[str, str]:
+def plot_urls(owner: str, row: Evaluation | ModelVersion | SiteAudit) -> dict[str, str]:
     return {name: reverse("api:plot", args=[owner, row.pk, name]) for name in row.plots}
 
 
@@ -164,3 +181,35 @@ class TrainingJobOutputSerializer(serializers.ModelSerializer):
             "id", "status", "init", "parameters", "created_by", "created_at", "started_at",
             "finished_at", "attempts", "candidate", "promoted", "error", "log",
         ]  # fmt: skip
+
+
+class SiteThresholdOutputSerializer(serializers.ModelSerializer):
+    site = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = serializers.CharField(source="created_by.get_username", default=None)
+
+    class Meta:
+        model = SiteThreshold
+        fields = ["id", "site", "model_version", "threshold", "audit", "created_by", "reason",
+                  "created_at"]  # fmt: skip
+
+
+class SiteAuditOutputSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    candidate = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = serializers.CharField(source="created_by.get_username", default=None)
+    plots = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SiteAudit
+        fields = ["id", "created_at", "created_by", "model_version", "data_source",
+                  "threshold_in_force", "metrics", "candidate", "plots"]  # fmt: skip
+
+    def get_plots(self, audit: SiteAudit) -> dict[str, str]:
+        return plot_urls("audit", audit)
+
+
+class SiteOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Site
+        fields = ["name", "title", "created_at"]

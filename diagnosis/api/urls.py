@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from diagnosis.api import views
+from diagnosis.api import sites, views
 
 app_name = "api"
 
@@ -24,6 +24,13 @@ urlpatterns = [
         "models/<slug:name>/promote/",
         views.ModelVersionPromoteApi.as_view(),
         name="model-promote",
+    ),
+    path("sites/", sites.SiteListApi.as_view(), name="site-list"),
+    path("sites/<slug:name>/", sites.SiteDetailApi.as_view(), name="site-detail"),
+    path(
+        "sites/<slug:name>/thresholds/",
+        sites.SiteThresholdActivateApi.as_view(),
+        name="site-threshold-activate",
     ),
     path("training-jobs/", views.TrainingJobListCreateApi.as_view(), name="training-job-list"),
     path(

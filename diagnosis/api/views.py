@@ -23,7 +23,7 @@ from diagnosis.api.serializers import (
     StudySummarySerializer,
     TrainingJobOutputSerializer,
 )
-from diagnosis.models import Label, Prediction, TrainingJob, Unusable
+from diagnosis.models import Label, Prediction, Site, TrainingJob, Unusable
 from diagnosis.validation import UploadRejected
 
 
@@ -52,6 +52,11 @@ class StudyListCreateApi(APIView):
 
     class UploadInputSerializer(serializers.Serializer):
         image = serializers.FileField(allow_empty_file=True)
+        site = serializers.SlugRelatedField(
+            slug_field="name", queryset=Site.objects.all(), required=False,
+            help_text="The site (hospital, scanner) the study comes from; default: the default "
+            "site. Its threshold for the active model decides.",
+        )  # fmt: skip
 
     class AcceptedSerializer(serializers.Serializer):
         id = serializers.IntegerField()
@@ -84,7 +89,9 @@ class StudyListCreateApi(APIView):
         data.is_valid(raise_exception=True)
         try:
             study = services.study_create(
-                uploaded_by=request.user, image=data.validated_data["image"]
+                uploaded_by=request.user,
+                image=data.validated_data["image"],
+                site=data.validated_data.get("site"),
             )
         except UploadRejected as exc:
             raise serializers.ValidationError({"image": [exc.reason]}) from None

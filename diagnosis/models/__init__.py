@@ -1,6 +1,7 @@
 """Data of the review platform: studies, the model's predictions, radiologists' reviews.
 
-Business rules live in services.py; this module holds data and one-line properties only.
+Business rules live in services/; this package holds data and one-line properties only.
+Sites, their audits and thresholds are in sites.py.
 """
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from diagnosis.models.sites import Site, SiteAudit, SiteThreshold, default_site_pk
+
+__all__ = ["Site", "SiteAudit", "SiteThreshold", "default_site_pk"]  # and the models below
 
 
 class Label(models.TextChoices):
@@ -112,6 +117,10 @@ class Study(models.Model):
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studies"
     )
+    # The population it comes from: its site's threshold decides (diagnosis.models.sites).
+    site = models.ForeignKey(
+        Site, on_delete=models.PROTECT, related_name="studies", default=default_site_pk
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # The latest review's label, kept here so that lists and the admin can filter on it;
     # services.review_create is the only writer and updates it in the same transaction.
@@ -162,6 +171,10 @@ class Prediction(models.Model):
     label = models.CharField(max_length=20, choices=Label.choices, blank=True)
     probability = models.FloatField(null=True, blank=True, help_text="P(pneumonia).")
     threshold = models.FloatField(null=True, blank=True)
+    # The site threshold that decided, when one was in force; else the version's own did.
+    site_threshold = models.ForeignKey(
+        SiteThreshold, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     elapsed_ms = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
     # The failure was the model's (file missing, corrupted or unreadable), not the image's:
@@ -169,6 +182,9 @@ class Prediction(models.Model):
     model_error = models.BooleanField(default=False)
     # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
+    # The result is recorded and its heatmap still owed (PREDICTION_HEATMAPS=deferred): the
+    # worker draws it when no prediction is waiting.
+    heatmap_due = models.BooleanField(default=False, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     # The inference runtime that made it (INFERENCE_RUNTIME): torch, torch-bf16, onnx-int8...
     runtime = models.CharField(max_length=20, blank=True)
@@ -185,6 +201,13 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
+
+    @property
+    def threshold_source(self) -> str:
+        """Whose threshold decided: a site's (set for this version there) or the version's."""
+        if self.site_threshold_id is None:
+            return "model version" if self.threshold is not None else ""
+        return f"site {self.site_threshold.site.name}"
 
 
 class Review(models.Model):

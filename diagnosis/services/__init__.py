@@ -8,7 +8,12 @@ service function and format the answer.
 from __future__ import annotations
 
 from diagnosis.services.cleaning import cleaning_decide, cleaning_run_create, training_pool
-from diagnosis.services.predictions import prediction_enqueue, prediction_run, predictions_sweep
+from diagnosis.services.predictions import (
+    heatmaps_draw,
+    prediction_enqueue,
+    prediction_run,
+    predictions_sweep,
+)
 from diagnosis.services.registry import (
     RuntimeRejected,
     evaluation_create,
@@ -16,6 +21,14 @@ from diagnosis.services.registry import (
     model_version_register,
     model_version_rollback,
     runtime_artifact_create,
+)
+from diagnosis.services.sites import (
+    audit_json,
+    site_audit_run,
+    site_get_or_create,
+    site_import,
+    site_threshold_activate,
+    site_threshold_from_audit,
 )
 from diagnosis.services.studies import (
     review_create,
@@ -35,10 +48,12 @@ from diagnosis.services.training import (
 
 __all__ = [
     "RuntimeRejected",
+    "audit_json",
     "cleaning_decide",
     "cleaning_run_create",
     "evaluation_create",
     "gate_decide",
+    "heatmaps_draw",
     "model_version_activate",
     "model_version_promote",
     "model_version_register",
@@ -48,6 +63,11 @@ __all__ = [
     "predictions_sweep",
     "review_create",
     "runtime_artifact_create",
+    "site_audit_run",
+    "site_get_or_create",
+    "site_import",
+    "site_threshold_activate",
+    "site_threshold_from_audit",
     "studies_relabel",
     "study_create",
     "study_create_many",

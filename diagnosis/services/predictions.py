@@ -110,7 +110,7 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     try:
         predictor = inference.predictor_for(version)
         runtime = predictor.runtime
-        results = _run_batch(predictor, batch)
+        results = _run_batch(predictor, batch, version)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
     ran = time.perf_counter()
@@ -122,6 +122,8 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         len(batch), runtime, 1000 * (claimed - start), 1000 * (ran - claimed),
         1000 * (time.perf_counter() - ran),
     )  # fmt: skip
+    if settings.PREDICTION_HEATMAPS == "deferred":
+        heatmaps_draw()
     mine = next((p for p in batch if p.pk == prediction_id), None)
     if mine is None:
         return None
@@ -129,9 +131,67 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     return mine
 
 
-def _run_batch(predictor, batch: list[Prediction]) -> dict:
-    """prediction id -> (ml Prediction, heatmap name or "") or the exception for that image.
-    Images are read one by one (a damaged file fails alone), then run as one batch."""
+def heatmaps_draw() -> int:
+    """Draw the heatmaps still owed, a batch at a time, while no prediction is waiting: a
+    burst is predicted first and explained after. Returns how many were drawn.
+
+    Nothing is claimed: a heatmap is written only if still owed, so two workers drawing the
+    same one waste a pass and keep one file. A worker killed here leaves them owed for the
+    next batch or the sweeper. A failure (the model file gone) drops the batch's heatmaps: the
+    predictions stand, and an explanation is not worth retrying for ever."""
+    drawn = 0
+    owed = Prediction.objects.filter(status=Prediction.Status.DONE, heatmap_due=True)
+    while not Prediction.objects.filter(status=Prediction.Status.PENDING).exists():
+        batch = list(
+            owed.select_related("study", "model_version").order_by("finished_at", "id")[
+                : max(1, settings.PREDICTION_BATCH_SIZE)
+            ]
+        )
+        if not batch:
+            break
+        version = batch[0].model_version  # one model per pass
+        batch = [p for p in batch if p.model_version_id == version.pk]
+        try:
+            predictor = inference.predictor_for(version)
+            sources = []
+            for prediction in batch:
+                with default_storage.open(prediction.study.image.name, "rb") as fh:
+                    sources.append(fh.read())
+            images = predictor.heatmaps(sources)
+        except Exception:
+            logger.exception("Heatmaps of predictions %s dropped.", [p.pk for p in batch])
+            owed.filter(pk__in=[p.pk for p in batch]).update(heatmap_due=False)
+            continue
+        for prediction, image in zip(batch, images, strict=True):
+            name = _save_png(image, "heatmaps")
+            if owed.filter(pk=prediction.pk).update(heatmap=name, heatmap_due=False):
+                drawn += 1
+            else:
+                default_storage.delete(name)  # another worker drew it meanwhile
+    return drawn
+
+
+def _run_batch(predictor, batch: list[Prediction], version) -> dict:
+    """prediction id -> (ml Prediction, heatmap, site threshold) or the exception for that
+    image (_record). Each study's site threshold decides, where one is in force for the
+    version; the version's own otherwise. A batch from several such sites runs a pass per
+    threshold."""
+    in_force = selectors.site_thresholds_in_force(version, {p.study.site_id for p in batch})
+    groups: dict = {}
+    for prediction in batch:
+        groups.setdefault(in_force.get(prediction.study.site_id), []).append(prediction)
+    results = {}
+    for site_threshold, group in groups.items():
+        threshold = None if site_threshold is None else site_threshold.threshold
+        for pk, result in _run_group(predictor, group, threshold).items():
+            ok = not isinstance(result, Exception)
+            results[pk] = (*result, site_threshold) if ok else result
+    return results
+
+
+def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> dict:
+    """prediction id -> (ml Prediction, heatmap) or the exception for that image. Images are
+    read one by one (a damaged file fails alone), then run as one batch."""
     results, sources, ready = {}, [], []
     for prediction in batch:
         try:
@@ -144,10 +204,17 @@ def _run_batch(predictor, batch: list[Prediction]) -> dict:
         return results
     try:
         # Heatmaps need gradients: only the torch runtimes give them.
-        if settings.PREDICTION_HEATMAPS and hasattr(predictor, "explain_batch"):
-            outputs = [(r, _save_png(o, "heatmaps")) for r, o in predictor.explain_batch(sources)]
-        else:
-            outputs = [(r, "") for r in predictor.predict_batch(sources)]
+        explains = settings.PREDICTION_HEATMAPS != "off" and hasattr(predictor, "heatmaps")
+        if explains and settings.PREDICTION_HEATMAPS == "inline":
+            outputs = [
+                (r, _save_png(o, "heatmaps"))
+                for r, o in predictor.explain_batch(sources, threshold=threshold)
+            ]
+        else:  # deferred: "" marks the heatmap as owed (heatmaps_draw)
+            outputs = [
+                (r, "" if explains else None)
+                for r in predictor.predict_batch(sources, threshold=threshold)
+            ]
     except Exception as exc:
         from ml.core import ImageDecodeError
 
@@ -156,7 +223,9 @@ def _run_batch(predictor, batch: list[Prediction]) -> dict:
         # One image the batch could not decode: run each alone, so only that one fails.
         for prediction in ready:
             try:
-                results[prediction.pk] = _run_batch(predictor, [prediction])[prediction.pk]
+                results[prediction.pk] = _run_group(predictor, [prediction], threshold)[
+                    prediction.pk
+                ]
             except Exception as single:
                 results[prediction.pk] = single
         return results
@@ -185,15 +254,18 @@ def _record(prediction: Prediction, version, result, runtime: str = "") -> None:
             finished_at=timezone.now(),
         )
         return
-    output, heatmap = result
+    # heatmap: a file name, "" when owed, None when not made; site_threshold: what decided
+    output, heatmap, site_threshold = result
     written = ours.update(
         status=Prediction.Status.DONE,
         model_version=version,
         label=output.label,
         probability=output.probability,
         threshold=output.threshold,
+        site_threshold=site_threshold,
         elapsed_ms=output.elapsed_ms,
-        heatmap=heatmap,
+        heatmap=heatmap or "",
+        heatmap_due=heatmap == "",
         runtime=runtime,
         error="",
         finished_at=timezone.now(),

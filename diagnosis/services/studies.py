@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from diagnosis import roles, selectors
-from diagnosis.models import Label, Prediction, Review, Study, Unusable
+from diagnosis.models import Label, Prediction, Review, Site, Study, Unusable, default_site_pk
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
 from diagnosis.validation import UploadRejected, inspect_upload
@@ -22,12 +22,15 @@ from diagnosis.validation import UploadRejected, inspect_upload
 # ---------------------------------------------------------------------------- studies
 
 
-def study_create(*, uploaded_by, image: UploadedFile) -> Study:
-    return study_create_many(uploaded_by=uploaded_by, images=[image])[0]
+def study_create(*, uploaded_by, image: UploadedFile, site: Site | None = None) -> Study:
+    return study_create_many(uploaded_by=uploaded_by, images=[image], site=site)[0]
 
 
-def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[Study]:
-    """Store the images, each as a Study with a pending Prediction, all or nothing.
+def study_create_many(
+    *, uploaded_by, images: Sequence[UploadedFile], site: Site | None = None
+) -> list[Study]:
+    """Store the images, each as a Study of `site` (default: the default site) with a pending
+    Prediction, all or nothing.
 
     Every file is checked before anything is written. The rows are created in one
     transaction, and the files written during it are deleted if it fails, so a refused or
@@ -74,6 +77,7 @@ def study_create_many(*, uploaded_by, images: Sequence[UploadedFile]) -> list[St
                 patient_sex=info.facts.get("sex", ""),
                 patient_age_years=info.facts.get("age_years"),
                 warnings=info.warnings,
+                site_id=site.pk if site is not None else default_site_pk(),
             )
             prediction = Prediction.objects.create(study=study)
             transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))

@@ -1,5 +1,6 @@
 // Keeps study statuses current without a manual reload: every element with
-// data-study-id whose status is pending or running is refreshed from the API.
+// data-study-id whose status is pending or running, or whose heatmap is still owed
+// (data-heatmap-due), is refreshed from the API.
 (function () {
   "use strict";
   const OPEN = new Set(["pending", "running", ""]);
@@ -29,15 +30,21 @@
       set("label", prediction.label || "");
       set("probability", fmt(prediction.probability));
     }
+    const heatmapDrawn = el.hasAttribute("data-heatmap-due") && !prediction.heatmap_due;
+    if (heatmapDrawn) el.removeAttribute("data-heatmap-due");
     // The study page shows the full result, which is simplest to render on the server.
-    if (changed && !OPEN.has(status) && el.hasAttribute("data-reload-when-final")) {
+    const final = (changed && !OPEN.has(status)) || heatmapDrawn;
+    if (final && el.hasAttribute("data-reload-when-final")) {
       window.location.reload();
     }
   }
 
+  function open(el) {
+    return OPEN.has(el.dataset.status || "") || el.hasAttribute("data-heatmap-due");
+  }
+
   function tick() {
-    const open = document.querySelectorAll("[data-study-id]");
-    const pending = Array.from(open).filter((el) => OPEN.has(el.dataset.status || ""));
+    const pending = Array.from(document.querySelectorAll("[data-study-id]")).filter(open);
     Promise.allSettled(pending.map(refresh)).finally(() => {
       if (pending.length) window.setTimeout(tick, INTERVAL_MS);
     });

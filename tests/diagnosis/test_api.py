@@ -297,7 +297,7 @@ def test_it_serves_the_heatmap_of_a_prediction_to_those_who_may_see_it(
 
 
 def test_it_skips_heatmaps_when_they_are_turned_off(alice, active_model, xray_upload, settings):
-    settings.PREDICTION_HEATMAPS = False
+    settings.PREDICTION_HEATMAPS = "off"
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     prediction = services.prediction_run(study.predictions.get().pk)
 

@@ -17,10 +17,11 @@ def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     write_dataset(tmp_path / "full", 2, size=400, seed=2)
     call_command(
         "bench", "--runtimes", "torch,onnx-fp32", "--images", str(tmp_path / "train"),
-        "--full-resolution", str(tmp_path / "full"),
+        "--full-resolution", str(tmp_path / "full"), "--no-platform",
     )  # fmt: skip
     out = capsys.readouterr().out
     torch_row = next(line for line in out.splitlines() if "| model only, torch " in line)
     assert "b1 " in torch_row and "b16 " in torch_row and "(1.00x)" in torch_row
     assert "model only, onnx-fp32 (not gated)" in out
     assert "full-resolution JPEG (4 images)" in out and "16-bit DICOM" in out
+    assert "platform" not in out and "burst" not in out  # --no-platform: nothing started

@@ -18,47 +18,7 @@ from diagnosis.models import (
     ValidationSplit,
 )
 from tests.conftest import make_checkpoint
-from tests.synthetic import write_dataset
-
-# Quick runs on two cores: 64 px ResNet34, a few seconds an epoch. From random weights a
-# fixed rate and no frozen phase learn the synthetic classes (as in tests/ml/test_train.py).
-QUICK = {"batch_size": 8, "lr": 1e-3, "freeze_epochs": 0, "epochs": 8, "threads": 2}
-
-
-@pytest.fixture(scope="module")
-def base_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("base") / "train"
-    write_dataset(root, 40, size=64, seed=5)
-    return root
-
-
-@pytest.fixture
-def base(base_folder, settings, tmp_path) -> Path:
-    settings.VAR_DIR = tmp_path / "var"
-    settings.TRAINING_BASE_DATA = str(base_folder)
-    settings.RETRAIN_GATE_MARGIN = 0.005
-    settings.RETRAIN_MIN_SENSITIVITY = 0.9
-    return base_folder
-
-
-@pytest.fixture
-def random_active(db, tmp_path):
-    """An active model that knows nothing: seeded random weights, 64 px input."""
-    path = make_checkpoint(tmp_path / "random.pt", seed=1, input_size=64)
-    return services.model_version_register(path=path, name="random-v1", activate=True)
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(base_folder, tmp_path_factory) -> Path:
-    """A model that has learned the synthetic classes (ml.train from scratch)."""
-    from ml.train import get_args_parser, main
-
-    out = tmp_path_factory.mktemp("good") / "good.pt"
-    args = get_args_parser().parse_args(
-        ["--data", str(base_folder), "--img-size", "64", "--epochs", "8", "--lr", "1e-3",
-         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--out", str(out)]
-    )  # fmt: skip
-    return main(args)
+from tests.diagnosis.conftest import QUICK
 
 
 def manifest_rows(path: Path) -> dict[str, str]:

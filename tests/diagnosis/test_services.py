@@ -2,16 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from PIL import Image
 
 from diagnosis import services
 from diagnosis.models import ModelVersion, Prediction, Review, Study
 from diagnosis.services.predictions import _claim as claim
 from diagnosis.validation import UploadRejected
-from tests.conftest import jpeg_bytes, make_checkpoint, png_bytes
+from tests.conftest import api_client_for, jpeg_bytes, make_checkpoint, png_bytes
 
 
 def stored_files() -> set[str]:
@@ -204,6 +207,65 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
         assert prediction.probability == pytest.approx(alone.probability, abs=1e-5)
         assert prediction.label == alone.label and prediction.heatmap
         assert prediction.attempts == 1
+
+
+def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
+    alice, xray_upload, active_model, settings
+):
+    settings.PREDICTION_BATCH_SIZE = 2
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
+    ]
+    services.prediction_run(studies[0].predictions.get().pk)
+
+    # A prediction still waits: the batch's results are recorded, their heatmaps owed.
+    first_two = [s.predictions.get() for s in studies[:2]]
+    assert [(p.status, p.heatmap_due, p.heatmap.name) for p in first_two] == [
+        ("done", True, ""),
+        ("done", True, ""),
+    ]
+    body = api_client_for(alice).get(reverse("api:study-detail", args=[studies[0].pk])).json()
+    assert body["prediction"]["heatmap_due"] is True and body["prediction"]["heatmap_url"] is None
+
+    # The last one leaves nothing waiting: all three heatmaps are drawn after its batch.
+    services.prediction_run(studies[2].predictions.get().pk)
+    predictions = [s.predictions.get() for s in studies]
+    assert all(p.heatmap and not p.heatmap_due for p in predictions)
+    assert services.heatmaps_draw() == 0  # nothing owed twice
+
+
+def test_a_deferred_heatmap_is_the_one_explain_draws(alice, xray_upload, active_model, settings):
+    from ml.inference import Predictor
+
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    services.prediction_run(study.predictions.get().pk)
+
+    predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
+    ((_, expected),) = predictor.explain_batch([study.image.path])
+    drawn = Image.open(study.predictions.get().heatmap.path)
+    difference = np.asarray(drawn, np.int16) - np.asarray(expected, np.int16)
+    assert drawn.size == expected.size and np.abs(difference).max() <= 1
+
+
+def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
+    alice, xray_upload, active_model, settings
+):
+    from diagnosis import inference
+
+    settings.PREDICTION_BATCH_SIZE = 1
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(2)
+    ]
+    services.prediction_run(studies[0].predictions.get().pk)  # one waits: heatmap owed
+    Path(settings.MEDIA_ROOT, active_model.file).unlink()  # then the model file goes
+    inference.unload()
+    assert services.heatmaps_draw() == 0  # a prediction waits: nothing is drawn yet
+    assert studies[0].predictions.get().heatmap_due
+
+    Prediction.objects.filter(status="pending").update(status="failed")
+    assert services.heatmaps_draw() == 0
+    first = studies[0].predictions.get()
+    assert (first.status, first.heatmap_due, first.heatmap.name) == ("done", False, "")
 
 
 def test_an_isolated_upload_runs_at_once_as_a_batch_of_one(

@@ -16,17 +16,14 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from bench import launch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def database_url() -> str:
     """The URL of the test database this process uses, for a child process."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db["USER"] or ""
-    auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else (f"{user}@" if user else "")
-    return f"postgres://{auth}{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return launch.database_url(connection.settings_dict)
 
 
 class Process:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import argparse
 import io
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -13,6 +15,11 @@ from diagnosis import inference, selectors
 from diagnosis.models import ModelVersion
 
 SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"
+# What the table's platform row reports of the worker's configuration (see settings.py).
+WORKER_VARIABLES = (
+    "INFERENCE_RUNTIME", "INFERENCE_DEVICE", "INFERENCE_THREADS", "PREDICTION_BATCH_SIZE",
+    "PREDICTION_HEATMAPS",
+)  # fmt: skip
 
 
 def _median_seconds(fn, *, warmup: int = 2, repeats: int = 7) -> float:
@@ -21,26 +28,61 @@ def _median_seconds(fn, *, warmup: int = 2, repeats: int = 7) -> float:
     return median_seconds(fn, warmup=warmup, repeats=repeats)
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 class Command(BaseCommand):
     help = (
         "One table of inference speed on this machine: model-only img/s at batch 1 and 16 for "
         "each runtime with its ratio to PyTorch eager fp32, preprocessing ms per full-resolution "
-        "JPEG and per DICOM, and, with --url of a running platform (make up), upload -> "
-        "prediction latency at idle, a burst's drain rate against the model-only batch-16 "
-        "throughput, errors, lost studies and peak RSS of the web and worker processes."
+        "JPEG and per DICOM, then upload -> prediction latency at idle, a burst's drain rate "
+        "against the model-only batch-16 throughput, errors, lost studies and peak RSS of the "
+        "web and worker processes. For those it starts the platform as its own children "
+        "(gunicorn as scripts/up.sh starts it and one prediction worker, with this command's "
+        "settings and environment) and stops them at the end; --url measures a platform "
+        "started separately (make up) instead, --no-platform skips them."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--model", default="", help="model version (default: the active)")
-        parser.add_argument("--runtimes", default="torch,torch-bf16,onnx-fp32,onnx-int8")
-        parser.add_argument("--url", default="", help="a running platform, for the e2e rows")
+        parser.add_argument(
+            "--runtimes", default="torch,torch-bf16,onnx-fp32,onnx-int8",
+            help="runtimes of the model-only rows; the first is the ratios' reference",
+        )  # fmt: skip
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument(
+            "--url", default="", help="a running platform (make up) for the end-to-end rows, "
+            "instead of the one this command starts",
+        )  # fmt: skip
+        where.add_argument(
+            "--no-platform", action="store_true",
+            help="only the model-only and preprocessing rows",
+        )  # fmt: skip
+        parser.add_argument(
+            "--worker-env", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+            help="set a variable for the worker this command starts (INFERENCE_RUNTIME, "
+            "PREDICTION_HEATMAPS, PREDICTION_BATCH_SIZE, ...); repeatable. Otherwise the web "
+            "server and the worker inherit this command's environment.",
+        )  # fmt: skip
         parser.add_argument("--idle", type=int, default=20, help="uploads one at a time")
         parser.add_argument("-n", type=int, default=500, help="uploads in the burst")
         parser.add_argument("-c", type=int, default=20, help="clients in the burst")
-        parser.add_argument("--images", type=Path, default=SHARED / "chest_xray" / "train")
-        parser.add_argument("--full-resolution", type=Path, default=SHARED / "full_resolution")
+        parser.add_argument(
+            "--images", type=Path, default=SHARED / "chest_xray" / "train",
+            help="JPEGs to upload (n + idle distinct ones) and to calibrate int8 with",
+        )  # fmt: skip
+        parser.add_argument(
+            "--full-resolution", type=Path, default=SHARED / "full_resolution",
+            help="JPEGs of the preprocessing rows",
+        )  # fmt: skip
 
-    def handle(self, *args, model, runtimes, url, idle, n, c, images, full_resolution, **o):
+    def handle(self, *args, model, runtimes, url, no_platform, worker_env, **options):
+        if worker_env and (url or no_platform):
+            raise CommandError("--worker-env is for the platform this command starts.")
         version = (
             ModelVersion.objects.filter(name=model).first()
             if model
@@ -48,12 +90,25 @@ class Command(BaseCommand):
         )
         if version is None:
             raise CommandError("No such model version, and none is active.")
+        images, n, n_idle = options["images"], options["n"], options["idle"]
+        paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
+        if not no_platform and len(paths) < n + n_idle:
+            raise CommandError(f"need {n + n_idle} images under {images}")
         size = version.preprocessing["input_size"]
         rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
         throughput = self._model_rows(version, runtimes.split(","), images, rows)
-        self._preprocessing_rows(version, full_resolution, rows)
+        self._preprocessing_rows(version, options["full_resolution"], rows)
+        e2e = (n_idle, n, options["c"], paths, throughput, rows)
         if url:
-            self._platform_rows(url, idle, n, c, images, throughput, rows)
+            from bench.load import peak_rss_mb
+
+            rows.append(("platform", f"{url}, started separately"))
+            # As scripts/up.sh names them: gunicorn, and the prediction worker predict@.
+            self._platform_rows(
+                url, *e2e, rss=lambda: (peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0])
+            )
+        elif not no_platform:
+            self._own_platform_rows(dict(worker_env), e2e, rows)
         from bench.load import table
 
         self.stdout.write(table(rows))
@@ -152,19 +207,56 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------------ the platform
 
-    def _platform_rows(self, url, n_idle, n, c, images, throughput, rows) -> None:
-        from bench.load import bench_tokens, burst, idle, peak_rss_mb, ps
+    def _own_platform_rows(self, worker_env: dict[str, str], e2e: tuple, rows) -> None:
+        """The end-to-end rows on a platform started here, as children sharing this command's
+        database, media folder and broker; stopped however the measurement ends."""
+        from django.db import connection
 
-        paths = sorted(images.rglob("*.jpeg"))
-        if len(paths) < n + n_idle:
-            raise CommandError(f"need {n + n_idle} images under {images}")
-        tokens = bench_tokens(c)
-        latencies = idle(url, tokens[0], paths[-n_idle:])
+        from bench.launch import PlatformError, database_url, platform
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(connection.settings_dict),
+            "VAR_DIR": str(settings.VAR_DIR),
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        }
+        queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-bench-{os.getpid()}"
+        logs = Path(settings.VAR_DIR) / "log"
+        config = {k: os.environ[k] for k in WORKER_VARIABLES if k in os.environ} | worker_env
+        self.stderr.write(f"Starting the platform (queue {queue}, logs {logs}/bench-*.log)")
+        try:
+            with platform(env, queue=queue, log_dir=logs, worker_env=worker_env) as running:
+                self.stderr.write(
+                    f"Web server pid {running.web.proc.pid} at {running.url}, "
+                    f"worker pid {running.worker.proc.pid}: ready"
+                )
+                web = f"gunicorn {running.web_workers} x {running.web_threads} threads"
+                described = ", ".join(f"{k}={v}" for k, v in config.items()) or "the defaults"
+                rows.append(("platform", f"started here: {web}, one worker ({described})"))
+                self._platform_rows(running.url, *e2e, rss=running.peak_rss_mb)
+        except PlatformError as exc:
+            raise CommandError(f"The platform did not start: {exc}") from exc
+        finally:
+            _delete_queue(queue)
+
+    def _platform_rows(self, url, n_idle, n, c, paths, throughput, rows, *, rss) -> None:
+        from bench.load import bench_tokens, burst, idle, ps
+
+        tokens = bench_tokens(c + 1)
+        # One upload first, not measured: the worker loads the model on its first task.
+        try:
+            warm = idle(url, tokens.pop(), paths[:1], timeout=180)
+        except OSError as exc:  # an HTTP error too
+            raise CommandError(f"The first upload to {url} failed: {exc}") from exc
+        if not warm:
+            raise CommandError(f"The first upload to {url} got no prediction within 180 s.")
+        latencies = idle(url, tokens[0], paths[len(paths) - n_idle :])
         rows.append(("upload -> prediction at idle p50 / p95 (s)", ps(latencies, (50, 95), ".3f")))
         r = burst(url, tokens, paths[:n])
         runtime = ",".join(r["runtimes"]) or "?"
         ratio = r["drain_per_s"] / throughput[runtime] if runtime in throughput else float("nan")
-        web, worker = peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0]
+        web, worker = rss()
         drained = f"{r['drain_per_s']:.2f} predictions/s = {ratio:.2f} x model-only b16"
         backlog = "no backlog: the worker kept pace with the uploads"
         if r["backlog_per_s"] is not None and runtime in throughput:
@@ -182,6 +274,21 @@ class Command(BaseCommand):
             ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
             ("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"),
         ]  # fmt: skip
+
+
+def _delete_queue(name: str) -> None:
+    """Delete the platform's own queue and the tasks still in it: those of predictions that
+    another task's batch already made (they would do nothing), or those of a run cut short.
+    No worker reads that queue again."""
+    from kombu import Exchange, Queue
+
+    from pneumo_site.celery import app
+
+    with app.connection_for_write() as connection:
+        # Declared first: the transport deletes only the bindings its channel knows of.
+        queue = Queue(name, Exchange(name), routing_key=name, channel=connection.default_channel)
+        queue.declare()
+        queue.delete()
 
 
 def _dicom_from(jpeg: Path) -> bytes:

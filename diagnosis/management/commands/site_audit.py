@@ -1,0 +1,156 @@
+"""`python manage.py site_audit --site NAME [--data DIR --import-user USER] [--adapt]`: audit
+the active model on a site's labeled cases, calibrate its threshold there, optionally adapt.
+
+Example, a site onboarded from a labeled folder, half its cases kept for evaluation:
+
+    python manage.py site_audit --site hospital-b --data var/site-b --import-user rita \\
+        --calibration-fraction 0.5 --adapt --json var/site-b-audit.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import PermissionDenied
+from django.core.management.base import BaseCommand, CommandError
+
+from diagnosis import services
+from diagnosis.management.commands.promote import _user
+from diagnosis.models import ModelVersion
+from diagnosis.services.sites import RULES
+
+
+class Command(BaseCommand):
+    help = (
+        "Audit the active model on a site's labeled cases (a Kaggle-layout folder imported as "
+        "the site's studies with its labels as reviews, or the site's reviewed studies): AUC "
+        "with CI, figures at the threshold in force, a threshold calibrated on one part of the "
+        "cases and measured on the other, and with --adapt a fine-tuned candidate."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--site", required=True, help="site name (made if new)")
+        parser.add_argument("--title", default="", help="the site's title, when it is made")
+        parser.add_argument("--data", type=Path, help="labeled folder (NORMAL/, PNEUMONIA/)")
+        parser.add_argument(
+            "--import-user",
+            default="",
+            help="radiologist or admin the imported labels are "
+            "recorded as reviews of (needed with --data)",
+        )
+        parser.add_argument("--user", default="", help="who runs the audit (audit trail)")
+        parser.add_argument("--model", default="", help="model version (default: the active)")
+        parser.add_argument(
+            "--calibration-fraction",
+            type=float,
+            default=0.5,
+            help="share of the cases used to calibrate (and adapt); the rest only evaluates",
+        )
+        parser.add_argument(
+            "--rule",
+            choices=RULES,
+            default="sensitivity",
+            help="threshold rule: highest with sensitivity >= target (default), "
+            "lowest with specificity >= target, or Youden's J",
+        )
+        parser.add_argument("--target", type=float, default=0.95, help="the rule's target")
+        parser.add_argument(
+            "--repeats",
+            type=int,
+            default=20,
+            help="further random splits for the mean/sd of the estimate",
+        )
+        parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+        parser.add_argument(
+            "--activate",
+            action="store_true",
+            help="put the calibrated threshold in force (audited)",
+        )
+        parser.add_argument("--json", type=Path, help="write the audit here as JSON")
+        adapt = parser.add_argument_group("adaptation")
+        adapt.add_argument(
+            "--adapt",
+            action="store_true",
+            help="also fine-tune on the calibration part (+ the base pool)",
+        )
+        adapt.add_argument("--base-data", default="", help="default: TRAINING_BASE_DATA")
+        adapt.add_argument(
+            "--limit-per-class",
+            type=int,
+            default=300,
+            help="base images per class rehearsed (whole patients)",
+        )
+        adapt.add_argument(
+            "--site-weight",
+            type=float,
+            default=1.0,
+            help="the site's cases are repeated to carry this times the base pool's loss",
+        )
+        adapt.add_argument("--freeze-epochs", type=int, help="default 1")
+        adapt.add_argument("--epochs", type=int, help="unfrozen epochs, default 2")
+        adapt.add_argument("--img-size", type=int, help="default: the model's")
+        adapt.add_argument(
+            "--promote",
+            action="store_true",
+            help="make the adapted model active if it passes the gate",
+        )
+
+    def handle(self, *args, **o):
+        if not 0.0 < o["calibration_fraction"] < 1.0:
+            raise CommandError("--calibration-fraction is within (0, 1)")
+        user = _user(o["user"])
+        try:
+            site = services.site_get_or_create(name=o["site"], title=o["title"])
+            source = ""
+            if o["data"] is not None:
+                source = self._import(site, o["data"], o["import_user"])
+            version = self._version(o["model"])
+            adapt_params = {
+                k: o[k]
+                for k in ("freeze_epochs", "epochs", "img_size", "limit_per_class", "site_weight")
+                if o[k] is not None
+            } | {"base_data": o["base_data"], "promote": o["promote"], "seed": o["seed"]}
+            audit = services.site_audit_run(
+                site=site,
+                user=user,
+                version=version,
+                data_source=source,
+                fraction=o["calibration_fraction"],
+                rule=o["rule"],
+                target=o["target"],
+                repeats=o["repeats"],
+                seed=o["seed"],
+                adapt=o["adapt"],
+                adapt_params=adapt_params,
+                echo=self.stdout.write,
+            )
+            if o["activate"]:
+                row = services.site_threshold_from_audit(audit=audit, user=user)
+                self.stdout.write(f"Threshold {row.threshold:.4f} is in force at {site.name}.")
+        except (ValueError, PermissionDenied) as exc:
+            raise CommandError(str(exc)) from exc
+        if o["json"] is not None:
+            o["json"].parent.mkdir(parents=True, exist_ok=True)
+            o["json"].write_text(services.audit_json(audit) + "\n")
+        self.stdout.write(f"Audit {audit.pk} stored; see /sites/{site.name}/")
+
+    def _import(self, site, data: Path, import_user: str) -> str:
+        if not data.is_dir():
+            raise CommandError(f"{data} is not a folder")
+        if not import_user:
+            raise CommandError("--data needs --import-user: its labels are recorded as reviews")
+        counts = services.site_import(site=site, data=data, user=_user(import_user))
+        self.stdout.write(
+            f"Imported {counts['imported']} of {counts['images']} images into {site.name} "
+            f"({counts['already_there']} already there, {counts['elsewhere']} are studies of "
+            "another site and were left there)"
+        )
+        return str(data)
+
+    def _version(self, name: str) -> ModelVersion | None:
+        if not name:
+            return None
+        version = ModelVersion.objects.filter(name=name).first()
+        if version is None:
+            raise CommandError(f"No model version named {name!r}.")
+        return version

@@ -1,0 +1,363 @@
+"""Site onboarding: import a site's labeled cases, audit the active model on them, calibrate
+the site's threshold, and adapt the model, every figure measured on cases left out.
+
+An audit (`site_audit_run`) scores the site's labeled studies with a model version and keeps:
+- ml.evaluate's figures on all of them at the threshold in force (a retrospective audit: no
+  choice is made on these cases, so all of them may be used);
+- `calibrated`: the cases split once into a calibration and an evaluation part (stratified,
+  whole patients, seeded; ml.calibration), the threshold chosen on the calibration part by
+  the rule, its figures measured on the evaluation part only;
+- `adapted` (adapt=True): a fine-tune from the audited model on the base training pool plus
+  half of the calibration part weighted up, its threshold chosen on the other half, and the
+  evaluation part's figures before and after. The candidate is registered and goes through
+  the retraining gate (services.training.gate_decide) on the frozen validation split.
+Activating a site threshold is an audited, admin-only action (`site_threshold_activate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from diagnosis import inference, roles, selectors
+from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
+from diagnosis.services.registry import model_version_activate, model_version_register
+from diagnosis.services.storage import atomic_files
+from diagnosis.services.studies import review_create, study_create_many
+
+logger = logging.getLogger(__name__)
+
+RULES = ("sensitivity", "specificity", "youden")  # ml.metrics.THRESHOLD_RULES
+# The adapted model's recipe: one frozen epoch re-fits the head, two unfrozen adapt the body
+# (the retraining order, shorter: the site's cases are few and easy to over-fit).
+ADAPT_DEFAULTS = {"freeze_epochs": 1, "epochs": 2}
+# At most this many copies of each site image per epoch (the rest of its weight is lost).
+MAX_SITE_COPIES = 10
+
+# ---------------------------------------------------------------------------- sites
+
+
+def site_get_or_create(*, name: str, title: str = "") -> Site:
+    from django.utils.text import slugify
+
+    if not name or slugify(name) != name:
+        raise ValueError(f"a site name is a slug (letters, digits, - and _), got {name!r}")
+    site, _ = Site.objects.get_or_create(name=name, defaults={"title": title})
+    return site
+
+
+def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
+    """Import a labeled folder (Kaggle layout: NORMAL/, PNEUMONIA/) as studies of `site`, each
+    label recorded as a review by `user` (who must be a radiologist or admin). Images already
+    imported (same bytes) are not stored twice; their label is reviewed again only if it
+    changed. Returns counts."""
+    from ml.evaluate import scan_eval_folder
+
+    if not roles.can_review(user):
+        raise PermissionDenied(f"{user} may not review: labels are imported as reviews.")
+    items = scan_eval_folder(data)
+    counts = {"images": len(items), "imported": 0, "already_there": 0, "elsewhere": 0}
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        uploads = [SimpleUploadedFile(Path(p).name, Path(p).read_bytes()) for p, _ in part]
+        studies = study_create_many(uploaded_by=user, images=uploads, site=site)
+        for study, (_, label) in zip(studies, part, strict=True):
+            if study.site_id != site.pk:
+                counts["elsewhere"] += 1  # the same image is a study of another site
+                continue
+            counts["already_there" if study.is_duplicate else "imported"] += 1
+            if study.current_label != label:
+                review_create(study=study, reviewer=user, label=label, note=f"imported from {data}")
+    return counts
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+def site_threshold_activate(
+    *, site: Site, version: ModelVersion, threshold: float | None, user, reason: str = "",
+    audit: SiteAudit | None = None,
+) -> SiteThreshold:  # fmt: skip
+    """Put `threshold` in force for `version` at `site` (None restores the version's own).
+    Admins only; every activation is kept with who, when, why and the audit it came from."""
+    if user is not None and not roles.can_promote(user):
+        raise PermissionDenied("Only admins may change a site's threshold.")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"a threshold is within [0, 1], got {threshold}")
+    of_audit = (
+        audit
+        and audit.site_id == site.pk
+        and version.pk in (audit.model_version_id, audit.candidate_id)
+    )
+    if audit is not None and not of_audit:
+        raise ValueError(f"audit {audit.pk} is not of {version} at {site}")
+    return SiteThreshold.objects.create(
+        site=site, model_version=version, threshold=threshold, audit=audit, created_by=user,
+        reason=reason.strip(),
+    )  # fmt: skip
+
+
+def site_threshold_from_audit(*, audit: SiteAudit, user, reason: str = "") -> SiteThreshold:
+    """Activate an audit's calibrated threshold (the site page's button, the API)."""
+    calibrated = audit.calibrated
+    if calibrated.get("threshold") is None:
+        raise ValueError(f"audit {audit.pk} has no calibrated threshold")
+    return site_threshold_activate(
+        site=audit.site, version=audit.model_version, threshold=calibrated["threshold"],
+        user=user, audit=audit,
+        reason=reason or f"calibrated in audit {audit.pk} ({calibrated.get('rule')} rule)",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- audits
+
+
+def site_audit_run(
+    *, site: Site, user=None, version: ModelVersion | None = None, data_source: str = "",
+    fraction: float = 0.5, rule: str = "sensitivity", target: float = 0.95, repeats: int = 0,
+    seed: int = 0, adapt: bool = False, adapt_params: dict | None = None, echo=None,
+) -> SiteAudit:  # fmt: skip
+    """Audit `version` (default: the active model) on the site's labeled studies; see the
+    module docstring. `echo` receives progress lines (the command's stdout)."""
+    from ml.calibration import calibrate
+    from ml.data import Item, patient_id
+    from ml.evaluate import evaluate_checkpoint
+
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}")
+    version = version or selectors.model_version_active()
+    if version is None:
+        raise ValueError("no model is active: register and activate one first")
+    studies = list(selectors.site_labeled_studies(site))
+    if len({s.current_label for s in studies}) < 2 or len(studies) < 10:
+        raise ValueError(
+            f"site {site.name} has {len(studies)} labeled studies; an audit needs at least 10, "
+            "of both classes (import a labeled folder with --data, or review its studies)"
+        )
+    items = [
+        Item(Path(default_storage.path(s.image.name)), s.current_label, source=f"study:{s.pk}")
+        for s in studies
+    ]
+    groups = [patient_id(s.original_filename) for s in studies]
+    in_force = selectors.site_threshold_in_force(version, site)
+    threshold = version.threshold if in_force is None else in_force.threshold
+    say = echo or (lambda line: None)
+    say(f"Scoring {len(items)} labeled studies of {site.name} with {version.name}")
+    audit_eval = evaluate_checkpoint(
+        inference.model_path(version), items, threshold=threshold, source=data_source or site.name
+    )
+    metrics = audit_eval.to_dict()
+    metrics["threshold_source"] = "version" if in_force is None else f"site:{in_force.pk}"
+    y, scores = list(audit_eval.y_true), list(audit_eval.scores)
+    calibration = calibrate(
+        y, scores, groups, fraction=fraction, rule=rule, target=target, seed=seed, repeats=repeats
+    )
+    eval_idx, cal_idx = list(calibration.eval_idx), list(calibration.cal_idx)
+    metrics["calibrated"] = calibration.to_dict() | {  # which cases did what, for review
+        "cal_studies": [studies[i].pk for i in cal_idx],
+        "eval_studies": [studies[i].pk for i in eval_idx],
+    }
+    before = _evaluate_part(y, scores, eval_idx, threshold)
+    metrics["calibrated"]["in_force_on_eval"] = _figures(before)
+    evaluations = {
+        "": audit_eval,
+        "eval_in_force": before,
+        "eval_calibrated": _evaluate_part(y, scores, eval_idx, calibration.threshold),
+    }
+    say(
+        f"Calibrated ({rule} >= {target}) on {len(cal_idx)}: threshold "
+        f"{calibration.threshold:.4f}; on the {len(eval_idx)} evaluation cases sensitivity "
+        f"{calibration.sensitivity:.3f}, specificity {calibration.specificity:.3f} (at the "
+        f"threshold in force {threshold:.4f}: {before.sensitivity:.3f} / {before.specificity:.3f})"
+    )
+    candidate = None
+    if adapt:
+        candidate, metrics["adapted"], evaluations["eval_adapted"] = _adapt(
+            site=site, version=version, items=items, groups=groups, cal_idx=cal_idx,
+            eval_idx=eval_idx, calibration=calibration, user=user, params=adapt_params or {},
+            say=say,
+        )  # fmt: skip
+    return _store_audit(
+        site=site, version=version, user=user, data_source=data_source or "reviewed studies",
+        threshold=threshold, metrics=metrics, evaluations=evaluations, candidate=candidate,
+    )  # fmt: skip
+
+
+def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
+    from ml.evaluate import evaluate_scores
+
+    return evaluate_scores([y[i] for i in idx], [scores[i] for i in idx], threshold)
+
+
+def _figures(evaluation) -> dict:
+    keys = ("auc", "sensitivity", "specificity", "accuracy", "threshold")
+    return {k: getattr(evaluation, k) for k in keys} | {"n_eval": evaluation.n["total"]}
+
+
+def _store_audit(
+    *, site, version, user, data_source, threshold, metrics, evaluations, candidate
+) -> SiteAudit:
+    from ml.plots import plot_reliability, plot_roc
+
+    with tempfile.TemporaryDirectory() as tmp, atomic_files() as written, transaction.atomic():
+        audit = SiteAudit.objects.create(
+            site=site, model_version=version, created_by=user, data_source=data_source,
+            threshold_in_force=threshold, metrics=metrics, candidate=candidate,
+        )  # fmt: skip
+        plots = {}
+        for suffix, evaluation in evaluations.items():
+            for kind, plot in (("roc", plot_roc), ("reliability", plot_reliability)):
+                if suffix.startswith("eval_") and kind == "reliability" and "adapted" not in suffix:
+                    continue  # the scores are the audit's: one reliability plot says it
+                key = f"{kind}_{suffix}" if suffix else kind
+                png = plot(evaluation, Path(tmp) / f"{key}.png")
+                with png.open("rb") as fh:
+                    name = f"sites/{site.name}/{audit.pk}/{key}.png"
+                    stored = default_storage.save(name, File(fh))
+                written.append(stored)
+                plots[key] = stored
+        audit.plots = plots
+        audit.save(update_fields=["plots"])
+    return audit
+
+
+def audit_json(audit: SiteAudit) -> str:
+    """The audit as `--json` writes it: ml.evaluate's keys plus calibrated (and adapted)."""
+    body = dict(audit.metrics) | {
+        "site": audit.site.name,
+        "model_version": audit.model_version.name,
+        "audit": audit.pk,
+        "candidate": audit.candidate.name if audit.candidate else None,
+    }
+    return json.dumps(body, indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------- adaptation
+
+
+def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user, params, say):
+    """Fine-tune `version` on the base pool plus half the calibration part (weighted up),
+    choose its threshold on the other half, measure both models on the evaluation part, and
+    put the candidate through the retraining gate. Returns (candidate, figures, evaluation).
+
+    The recipe: continuing from the audited model keeps what it knows; the base pool is
+    rehearsed so the model does not forget the population it was validated on (the gate
+    checks that on the frozen validation split); the site's cases are repeated so that they
+    carry as much of the loss as the base pool (`site_weight` x that, at most MAX_SITE_COPIES
+    copies), since there are few of them; the threshold is chosen on site cases the fine-tune
+    did not see."""
+    from diagnosis.services.cleaning import training_pool
+    from diagnosis.services.registry import evaluation_create
+    from diagnosis.services.training import (
+        RETRAIN_DEFAULTS,
+        TRAIN_FLAGS,
+        _evaluation_on,
+        _limit_base,
+        gate_decide,
+        validation_split_get_or_create,
+    )
+    from ml.calibration import calibration_split
+    from ml.data import write_manifest
+    from ml.evaluate import evaluate_checkpoint
+    from ml.train import get_args_parser, main
+
+    y = [int(items[i].label == version.positive_class) for i in cal_idx]
+    fit_part, tune_part = calibration_split(
+        y, [groups[i] for i in cal_idx], fraction=0.5, seed=calibration.seed
+    )
+    fit = [items[cal_idx[i]] for i in fit_part]
+    tune = [items[cal_idx[i]] for i in tune_part]
+    base_data = Path(params.get("base_data") or settings.TRAINING_BASE_DATA or "") or None
+    site_keys = {item.source for item in items}
+    pool = [i for i in training_pool(base_data=base_data) if i.source not in site_keys]
+    pool = _limit_base(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
+    if not pool:
+        raise ValueError("no base training pool (TRAINING_BASE_DATA): adaptation rehearses it")
+    # Weighted up by repetition, not by a loss weight: a loss weight of 8 is a learning rate
+    # 8 times larger on the batches that hold a site image, which made the fine-tune diverge.
+    copies = max(
+        1, min(MAX_SITE_COPIES, round(params.get("site_weight", 1.0) * len(pool) / len(fit)))
+    )
+    train_items = pool + fit * copies
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    workdir = Path(settings.VAR_DIR) / "training" / f"site-{site.name}-{stamp}"
+    train_csv = write_manifest(workdir / "train.csv", train_items)
+    tune_csv = write_manifest(workdir / "tune.csv", tune)
+    say(
+        f"Adapting: {len(pool)} base images + {len(fit)} site images x {copies}; "
+        f"threshold chosen on {len(tune)} other calibration images"
+    )
+    args = get_args_parser(add_help=False, source=False).parse_args([])
+    chosen = {k: params[k] for k in TRAIN_FLAGS if k in params}
+    for key, value in (RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen).items():
+        setattr(args, key, value)
+    args.manifest, args.data, args.val_manifest = train_csv, None, tune_csv
+    args.out, args.init_checkpoint = workdir / "adapted.pt", inference.model_path(version)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        checkpoint = Path(main(args))
+    tuned = evaluate_checkpoint(checkpoint, tune)
+    threshold = _choose(tuned, calibration)
+    name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
+    candidate = model_version_register(path=checkpoint, name=name, user=user)
+    checkpoint.unlink()
+    evaluation = evaluate_checkpoint(
+        inference.model_path(candidate), [items[i] for i in eval_idx], threshold=threshold
+    )
+    # The same gate as any retrain, on the frozen validation split of the base population.
+    split = validation_split_get_or_create(base_data=base_data, user=user)
+    val_csv = Path(default_storage.path(split.manifest))
+    candidate_eval = evaluation_create(version=candidate, data=val_csv, user=user)
+    active_eval = _evaluation_on(version, split) or evaluation_create(
+        version=version, data=val_csv, user=user
+    )
+    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}
+    ModelVersion.objects.filter(pk=candidate.pk).update(
+        parent=version, gate=verdict, training_log=log.getvalue()
+    )
+    site_threshold_activate(
+        site=site, version=candidate, threshold=threshold, user=None,
+        reason=f"chosen when {candidate.name} was adapted to {site.name}",
+    )  # fmt: skip
+    if verdict["passed"] and params.get("promote"):
+        model_version_activate(version=candidate, user=user, reason=f"adapted to {site.name}")
+    say(
+        f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
+        f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
+        f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
+        f"{verdict['reason']}"
+    )
+    figures = _figures(evaluation) | {
+        "candidate": candidate.name,
+        "n_fit": len(fit),
+        "n_tune": len(tune),
+        "n_base": len(pool),
+        "site_copies": copies,
+        "gate": verdict,
+        "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
+                   "specificity": calibration.specificity, "threshold": calibration.threshold},
+    }  # fmt: skip
+    candidate.refresh_from_db()
+    return candidate, figures, evaluation
+
+
+def _choose(evaluation, calibration) -> float:
+    """The calibration's rule and target, applied to the adapted model's tune-part scores."""
+    from ml.metrics import choose_threshold_by_rule
+
+    return choose_threshold_by_rule(
+        list(evaluation.y_true), list(evaluation.scores), rule=calibration.rule,
+        target=calibration.target or 0.0,
+    )  # fmt: skip

@@ -1,0 +1,312 @@
+"""Sites: per-site thresholds in the worker, audits, calibration, adaptation, permissions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
+from PIL import Image, ImageOps
+
+from diagnosis import services
+from diagnosis.models import ModelVersion, Review, Site, SiteAudit, SiteThreshold, Study
+from ml import metrics
+from tests.conftest import api_client_for, make_checkpoint
+from tests.diagnosis.conftest import QUICK
+from tests.synthetic import make_xray, write_dataset
+
+
+@pytest.fixture
+def good_model(db, tmp_path):
+    """Random weights whose probabilities spread (no ties), so every figure is informative."""
+    path = make_checkpoint(tmp_path / "spread.pt", seed=2, input_size=64, fc_scale=0.01)
+    return services.model_version_register(path=path, name="good", activate=True)
+
+
+@pytest.fixture
+def site_b(db):
+    return services.site_get_or_create(name="hospital-b", title="Hospital B")
+
+
+def _jpeg(label: str, seed: int, size: int = 128) -> SimpleUploadedFile:
+    buffer = io.BytesIO()
+    make_xray(label, seed=seed, size=size).save(buffer, format="JPEG", quality=90)
+    return SimpleUploadedFile(f"{label}-{seed}.jpg", buffer.getvalue())
+
+
+def labeled_studies(site, reviewer, n_per_class: int = 6) -> list[Study]:
+    studies = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        for i in range(n_per_class):
+            study = services.study_create(
+                uploaded_by=reviewer, image=_jpeg(label, 100 + i), site=site
+            )
+            services.review_create(study=study, reviewer=reviewer, label=label)
+            studies.append(study)
+    return studies
+
+
+def scores_of(version: ModelVersion, studies) -> dict[int, float]:
+    from diagnosis import inference
+    from ml.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(inference.model_path(version))
+    return {s.pk: predictor.predict(s.image.path).probability for s in studies}
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+def test_it_applies_each_sites_threshold_in_the_worker(
+    active_model, alice, ada, site_b, xray_upload, settings
+):
+    settings.PREDICTION_BATCH_SIZE = 4
+    services.site_threshold_activate(
+        site=site_b, version=active_model, threshold=0.0, user=ada, reason="call everything"
+    )
+    here = services.study_create(uploaded_by=alice, image=xray_upload("here.jpg"))
+    there = services.study_create(uploaded_by=alice, image=xray_upload("there.jpg"), site=site_b)
+
+    services.prediction_run(here.predictions.get().pk)  # one claim takes both
+    ours, theirs = here.predictions.get(), there.predictions.get()
+    assert ours.claim == theirs.claim
+    assert (ours.threshold, ours.threshold_source) == (active_model.threshold, "model version")
+    assert ours.label == ("PNEUMONIA" if ours.probability >= active_model.threshold else "NORMAL")
+    assert (theirs.threshold, theirs.label) == (0.0, "PNEUMONIA")
+    assert theirs.threshold_source == "site hospital-b"
+
+    body = api_client_for(alice).get(reverse("api:study-detail", args=[there.pk])).json()
+    assert body["site"] == "hospital-b"
+    assert body["prediction"]["threshold_source"] == "site hospital-b"
+    page = Client()
+    page.force_login(alice)
+    html = page.get(reverse("study-detail", args=[there.pk])).content.decode()
+    assert '<span id="threshold-source">site hospital-b</span>' in html
+
+    # Restoring the version's own threshold is a row of its own; the next call uses it.
+    services.site_threshold_activate(site=site_b, version=active_model, threshold=None, user=ada)
+    later = services.study_create(uploaded_by=alice, image=xray_upload("later.jpg"), site=site_b)
+    services.prediction_run(later.predictions.get().pk)
+    assert later.predictions.get().threshold == active_model.threshold
+    assert SiteThreshold.objects.filter(site=site_b).count() == 2
+
+
+def test_only_admins_set_a_site_threshold(active_model, rita, site_b):
+    with pytest.raises(PermissionDenied):
+        services.site_threshold_activate(
+            site=site_b, version=active_model, threshold=0.3, user=rita
+        )
+    with pytest.raises(ValueError, match="within"):
+        services.site_threshold_activate(site=site_b, version=active_model, threshold=2, user=None)
+    assert not SiteThreshold.objects.exists()
+
+
+# ---------------------------------------------------------------------------- audits
+
+
+def test_an_audits_figures_match_hand_computed_ones(good_model, rita, site_b):
+    studies = labeled_studies(site_b, rita)
+    audit = services.site_audit_run(site=site_b, fraction=0.5, seed=3, repeats=2)
+
+    by_pk = scores_of(good_model, studies)
+    pks = [s.pk for s in studies]
+    y = [int(s.current_label == "PNEUMONIA") for s in studies]
+    s = [by_pk[pk] for pk in pks]
+    m, t = audit.metrics, good_model.threshold
+    assert len(set(s)) == len(s)  # real scores, no ties
+    assert m["auc"] == pytest.approx(metrics.roc_auc(y, s), abs=1e-6)
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx(
+        metrics.sensitivity_specificity(y, s, t), abs=1e-9
+    )
+    assert m["threshold"] == t and m["threshold_source"] == "version"
+    assert m["n"] == {"NORMAL": 6, "PNEUMONIA": 6, "total": 12}
+
+    # Calibration: two disjoint parts covering every case, stratified; the threshold from
+    # the calibration part's scores only, the figures from the evaluation part's only.
+    c = m["calibrated"]
+    cal, ev = c["cal_studies"], c["eval_studies"]
+    assert not set(cal) & set(ev) and sorted(cal + ev) == sorted(pks)
+    label = {study.pk: study.current_label for study in studies}
+    assert {label[pk] for pk in cal} == {label[pk] for pk in ev} == {"NORMAL", "PNEUMONIA"}
+    y_cal = [int(label[pk] == "PNEUMONIA") for pk in cal]
+    assert c["threshold"] == pytest.approx(
+        metrics.choose_threshold_by_rule(y_cal, [by_pk[pk] for pk in cal], target=0.95)
+    )
+    y_ev, s_ev = [int(label[pk] == "PNEUMONIA") for pk in ev], [by_pk[pk] for pk in ev]
+    assert (c["sensitivity"], c["specificity"]) == pytest.approx(
+        metrics.sensitivity_specificity(y_ev, s_ev, c["threshold"]), abs=1e-9
+    )
+    assert c["n_eval"] == len(ev) and c["in_force_on_eval"]["n_eval"] == len(ev)
+    assert c["repeats"] == 2 and c["repeated"]["sensitivity_sd"] >= 0
+    assert {"roc", "reliability", "roc_eval_in_force", "roc_eval_calibrated"} <= set(audit.plots)
+
+
+def test_the_command_imports_a_labeled_folder_and_writes_the_json(good_model, rita, ada, tmp_path):
+    from ml.evaluate import Evaluation
+
+    folder = tmp_path / "site"
+    write_dataset(folder, 6, size=128, seed=4)
+    out = tmp_path / "audit.json"
+    args = ["--site", "clinic-c", "--data", str(folder), "--import-user", "rita"]
+    call_command("site_audit", *args, "--json", str(out), "--repeats", "1", stdout=io.StringIO())
+
+    site = Site.objects.get(name="clinic-c")
+    assert site.studies.count() == 12
+    reviews = Review.objects.filter(study__site=site)
+    assert reviews.count() == 12 and {r.reviewer for r in reviews} == {rita}
+    body = json.loads(out.read_text())
+    evaluate_keys = set(Evaluation.__dataclass_fields__) - {"y_true", "scores", "labels"}
+    assert evaluate_keys <= set(body)
+    assert {"threshold", "sensitivity", "specificity", "accuracy", "n_eval"} <= set(
+        body["calibrated"]
+    )
+    assert body["site"] == "clinic-c" and body["model_version"] == good_model.name
+
+    # Once more with --activate: nothing imported twice, the threshold put in force.
+    call_command("site_audit", *args, "--activate", "--user", "ada", stdout=io.StringIO())
+    assert site.studies.count() == 12 and reviews.count() == 12
+    row = SiteThreshold.objects.get(site=site)
+    assert row.created_by == ada and row.audit == SiteAudit.objects.filter(site=site).first()
+    assert row.threshold == row.audit.metrics["calibrated"]["threshold"]
+
+
+def test_the_command_refuses_bad_input_and_changes_nothing(active_model, alice, rita, tmp_path):
+    folder = tmp_path / "site"
+    write_dataset(folder, 3, size=128, seed=4)
+    refusals = {
+        "needs --import-user": ["--site", "c", "--data", str(folder)],
+        "may not review": ["--site", "c", "--data", str(folder), "--import-user", "alice"],
+        "not a folder": ["--site", "c", "--data", str(tmp_path / "none"), "--import-user", "rita"],
+        "at least 10": ["--site", "empty"],
+        "within": ["--site", "c", "--calibration-fraction", "1"],
+        "slug": ["--site", "no spaces"],
+    }
+    for message, args in refusals.items():
+        with pytest.raises(CommandError, match=message):
+            call_command("site_audit", *args, stdout=io.StringIO())
+    assert not Study.objects.exists() and not SiteAudit.objects.exists()
+
+
+# ---------------------------------------------------------------------------- pages and API
+
+
+PAGES = {
+    # page: {persona: status}
+    "sites": {"anonymous": 302, "nemo": 403, "alice": 200, "rita": 200, "ada": 200},
+    "site": {"anonymous": 302, "nemo": 403, "alice": 200, "rita": 200, "ada": 200},
+    "activate": {"anonymous": 302, "nemo": 403, "alice": 403, "rita": 403, "ada": 302},
+    "api-sites": {"anonymous": 401, "nemo": 403, "alice": 200, "rita": 200, "ada": 200},
+    "api-site": {"anonymous": 401, "nemo": 403, "alice": 200, "rita": 200, "ada": 200},
+    "api-activate": {"anonymous": 401, "nemo": 403, "alice": 403, "rita": 403, "ada": 201},
+}
+
+
+@pytest.fixture
+def audit(active_model, site_b):
+    """An audit row as site_audit_run stores one, without scoring anything: the matrix below
+    makes thirty of them."""
+    calibrated = {"threshold": 0.42, "sensitivity": 1.0, "specificity": 0.5, "n_eval": 6}
+    return SiteAudit.objects.create(
+        site=site_b, model_version=active_model, data_source="reviewed studies",
+        threshold_in_force=0.5, metrics={"auc": 0.9, "calibrated": calibrated},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def real_audit(good_model, rita, site_b):
+    labeled_studies(site_b, rita)
+    return services.site_audit_run(site=site_b)
+
+
+@pytest.mark.parametrize("persona", ["anonymous", "nemo", "alice", "rita", "ada"])
+@pytest.mark.parametrize("page", PAGES)
+def test_it_enforces_roles_on_the_site_pages_and_api(request, persona, page, audit):
+    user = None if persona == "anonymous" else request.getfixturevalue(persona)
+    client, api = Client(), api_client_for(user) if user else None
+    if user is not None:
+        client.force_login(user)
+    else:
+        from rest_framework.test import APIClient
+
+        api = APIClient()
+    name, form = audit.site.name, {"audit": audit.pk, "reason": "go-live"}
+    calls = {
+        "sites": lambda: client.get(reverse("site-list")),
+        "site": lambda: client.get(reverse("site-detail", args=[name])),
+        "activate": lambda: client.post(reverse("site-threshold-activate", args=[name]), form),
+        "api-sites": lambda: api.get(reverse("api:site-list")),
+        "api-site": lambda: api.get(reverse("api:site-detail", args=[name])),
+        "api-activate": lambda: api.post(reverse("api:site-threshold-activate", args=[name]), form),
+    }
+    response = calls[page]()
+
+    assert response.status_code == PAGES[page][persona]
+    activated = page.endswith("activate") and persona == "ada"
+    assert SiteThreshold.objects.count() == int(activated)
+    if activated:
+        row = SiteThreshold.objects.get()
+        assert (row.created_by, row.audit, row.reason) == (user, audit, "go-live")
+        assert row.threshold == audit.metrics["calibrated"]["threshold"]
+
+
+def test_the_site_page_shows_the_audit_and_the_threshold_in_force(real_audit, ada):
+    audit = real_audit
+    services.site_threshold_from_audit(audit=audit, user=ada)
+    client = Client()
+    client.force_login(ada)
+    html = client.get(reverse("site-detail", args=[audit.site.name])).content.decode()
+    assert f"Audit #{audit.pk}" in html and "this site's" in html
+    assert f"{audit.metrics['calibrated']['threshold']:.4f}" in html
+    body = api_client_for(ada).get(reverse("api:site-detail", args=[audit.site.name])).json()
+    assert body["threshold_source"] == "site hospital-b"
+    assert body["threshold_in_force"] == audit.metrics["calibrated"]["threshold"]
+    assert set(body["audits"][0]["plots"]) == set(audit.plots)
+    assert client.get(body["audits"][0]["plots"]["roc"]).status_code == 200
+
+
+# ---------------------------------------------------------------------------- adaptation
+
+
+def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
+    base, random_active, rita, ada, tmp_path, settings
+):
+    """The induced shift: at this site the pneumonias come from another machine, whose films
+    are inverted and darker; its normals look like the base data. The active model knows
+    nothing of it; fine-tuned on the base pool and half the calibration part, it ranks the
+    evaluation part much better."""
+    folder = tmp_path / "site"
+    for path, label in write_dataset(folder, 30, size=64, seed=11):
+        if label == "PNEUMONIA":
+            with open(path, "rb") as fh:
+                image = ImageOps.invert(Image.open(fh).convert("L"))
+            image.point(lambda v: v // 2).save(path, quality=92)
+    site = services.site_get_or_create(name="inverted")
+    services.site_import(site=site, data=folder, user=rita)
+
+    # A short rehearsal of the base pool and the site repeated: a quick run on two cores.
+    params = QUICK | {"epochs": 6, "limit_per_class": 10, "site_weight": 4.0}
+    audit = services.site_audit_run(site=site, user=ada, adapt=True, adapt_params=params)
+
+    adapted, calibrated = audit.metrics["adapted"], audit.metrics["calibrated"]
+    assert adapted["auc"] >= 0.9 and adapted["auc"] > calibrated["auc"]  # the same cases
+    assert adapted["n_eval"] == calibrated["n_eval"]
+    candidate = audit.candidate
+    assert candidate.parent == random_active and candidate.gate["site"] == "inverted"
+    assert "passed" in candidate.gate
+    row = SiteThreshold.objects.get(site=site, model_version=candidate)
+    assert row.threshold == adapted["threshold"]
+    # The fine-tune saw no evaluation case: the site rows of its training manifest are all
+    # calibration cases.
+    train_csv = next(Path(settings.VAR_DIR, "training").glob("site-inverted-*/train.csv"))
+    with open(train_csv, newline="") as f:
+        sources = {row["source"] for row in csv.DictReader(f)}
+    site_rows = {int(s.split(":")[1]) for s in sources if s.startswith("study:")}
+    assert site_rows and site_rows <= set(calibrated["cal_studies"])
+    assert not site_rows & set(calibrated["eval_studies"])
