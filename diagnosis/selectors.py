@@ -53,8 +53,8 @@ def filter_disagreement(qs: QuerySet[Study], disagree: bool) -> QuerySet[Study]:
 
 
 def study_list_for(user, *, status: str = "", label: str = "", predicted_label: str = ""):
-    predictions = Prediction.objects.select_related("model_version")
-    qs = studies_annotated().select_related("uploaded_by")
+    predictions = Prediction.objects.select_related("model_version", "site_threshold__site")
+    qs = studies_annotated().select_related("uploaded_by", "site")
     qs = qs.prefetch_related(Prefetch("predictions", queryset=predictions))
     if not roles.sees_all_studies(user):
         qs = qs.filter(uploaded_by=user)
@@ -89,7 +89,9 @@ def prediction_heatmap_for(user, study_pk: int, prediction_pk: int) -> Predictio
 
 
 def study_predictions(study: Study) -> QuerySet[Prediction]:
-    return study.predictions.select_related("model_version").order_by("-created_at", "-id")
+    return study.predictions.select_related("model_version", "site_threshold__site").order_by(
+        "-created_at", "-id"
+    )
 
 
 def study_reviews(study: Study):
@@ -171,8 +173,11 @@ def worklist(*, order: str = "triage", now=None) -> QuerySet[Study]:
     qs = studies_annotated(Study.objects.filter(reviewed_at__isnull=True)).annotate(
         overdue_since=overdue_since
     )
-    qs = qs.select_related("uploaded_by").prefetch_related(
-        Prefetch("predictions", queryset=Prediction.objects.select_related("model_version"))
+    qs = qs.select_related("uploaded_by", "site").prefetch_related(
+        Prefetch(
+            "predictions",
+            queryset=Prediction.objects.select_related("model_version", "site_threshold__site"),
+        )
     )
     return qs.order_by(
         F("overdue_since").asc(nulls_last=True), *WORKLIST_ORDERS[order], "created_at", "id"

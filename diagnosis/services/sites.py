@@ -68,19 +68,26 @@ def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
     if not roles.can_review(user):
         raise PermissionDenied(f"{user} may not review: labels are imported as reviews.")
     items = scan_eval_folder(data)
-    counts = {"images": len(items), "imported": 0, "already_there": 0, "elsewhere": 0}
+    before = set(site.studies.values_list("pk", flat=True))
+    touched, elsewhere = set(), 0
     for start in range(0, len(items), chunk):
         part = items[start : start + chunk]
         uploads = [SimpleUploadedFile(Path(p).name, Path(p).read_bytes()) for p, _ in part]
         studies = study_create_many(uploaded_by=user, images=uploads, site=site)
         for study, (_, label) in zip(studies, part, strict=True):
             if study.site_id != site.pk:
-                counts["elsewhere"] += 1  # the same image is a study of another site
+                elsewhere += 1  # the same image is a study of another site
                 continue
-            counts["already_there" if study.is_duplicate else "imported"] += 1
+            touched.add(study.pk)
             if study.current_label != label:
                 review_create(study=study, reviewer=user, label=label, note=f"imported from {data}")
-    return counts
+    return {
+        "images": len(items),
+        "imported": len(touched - before),
+        "already_there": len(touched & before),
+        "same_bytes": len(items) - elsewhere - len(touched),  # one study for several files
+        "elsewhere": elsewhere,
+    }
 
 
 # ---------------------------------------------------------------------------- thresholds

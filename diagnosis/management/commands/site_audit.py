@@ -141,9 +141,9 @@ class Command(BaseCommand):
             raise CommandError("--data needs --import-user: its labels are recorded as reviews")
         counts = services.site_import(site=site, data=data, user=_user(import_user))
         self.stdout.write(
-            f"Imported {counts['imported']} of {counts['images']} images into {site.name} "
-            f"({counts['already_there']} already there, {counts['elsewhere']} are studies of "
-            "another site and were left there)"
+            f"Imported {counts['imported']} studies from {counts['images']} images into "
+            f"{site.name} ({counts['already_there']} already there, {counts['same_bytes']} files "
+            f"repeating another's bytes, {counts['elsewhere']} studies of another site left there)"
         )
         return str(data)
 
