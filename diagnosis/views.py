@@ -323,20 +323,20 @@ def site_threshold_activate(request, name: str):
     audit = selectors.site_audit(_int(request.POST.get("audit")))
     if audit is None or audit.site.name != name:
         raise Http404("No such audit at this site.")
-    reason = request.POST.get("reason", "")[:500]
-    if request.POST.get("restore"):
-        services.site_threshold_activate(
-            site=audit.site, version=audit.model_version, threshold=None, user=request.user,
-            reason=reason or "restored the version's own threshold", audit=audit,
-        )  # fmt: skip
-        messages.success(request, f"{audit.model_version.name}'s own threshold decides again.")
+    try:
+        row = services.site_threshold_from_audit(
+            audit=audit,
+            user=request.user,
+            reason=request.POST.get("reason", "")[:500],
+            restore=bool(request.POST.get("restore")),
+        )
+    except ValueError as exc:
+        messages.error(request, str(exc))
     else:
-        try:
-            row = services.site_threshold_from_audit(audit=audit, user=request.user, reason=reason)
-        except ValueError as exc:
-            messages.error(request, str(exc))
-        else:
-            messages.success(request, f"Threshold {row.threshold:.4f} is in force at {name}.")
+        decides = "the version's own" if row.threshold is None else f"{row.threshold:.4f}"
+        messages.success(
+            request, f"{decides} threshold decides at {name} for {audit.model_version}."
+        )
     return redirect("site-detail", name=name)
 
 

@@ -20,7 +20,6 @@ second. Pure numpy, no torch:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -135,15 +134,7 @@ class Calibration:
             "repeats": self.repeats,
             "repeated": None if self.repeated is None else dict(self.repeated),
         }
-        return _nan_to_none(d)
-
-
-def _nan_to_none(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    return value
+        return metrics.nan_to_none(d)
 
 
 def _one_split(

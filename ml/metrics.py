@@ -298,3 +298,15 @@ def expected_calibration_error(
     filled = bins.count > 0
     gaps = np.abs(bins.fraction_positive[filled] - bins.mean_probability[filled])
     return float((bins.count[filled] / total * gaps).sum())
+
+
+def nan_to_none(value):
+    """A figure's NaN (AUC of one class, say) as None, through dicts and lists: strict JSON
+    and PostgreSQL's jsonb have no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_to_none(v) for v in value]
+    return value

@@ -95,17 +95,13 @@ class SiteThresholdActivateApi(APIView):
         audit = selectors.site_audit(data.validated_data["audit"])
         if audit is None or audit.site_id != site.pk:
             raise serializers.ValidationError({"audit": ["no such audit at this site"]})
-        reason = data.validated_data.get("reason", "")
         try:
-            if data.validated_data["restore"]:
-                row = services.site_threshold_activate(
-                    site=site, version=audit.model_version, threshold=None, user=request.user,
-                    reason=reason or "restored the version's own threshold", audit=audit,
-                )  # fmt: skip
-            else:
-                row = services.site_threshold_from_audit(
-                    audit=audit, user=request.user, reason=reason
-                )
+            row = services.site_threshold_from_audit(
+                audit=audit,
+                user=request.user,
+                reason=data.validated_data.get("reason", ""),
+                restore=data.validated_data["restore"],
+            )
         except ValueError as exc:
             raise serializers.ValidationError({"audit": [str(exc)]}) from None
         return Response(SiteThresholdOutputSerializer(row).data, status=201)

@@ -116,15 +116,23 @@ def site_threshold_activate(
     )  # fmt: skip
 
 
-def site_threshold_from_audit(*, audit: SiteAudit, user, reason: str = "") -> SiteThreshold:
-    """Activate an audit's calibrated threshold (the site page's button, the API)."""
+def site_threshold_from_audit(
+    *, audit: SiteAudit, user, reason: str = "", restore: bool = False
+) -> SiteThreshold:
+    """Put an audit's calibrated threshold in force for its version at its site, or with
+    `restore` give the decision back to the version's own threshold (the site page's
+    buttons, the API, `site_audit --activate`)."""
     calibrated = audit.calibrated
-    if calibrated.get("threshold") is None:
+    if restore:
+        threshold, why = None, "restored the version's own threshold"
+    elif calibrated.get("threshold") is None:
         raise ValueError(f"audit {audit.pk} has no calibrated threshold")
+    else:
+        threshold = calibrated["threshold"]
+        why = f"calibrated in audit {audit.pk} ({calibrated.get('rule')} rule)"
     return site_threshold_activate(
-        site=audit.site, version=audit.model_version, threshold=calibrated["threshold"],
-        user=user, audit=audit,
-        reason=reason or f"calibrated in audit {audit.pk} ({calibrated.get('rule')} rule)",
+        site=audit.site, version=audit.model_version, threshold=threshold, user=user,
+        audit=audit, reason=reason or why,
     )  # fmt: skip
 
 

@@ -310,3 +310,18 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     site_rows = {int(s.split(":")[1]) for s in sources if s.startswith("study:")}
     assert site_rows and site_rows <= set(calibrated["cal_studies"])
     assert not site_rows & set(calibrated["eval_studies"])
+
+
+def test_an_admin_restores_the_versions_own_threshold_from_the_site_page(audit, ada, alice):
+    client = Client()
+    client.force_login(ada)
+    url = reverse("site-threshold-activate", args=[audit.site.name])
+    client.post(url, {"audit": audit.pk})
+    client.post(url, {"audit": audit.pk, "restore": "1", "reason": "back to the validation one"})
+
+    rows = list(SiteThreshold.objects.order_by("created_at", "id"))
+    assert [r.threshold for r in rows] == [0.42, None]
+    assert rows[1].reason == "back to the validation one" and rows[1].created_by == ada
+    later = services.study_create(uploaded_by=alice, image=_jpeg("NORMAL", 7), site=audit.site)
+    services.prediction_run(later.predictions.get().pk)
+    assert later.predictions.get().threshold_source == "model version"
