@@ -70,6 +70,9 @@ def test_a_worker_killed_mid_prediction_leaves_one_result_after_a_restart(
 
     worker = start_worker("--beat", **fast)
     wait_until(lambda: status_of(study_id) == "done", timeout=90, what="done", process=worker)
+    # The heatmap is drawn after the result is recorded (PREDICTION_HEATMAPS=deferred).
+    drawn = Prediction.objects.filter(study_id=study_id, heatmap_due=False)
+    wait_until(drawn.exists, timeout=60, what="the heatmap", process=worker)
     predictions = Prediction.objects.filter(study_id=study_id)
     assert predictions.count() == 1
     prediction = predictions.get()
