@@ -304,3 +304,14 @@ def site_threshold_history(site: Site) -> QuerySet[SiteThreshold]:
 def site_labeled_studies(site: Site) -> QuerySet[Study]:
     """The site's studies a radiologist has labeled and not marked unusable: its audit set."""
     return site.studies.exclude(current_label="").filter(unusable_reason="").order_by("pk")
+
+
+def site_evaluation_keys() -> set[str]:
+    """The studies site audits measured their calibrated figures on, as training-pool keys
+    ("study:<id>"): kept out of training so that the next audit of the site stays honest."""
+    keys: set[str] = set()
+    for metrics in SiteAudit.objects.values_list("metrics", flat=True):
+        keys.update(
+            f"study:{pk}" for pk in (metrics.get("calibrated") or {}).get("eval_studies", [])
+        )
+    return keys

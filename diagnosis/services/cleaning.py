@@ -18,7 +18,8 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
     """What the next training run sees: the base data set folder (its training images only)
     plus every reviewed study, minus unusable images, with cleaning decisions applied (the
     latest per image: exclude drops it, relabel changes its label, keep leaves it), minus the
-    frozen validation split's images (held out: never trained on, never cleaned).
+    frozen validation split's images and the studies a site audit evaluated on (held out:
+    never trained on, never cleaned, so later comparisons and audits stay honest).
     Each item's `source` is its key: "base:<path under base_data>" or "study:<id>"."""
     from ml.data import Item, scan_folder
 
@@ -32,8 +33,10 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
         path = Path(default_storage.path(study.image.name))
         candidates.append(Item(path, study.current_label, source=f"study:{study.pk}"))
 
-    if exclude_held_out and (split := selectors.validation_split_current()) is not None:
-        held_out = set(split.item_keys)
+    if exclude_held_out:
+        held_out = selectors.site_evaluation_keys()
+        if (split := selectors.validation_split_current()) is not None:
+            held_out |= set(split.item_keys)
         candidates = [item for item in candidates if item.source not in held_out]
     decisions = selectors.cleaning_decisions(item.source for item in candidates)
     pool = []

@@ -147,6 +147,10 @@ def test_an_audits_figures_match_hand_computed_ones(good_model, rita, site_b):
     assert c["repeats"] == 2 and c["repeated"]["sensitivity_sd"] >= 0
     assert {"roc", "reliability", "roc_eval_in_force", "roc_eval_calibrated"} <= set(audit.plots)
 
+    # The evaluation part stays out of every later training run; the calibration part may go in.
+    pool = {item.source for item in services.training_pool()}
+    assert pool == {f"study:{pk}" for pk in cal}
+
 
 def test_the_command_imports_a_labeled_folder_and_writes_the_json(good_model, rita, ada, tmp_path):
     from ml.evaluate import Evaluation
