@@ -31,6 +31,13 @@ def predict(prediction_id: int) -> None:
 
 
 @shared_task
+def draw_heatmaps() -> None:
+    drawn = services.heatmaps_draw(wait=True)
+    if drawn:
+        logger.info("%d heatmaps drawn", drawn)
+
+
+@shared_task
 def sweep_predictions() -> int:
     # Training jobs lost by the broker, or by a dead worker, are swept on the same beat, and
     # heatmaps left owed by a worker killed while drawing them are drawn.

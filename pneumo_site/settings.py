@@ -310,6 +310,9 @@ _heatmaps = os.getenv("PREDICTION_HEATMAPS", "deferred").lower()
 PREDICTION_HEATMAPS = {"true": "deferred", "false": "off"}.get(_heatmaps, _heatmaps)
 if PREDICTION_HEATMAPS not in ("deferred", "inline", "off"):
     raise ImproperlyConfigured("PREDICTION_HEATMAPS must be deferred, inline or off.")
+# Deferred heatmaps are drawn once no prediction has waited, run or finished for this long:
+# uploads that come one after another are not held up by the previous one's heatmap.
+PREDICTION_HEATMAP_QUIET_SECONDS = envfloat("PREDICTION_HEATMAP_QUIET_SECONDS", "1.0")
 
 # Which runtime the worker predicts with: torch (PyTorch eager fp32), torch-bf16, onnx-fp32 or
 # onnx-int8. The non-torch ones need an artifact made by `manage.py optimize_model`, accepted

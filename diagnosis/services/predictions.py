@@ -74,17 +74,19 @@ def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
 
 
 def _claim_rows(prediction_id: int, batch_size: int, take: dict, lease_over) -> None:
-    Prediction.objects.filter(
+    own = Prediction.objects.filter(
         Q(status=Prediction.Status.PENDING)
         | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
         pk=prediction_id,
     ).update(**take)
-    if batch_size > 1:
+    # A task whose prediction another batch took fills a whole batch with others.
+    room = batch_size - own
+    if room > 0:
         others = (
             Prediction.objects.filter(status=Prediction.Status.PENDING)
             .exclude(pk=prediction_id)
             .order_by("created_at", "id")
-            .values_list("pk", flat=True)[: batch_size - 1]
+            .values_list("pk", flat=True)[:room]
         )
         # The status condition is evaluated again by the UPDATE: a row another worker took
         # meanwhile is not taken twice.
@@ -122,8 +124,8 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         len(batch), runtime, 1000 * (claimed - start), 1000 * (ran - claimed),
         1000 * (time.perf_counter() - ran),
     )  # fmt: skip
-    if settings.PREDICTION_HEATMAPS == "deferred":
-        heatmaps_draw()
+    if any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch):
+        transaction.on_commit(heatmaps_schedule)
     mine = next((p for p in batch if p.pk == prediction_id), None)
     if mine is None:
         return None
@@ -131,17 +133,59 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     return mine
 
 
-def heatmaps_draw() -> int:
-    """Draw the heatmaps still owed, a batch at a time, while no prediction is waiting: a
-    burst is predicted first and explained after. Returns how many were drawn.
+def _owes_heatmap(result) -> bool:
+    return not isinstance(result, Exception) and result[1] == ""
+
+
+def heatmaps_schedule() -> None:
+    """Ask a worker to draw the owed heatmaps (heatmaps_draw, waiting for quiet). Each batch
+    that leaves heatmaps owed asks; an ask that comes while predictions wait finds no quiet and
+    leaves the drawing to a later one. A broker that cannot take the ask leaves them to the
+    sweeper. No countdown: a task waiting for its time in the worker would be an unacknowledged
+    message, which a broker outage then turns into a worker crash (kombu 5.7)."""
+    from diagnosis.tasks import draw_heatmaps  # The task module imports this one.
+
+    try:
+        draw_heatmaps.apply_async(retry=False)
+    except Exception:
+        logger.warning("Broker unavailable; the sweeper draws the owed heatmaps.", exc_info=True)
+
+
+def _quiet(quiet: float, *, wait: bool) -> bool:
+    """Whether heatmaps may be drawn now: no prediction waits or runs, and none finished in
+    the last `quiet` seconds. With `wait`, a recent finish is waited out (polling every 20 ms)
+    unless a prediction comes meanwhile: predictions always go first."""
+    busy = Prediction.objects.filter(
+        status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
+    )
+    while not busy.exists():
+        since = timezone.now() - timedelta(seconds=quiet)
+        if quiet <= 0 or not Prediction.objects.filter(finished_at__gt=since).exists():
+            return True
+        if not wait:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
+    """Draw the heatmaps still owed, a batch at a time, while predictions are quiet (none
+    waiting or running, none finished in the last `quiet` seconds, by default
+    PREDICTION_HEATMAP_QUIET_SECONDS; `wait` waits that out): a burst, or a run of uploads
+    one after the other, is predicted first and explained after, and an upload arriving
+    meanwhile waits for one batch of heatmaps at most. Stops after half the task time limit,
+    leaving the rest to the next ask or the sweeper. Returns how many were drawn.
 
     Nothing is claimed: a heatmap is written only if still owed, so two workers drawing the
     same one waste a pass and keep one file. A worker killed here leaves them owed for the
     next batch or the sweeper. A failure (the model file gone) drops the batch's heatmaps: the
     predictions stand, and an explanation is not worth retrying for ever."""
+    if quiet is None:
+        quiet = settings.PREDICTION_HEATMAP_QUIET_SECONDS
+    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
     drawn = 0
     owed = Prediction.objects.filter(status=Prediction.Status.DONE, heatmap_due=True)
-    while not Prediction.objects.filter(status=Prediction.Status.PENDING).exists():
+    while time.monotonic() < deadline and owed.exists() and _quiet(quiet, wait=wait):
         batch = list(
             owed.select_related("study", "model_version").order_by("finished_at", "id")[
                 : max(1, settings.PREDICTION_BATCH_SIZE)

@@ -284,6 +284,7 @@ def test_it_serves_the_heatmap_of_a_prediction_to_those_who_may_see_it(
 
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     prediction = services.prediction_run(study.predictions.get().pk)
+    services.heatmaps_draw(quiet=0)
     body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
     url = body["prediction"]["heatmap_url"]
     assert url == f"/api/studies/{study.pk}/predictions/{prediction.pk}/heatmap/"

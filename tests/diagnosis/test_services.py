@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,21 +184,25 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
 
     settings.PREDICTION_BATCH_SIZE = 4
     studies = [
-        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(6)
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
     ]
     first = studies[0].predictions.get()
 
     # One task runs its own prediction and the three oldest other pending ones.
     assert services.prediction_run(first.pk).status == "done"
     statuses = [s.predictions.get().status for s in studies]
-    assert statuses == ["done"] * 4 + ["pending"] * 2
+    assert statuses == ["done"] * 4 + ["pending"] * 6
     claims = {s.predictions.get().claim for s in studies[:4]}
     assert len(claims) == 1 and "" not in claims
-    # The task of one already done returns None for it, but its worker is free: it takes the
-    # remaining two as the next batch.
+    # The task of one already done returns None for it, but its worker is free: it takes a
+    # whole batch of the oldest pending ones, then what remains.
     assert services.prediction_run(studies[1].predictions.get().pk) is None
-    assert [s.predictions.get().status for s in studies] == ["done"] * 6
-    assert services.prediction_run(studies[4].predictions.get().pk) is None
+    assert [s.predictions.get().status for s in studies] == ["done"] * 8 + ["pending"] * 2
+    assert len({s.predictions.get().claim for s in studies[4:8]}) == 1
+    assert services.prediction_run(studies[2].predictions.get().pk) is None
+    assert [s.predictions.get().status for s in studies] == ["done"] * 10
+    assert services.prediction_run(studies[8].predictions.get().pk) is None
+    assert services.heatmaps_draw(quiet=0) == 10
 
     # Batched results equal one-by-one inference on the same checkpoint, study by study.
     predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
@@ -227,11 +232,50 @@ def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
     body = api_client_for(alice).get(reverse("api:study-detail", args=[studies[0].pk])).json()
     assert body["prediction"]["heatmap_due"] is True and body["prediction"]["heatmap_url"] is None
 
-    # The last one leaves nothing waiting: all three heatmaps are drawn after its batch.
+    # The last one leaves nothing waiting, but it has just finished: the heatmaps wait for
+    # the quiet period, so that an upload following it is not held up by them.
     services.prediction_run(studies[2].predictions.get().pk)
+    assert services.heatmaps_draw() == 0
+    assert all(s.predictions.get().heatmap_due for s in studies)
+
+    # The worker's ask waits the quiet period out, then draws all three, once.
+    started = time.monotonic()
+    assert services.heatmaps_draw(quiet=0.3, wait=True) == 3
+    assert time.monotonic() - started >= 0.3 - 0.05
     predictions = [s.predictions.get() for s in studies]
     assert all(p.heatmap and not p.heatmap_due for p in predictions)
-    assert services.heatmaps_draw() == 0  # nothing owed twice
+    assert services.heatmaps_draw(quiet=0) == 0  # nothing owed twice
+
+
+def test_an_ask_for_heatmaps_gives_way_to_a_waiting_prediction(
+    alice, xray_upload, active_model, settings
+):
+    settings.PREDICTION_BATCH_SIZE = 1
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(2)
+    ]
+    services.prediction_run(studies[0].predictions.get().pk)  # the other one waits
+    started = time.monotonic()
+    assert services.heatmaps_draw(quiet=5, wait=True) == 0
+    assert time.monotonic() - started < 1  # not waited out: the prediction goes first
+    assert studies[0].predictions.get().heatmap_due
+
+
+def test_a_batch_owing_heatmaps_asks_for_them_after_commit(
+    alice, xray_upload, active_model, settings, django_capture_on_commit_callbacks
+):
+    from diagnosis.services import predictions
+
+    study = services.study_create(uploaded_by=alice, image=xray_upload())
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.prediction_run(study.predictions.get().pk)
+    assert predictions.heatmaps_schedule in callbacks
+
+    settings.PREDICTION_HEATMAPS = "off"
+    other = services.study_create(uploaded_by=alice, image=xray_upload("b.jpg"))
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.prediction_run(other.predictions.get().pk)
+    assert predictions.heatmaps_schedule not in callbacks
 
 
 def test_a_deferred_heatmap_is_the_one_explain_draws(alice, xray_upload, active_model, settings):
@@ -239,6 +283,7 @@ def test_a_deferred_heatmap_is_the_one_explain_draws(alice, xray_upload, active_
 
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     services.prediction_run(study.predictions.get().pk)
+    services.heatmaps_draw(quiet=0)
 
     predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
     ((_, expected),) = predictor.explain_batch([study.image.path])
@@ -259,11 +304,11 @@ def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
     services.prediction_run(studies[0].predictions.get().pk)  # one waits: heatmap owed
     Path(settings.MEDIA_ROOT, active_model.file).unlink()  # then the model file goes
     inference.unload()
-    assert services.heatmaps_draw() == 0  # a prediction waits: nothing is drawn yet
+    assert services.heatmaps_draw(quiet=0) == 0  # a prediction waits: nothing is drawn yet
     assert studies[0].predictions.get().heatmap_due
 
     Prediction.objects.filter(status="pending").update(status="failed")
-    assert services.heatmaps_draw() == 0
+    assert services.heatmaps_draw(quiet=0) == 0
     first = studies[0].predictions.get()
     assert (first.status, first.heatmap_due, first.heatmap.name) == ("done", False, "")
 
