@@ -132,7 +132,7 @@ class Platform:
         self.worker = self._spawn(
             "worker",
             [py, "-m", "celery", "-A", "pneumo_site", "worker", "--concurrency", "1",
-             "--loglevel", "INFO", "-Q", self.queue, "-n", f"bench-{os.getpid()}@%h"],
+             "--loglevel", "INFO", "-Q", self.queue, "-n", self.worker_name],
             {**env, **self.worker_env},
         )  # fmt: skip
         # Without a control socket: its default path is one per user, which the gunicorn of
@@ -146,6 +146,11 @@ class Platform:
         )  # fmt: skip
         self._wait_until(lambda: _answers(self.url), "the web server to answer")
         self._wait_until(lambda: " ready." in self.worker.output(), "the worker to be ready")
+
+    @property
+    def worker_name(self) -> str:
+        """The worker's node name, for Celery's remote control (%h: this host's name)."""
+        return f"bench-{os.getpid()}@{socket.gethostname()}"
 
     def stop(self) -> None:
         """SIGTERM to each child (gunicorn and Celery then stop their own workers), at most

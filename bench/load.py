@@ -104,9 +104,8 @@ def peak_rss_mb(pattern: str = "", *, group: int | None = None) -> tuple[float, 
     return (max(peaks) if peaks else float("nan")), len(peaks)
 
 
-def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 1800) -> dict:
-    """Upload `paths` from len(tokens) concurrent clients, then await every prediction."""
-    api = url.rstrip("/") + "/api/studies/"
+def upload_all(api: str, tokens: list[str], paths: list[Path]) -> dict:
+    """Upload `paths` from len(tokens) concurrent clients, without awaiting predictions."""
     accepted: dict[int, str] = {}  # study id -> token of its uploader
     latencies, errors, lock = [], [], threading.Lock()
 
@@ -130,7 +129,15 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
     started = time.perf_counter()
     with ThreadPoolExecutor(len(tokens)) as pool:
         list(pool.map(client, range(len(tokens))))
-    upload_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return {"accepted": accepted, "latencies": latencies, "errors": errors, "seconds": seconds}
+
+
+def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 1800) -> dict:
+    """Upload `paths` from len(tokens) concurrent clients, then await every prediction."""
+    api = url.rstrip("/") + "/api/studies/"
+    sent = upload_all(api, tokens, paths)
+    accepted = sent["accepted"]
     results = await_results(api, accepted, timeout=timeout)
     done = [r for r in results.values() if r["status"] == "done"]
     created = [datetime.fromisoformat(r["created_at"]) for r in done]
@@ -145,35 +152,57 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
     return {
         "sent": len(paths),
         "accepted": len(accepted),
-        "uploads_per_s": len(accepted) / upload_seconds,
-        "upload_latency": latencies,
+        "uploads_per_s": len(accepted) / sent["seconds"],
+        "upload_latency": sent["latencies"],
         "to_prediction": [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)],
         "drain_per_s": len(done) / (max(finished) - min(created)).total_seconds() if done else 0.0,
         "backlog_per_s": backlog_rate,
         "done": len(done),
         "failed": len(results) - len(done),
-        "errors": errors,
+        "errors": sent["errors"],
         "lost": len(accepted) - len(results),
         "runtimes": sorted({r["prediction"].get("runtime", "") for r in done}),
     }
 
 
+def backlog(url: str, tokens: list[str], paths: list[Path], *, held, timeout: float = 1800) -> dict:
+    """The worker's own drain rate: `paths` uploaded while `held()` (a context manager) keeps
+    the worker from taking tasks, so that they all wait; then the worker is released and
+    predicts them with the cores to itself. Predictions per second from the release to the
+    last result."""
+    api = url.rstrip("/") + "/api/studies/"
+    with held():
+        sent = upload_all(api, tokens, paths)
+    released = datetime.now().astimezone()
+    results = await_results(api, sent["accepted"], timeout=timeout)
+    done = [r for r in results.values() if r["status"] == "done"]
+    last = max((datetime.fromisoformat(r["prediction"]["finished_at"]) for r in done), default=None)
+    return {
+        "accepted": len(sent["accepted"]),
+        "drain_per_s": len(done) / (last - released).total_seconds() if done else 0.0,
+        "errors": sent["errors"],
+        "lost": len(sent["accepted"]) - len(results),
+        "runtimes": sorted({r["prediction"].get("runtime", "") for r in done}),
+    }
+
+
 def await_results(api: str, accepted: dict[int, str], *, timeout: float, poll: float = 1.0):
-    """study id -> its detail once predicted (done or failed). While waiting it asks each
-    uploader only how many of their studies are still pending or running (two small list
-    requests per uploader and round), so that polling does not load the web server and
-    steal the cores from the worker being measured; details are read once at the end."""
-    tokens = sorted(set(accepted.values()))
+    """study id -> its detail once predicted (done or failed). While waiting it asks one
+    uploader at a time how many of their studies are still pending or running (one or two
+    small list requests a round), so that polling does not load the web server and steal
+    the cores from the worker being measured: an uploader with none left is not asked again
+    (done and failed are final), and while one still waits nobody else is asked. Details
+    are read once at the end."""
+    waiting = sorted(set(accepted.values()))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = sum(
-            request(f"{api}?status={status}&page_size=1", token)[1].get("count", 0)
-            for token in tokens
+    while waiting and time.monotonic() < deadline:
+        if any(
+            request(f"{api}?status={status}&page_size=1", waiting[0])[1].get("count", 0)
             for status in ("pending", "running")
-        )
-        if not waiting:
-            break
-        time.sleep(poll)
+        ):
+            time.sleep(poll)
+        else:
+            waiting.pop(0)
     results: dict[int, dict] = {}
     for study_id, token in accepted.items():
         _, body = request(f"{api}{study_id}/", token)

@@ -5,6 +5,8 @@ import io
 import os
 import random
 import tempfile
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -72,6 +74,11 @@ class Command(BaseCommand):
         parser.add_argument("-n", type=int, default=500, help="uploads in the burst")
         parser.add_argument("-c", type=int, default=20, help="clients in the burst")
         parser.add_argument(
+            "--backlog", type=int, default=500,
+            help="uploads queued while the worker is held, then drained by it (the worker's "
+            "own drain rate; the platform this command starts only; 0: none)",
+        )  # fmt: skip
+        parser.add_argument(
             "--images", type=Path, default=SHARED / "chest_xray" / "train",
             help="JPEGs to upload (n + idle distinct ones) and to calibrate int8 with",
         )  # fmt: skip
@@ -91,14 +98,15 @@ class Command(BaseCommand):
         if version is None:
             raise CommandError("No such model version, and none is active.")
         images, n, n_idle = options["images"], options["n"], options["idle"]
+        n_backlog = 0 if url else options["backlog"]
         paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
-        if not no_platform and len(paths) < n + n_idle:
-            raise CommandError(f"need {n + n_idle} images under {images}")
+        if not no_platform and len(paths) < n + n_backlog + n_idle:
+            raise CommandError(f"need {n + n_backlog + n_idle} images under {images}")
         size = version.preprocessing["input_size"]
         rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
         throughput = self._model_rows(version, runtimes.split(","), images, rows)
         self._preprocessing_rows(version, options["full_resolution"], rows)
-        e2e = (n_idle, n, options["c"], paths, throughput, rows)
+        e2e = (n_idle, n, n_backlog, options["c"], paths, throughput, rows)
         if url:
             from bench.load import peak_rss_mb
 
@@ -238,13 +246,17 @@ class Command(BaseCommand):
                 web = f"gunicorn {running.web_workers} x {running.web_threads} threads"
                 described = ", ".join(f"{k}={v}" for k, v in config.items()) or "the defaults"
                 rows.append(("platform", f"started here: {web}, one worker ({described})"))
-                self._platform_rows(running.url, *e2e, rss=running.peak_rss_mb)
+                held = partial(_held, running.worker_name, queue)
+                self._platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
         except PlatformError as exc:
             raise CommandError(f"The platform did not start: {exc}") from exc
         finally:
             _delete_queue(queue)
 
-    def _platform_rows(self, url, n_idle, n, c, paths, throughput, rows, *, rss) -> None:
+    def _platform_rows(
+        self, url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None
+    ) -> None:
+        from bench.load import backlog as held_backlog
         from bench.load import bench_tokens, burst, idle, ps
 
         tokens = bench_tokens(c + 1)
@@ -260,7 +272,6 @@ class Command(BaseCommand):
         r = burst(url, tokens, paths[:n])
         runtime = ",".join(r["runtimes"]) or "?"
         ratio = r["drain_per_s"] / throughput[runtime] if runtime in throughput else float("nan")
-        web, worker = rss()
         drained = f"{r['drain_per_s']:.2f} predictions/s = {ratio:.2f} x model-only b16"
         backlog = "no backlog: the worker kept pace with the uploads"
         if r["backlog_per_s"] is not None and runtime in throughput:
@@ -273,11 +284,39 @@ class Command(BaseCommand):
              f"{r['accepted']} ({r['uploads_per_s']:.1f}/s)"),
             ("burst: upload latency p50 / p95 (s)", ps(r["upload_latency"], (50, 95), ".3f")),
             (f"burst: drained (worker runtime {runtime})", drained),
-            ("burst: backlog drained after the last upload", backlog),
             ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
             ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
-            ("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"),
         ]  # fmt: skip
+        if not (n_backlog and held is not None):
+            # The worker's pace, roughly, without a held backlog to measure it on (--url).
+            rows.append(("burst: backlog drained after the last upload", backlog))
+        if n_backlog and held is not None:
+            b = held_backlog(url, tokens, paths[n : n + n_backlog], held=held)
+            runtime = ",".join(b["runtimes"]) or "?"
+            rate = b["drain_per_s"]
+            ratio = rate / throughput[runtime] if runtime in throughput else float("nan")
+            rows.append((
+                f"worker drain: {n_backlog} uploads queued, worker held, then released",
+                f"{rate:.2f} predictions/s = {ratio:.2f} x model-only b16 ({runtime}); "
+                f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
+            ))  # fmt: skip
+        web, worker = rss()
+        rows.append(("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"))
+
+
+@contextmanager
+def _held(worker: str, queue: str):
+    """The worker stops taking tasks from `queue` while the block runs (Celery's remote
+    control: cancel_consumer, then add_consumer); what is sent meanwhile waits in the broker."""
+    from pneumo_site.celery import app
+
+    replies = app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=10)
+    if not replies:
+        raise CommandError(f"The worker {worker} did not answer the request to hold it.")
+    try:
+        yield
+    finally:
+        app.control.add_consumer(queue, destination=[worker], reply=True, timeout=10)
 
 
 def _delete_queue(name: str) -> None:
