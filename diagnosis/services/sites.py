@@ -8,9 +8,11 @@ An audit (`site_audit_run`) scores the site's labeled studies with a model versi
   whole patients, seeded; ml.calibration), the threshold chosen on the calibration part by
   the rule, its figures measured on the evaluation part only;
 - `adapted` (adapt=True): a fine-tune from the audited model on the base training pool plus
-  half of the calibration part weighted up, its threshold chosen on the other half, and the
-  evaluation part's figures before and after. The candidate is registered and goes through
-  the retraining gate (services.training.gate_decide) on the frozen validation split.
+  half of the calibration part weighted up, its threshold chosen by cross-fitting (a second
+  fine-tune on the other half scores the first half, so every calibration case is scored by
+  a model that did not see it), and the evaluation part's figures before and after. The
+  candidate is registered and goes through the retraining gate (services.training.gate_decide)
+  on the frozen validation split.
 Activating a site threshold is an audited, admin-only action (`site_threshold_activate`).
 """
 
@@ -272,21 +274,21 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     checks that on the frozen validation split); the site's cases are repeated so that they
     carry as much of the loss as the base pool (`site_weight` x that, at most MAX_SITE_COPIES
     copies), since there are few of them; the threshold is chosen on site cases the fine-tune
-    did not see."""
+    did not see. Half the calibration part is only ~60 cases of each class, too few to place
+    a threshold at 95% sensitivity reliably: with `crossfit` (the default) a second fine-tune
+    on the other half scores the first, and the threshold is chosen on all the calibration
+    cases' out-of-fold scores (twice the training time). The candidate is the first model."""
     from diagnosis.services.cleaning import training_pool
     from diagnosis.services.registry import evaluation_create
     from diagnosis.services.training import (
-        RETRAIN_DEFAULTS,
-        TRAIN_FLAGS,
         _evaluation_on,
         _limit_base,
         gate_decide,
         validation_split_get_or_create,
     )
     from ml.calibration import calibration_split
-    from ml.data import write_manifest
     from ml.evaluate import evaluate_checkpoint
-    from ml.train import get_args_parser, main
+    from ml.metrics import choose_threshold_by_rule
 
     y = [int(items[i].label == version.positive_class) for i in cal_idx]
     fit_part, tune_part = calibration_split(
@@ -305,26 +307,33 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     copies = max(
         1, min(MAX_SITE_COPIES, round(params.get("site_weight", 1.0) * len(pool) / len(fit)))
     )
-    train_items = pool + fit * copies
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(settings.VAR_DIR) / "training" / f"site-{site.name}-{stamp}"
-    train_csv = write_manifest(workdir / "train.csv", train_items)
-    tune_csv = write_manifest(workdir / "tune.csv", tune)
+    crossfit = params.get("crossfit", True)
     say(
-        f"Adapting: {len(pool)} base images + {len(fit)} site images x {copies}; "
-        f"threshold chosen on {len(tune)} other calibration images"
+        f"Adapting: {len(pool)} base images + {len(fit)} site images x {copies}; threshold "
+        + (
+            f"chosen on all {len(cal_idx)} calibration images, each scored by the fine-tune "
+            "that did not see it (a second fine-tune swaps the halves)"
+            if crossfit
+            else f"chosen on {len(tune)} other calibration images"
+        )
     )
-    args = get_args_parser(add_help=False, source=False).parse_args([])
-    chosen = {k: params[k] for k in TRAIN_FLAGS if k in params}
-    for key, value in (RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen).items():
-        setattr(args, key, value)
-    args.manifest, args.data, args.val_manifest = train_csv, None, tune_csv
-    args.out, args.init_checkpoint = workdir / "adapted.pt", inference.model_path(version)
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        checkpoint = Path(main(args))
+    checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
     tuned = evaluate_checkpoint(checkpoint, tune)
-    threshold = _choose(tuned, calibration)
+    y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
+    if crossfit:
+        copies_b = max(
+            1, min(MAX_SITE_COPIES, round(params.get("site_weight", 1.0) * len(pool) / len(tune)))
+        )
+        other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
+        swapped = evaluate_checkpoint(other, fit)
+        y_oof += list(swapped.y_true)
+        s_oof += list(swapped.scores)
+        other.unlink()
+    threshold = choose_threshold_by_rule(
+        y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
+    )
     name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=user)
     checkpoint.unlink()
@@ -340,7 +349,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     )
     verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}
     ModelVersion.objects.filter(pk=candidate.pk).update(
-        parent=version, gate=verdict, training_log=log.getvalue()
+        parent=version, gate=verdict, training_log=log
     )
     site_threshold_activate(
         site=site, version=candidate, threshold=threshold, user=None,
@@ -360,6 +369,8 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
         "n_tune": len(tune),
         "n_base": len(pool),
         "site_copies": copies,
+        "crossfit": crossfit,
+        "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
         "gate": verdict,
         "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
                    "specificity": calibration.specificity, "threshold": calibration.threshold},
@@ -368,11 +379,22 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     return candidate, figures, evaluation
 
 
-def _choose(evaluation, calibration) -> float:
-    """The calibration's rule and target, applied to the adapted model's tune-part scores."""
-    from ml.metrics import choose_threshold_by_rule
+def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):
+    """(checkpoint, training log): `version` fine-tuned on `train_items` by ml.train, with the
+    adaptation's schedule (ADAPT_DEFAULTS, or the flags in `params`)."""
+    from diagnosis.services.training import RETRAIN_DEFAULTS, TRAIN_FLAGS
+    from ml.data import write_manifest
+    from ml.train import get_args_parser, main
 
-    return choose_threshold_by_rule(
-        list(evaluation.y_true), list(evaluation.scores), rule=calibration.rule,
-        target=calibration.target or 0.0,
-    )  # fmt: skip
+    args = get_args_parser(add_help=False, source=False).parse_args([])
+    chosen = {k: params[k] for k in TRAIN_FLAGS if k in params}
+    for key, value in (RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen).items():
+        setattr(args, key, value)
+    args.manifest = write_manifest(workdir / "train.csv", train_items)
+    args.val_manifest = write_manifest(workdir / "tune.csv", val_items)
+    args.data, args.out = None, workdir / "adapted.pt"
+    args.init_checkpoint = inference.model_path(version)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        checkpoint = Path(main(args))
+    return checkpoint, log.getvalue()

@@ -306,14 +306,19 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     assert "passed" in candidate.gate
     row = SiteThreshold.objects.get(site=site, model_version=candidate)
     assert row.threshold == adapted["threshold"]
-    # The fine-tune saw no evaluation case: the site rows of its training manifest are all
-    # calibration cases.
-    train_csv = next(Path(settings.VAR_DIR, "training").glob("site-inverted-*/train.csv"))
-    with open(train_csv, newline="") as f:
-        sources = {row["source"] for row in csv.DictReader(f)}
-    site_rows = {int(s.split(":")[1]) for s in sources if s.startswith("study:")}
-    assert site_rows and site_rows <= set(calibrated["cal_studies"])
-    assert not site_rows & set(calibrated["eval_studies"])
+    # Cross-fitted: the threshold was chosen on every calibration case, each scored by the
+    # fine-tune that did not train on it. Neither fine-tune saw an evaluation case: the site
+    # rows of their training manifests are calibration cases, and the two halves are disjoint.
+    assert adapted["crossfit"] and adapted["n_threshold"] == calibrated["n_cal"]
+    halves, training = [], Path(settings.VAR_DIR, "training")
+    for part in ("a", "b"):
+        train_csv = next(training.glob(f"site-inverted-*/{part}/train.csv"))
+        with open(train_csv, newline="") as f:
+            sources = {row["source"] for row in csv.DictReader(f)}
+        halves.append({int(s.split(":")[1]) for s in sources if s.startswith("study:")})
+    assert halves[0] and halves[1] and not halves[0] & halves[1]
+    assert halves[0] | halves[1] == set(calibrated["cal_studies"])
+    assert not (halves[0] | halves[1]) & set(calibrated["eval_studies"])
 
 
 def test_an_admin_restores_the_versions_own_threshold_from_the_site_page(audit, ada, alice):

@@ -86,6 +86,13 @@ class Command(BaseCommand):
             default=1.0,
             help="the site's cases are repeated to carry this times the base pool's loss",
         )
+        adapt.add_argument(
+            "--no-crossfit",
+            dest="crossfit",
+            action="store_false",
+            help="choose the adapted model's threshold on the half of the calibration part it "
+            "did not see, without a second fine-tune to score the other half (half the time)",
+        )
         adapt.add_argument("--freeze-epochs", type=int, help="default 1")
         adapt.add_argument("--epochs", type=int, help="unfrozen epochs, default 2")
         adapt.add_argument("--img-size", type=int, help="default: the model's")
@@ -109,7 +116,12 @@ class Command(BaseCommand):
                 k: o[k]
                 for k in ("freeze_epochs", "epochs", "img_size", "limit_per_class", "site_weight")
                 if o[k] is not None
-            } | {"base_data": o["base_data"], "promote": o["promote"], "seed": o["seed"]}
+            } | {
+                "base_data": o["base_data"],
+                "promote": o["promote"],
+                "seed": o["seed"],
+                "crossfit": o["crossfit"],
+            }
             audit = services.site_audit_run(
                 site=site,
                 user=user,
