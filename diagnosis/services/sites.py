@@ -206,10 +206,22 @@ def site_audit_run(
             eval_idx=eval_idx, calibration=calibration, user=user, params=adapt_params or {},
             say=say,
         )  # fmt: skip
-    return _store_audit(
-        site=site, version=version, user=user, data_source=data_source or "reviewed studies",
-        threshold=threshold, metrics=metrics, evaluations=evaluations, candidate=candidate,
-    )  # fmt: skip
+    try:
+        audit = _store_audit(
+            site=site, version=version, user=user, data_source=data_source or "reviewed studies",
+            threshold=threshold, metrics=metrics, evaluations=evaluations, candidate=candidate,
+        )  # fmt: skip
+    except BaseException:
+        if candidate is not None:
+            _discard(candidate)
+        raise
+    if (
+        candidate is not None
+        and candidate.gate.get("passed")
+        and (adapt_params or {}).get("promote")
+    ):
+        model_version_activate(version=candidate, user=user, reason=f"adapted to {site.name}")
+    return audit
 
 
 def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
@@ -279,13 +291,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     on the other half scores the first, and the threshold is chosen on all the calibration
     cases' out-of-fold scores (twice the training time). The candidate is the first model."""
     from diagnosis.services.cleaning import training_pool
-    from diagnosis.services.registry import evaluation_create
-    from diagnosis.services.training import (
-        _evaluation_on,
-        _limit_base,
-        gate_decide,
-        validation_split_get_or_create,
-    )
+    from diagnosis.services.training import _limit_base
     from ml.calibration import calibration_split
     from ml.evaluate import evaluate_checkpoint
     from ml.metrics import choose_threshold_by_rule
@@ -334,29 +340,20 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     threshold = choose_threshold_by_rule(
         y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
     )
+    eval_items = [items[i] for i in eval_idx]
     name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=user)
     checkpoint.unlink()
-    evaluation = evaluate_checkpoint(
-        inference.model_path(candidate), [items[i] for i in eval_idx], threshold=threshold
-    )
-    # The same gate as any retrain, on the frozen validation split of the base population.
-    split = validation_split_get_or_create(base_data=base_data, user=user)
-    val_csv = Path(default_storage.path(split.manifest))
-    candidate_eval = evaluation_create(version=candidate, data=val_csv, user=user)
-    active_eval = _evaluation_on(version, split) or evaluation_create(
-        version=version, data=val_csv, user=user
-    )
-    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}
+    try:
+        evaluation, verdict = _judge(
+            candidate, version, site, eval_items, threshold, base_data, user
+        )
+    except BaseException:
+        _discard(candidate)  # no candidate without the audit that made it
+        raise
     ModelVersion.objects.filter(pk=candidate.pk).update(
         parent=version, gate=verdict, training_log=log
     )
-    site_threshold_activate(
-        site=site, version=candidate, threshold=threshold, user=None,
-        reason=f"chosen when {candidate.name} was adapted to {site.name}",
-    )  # fmt: skip
-    if verdict["passed"] and params.get("promote"):
-        model_version_activate(version=candidate, user=user, reason=f"adapted to {site.name}")
     say(
         f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
         f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
@@ -377,6 +374,46 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     }  # fmt: skip
     candidate.refresh_from_db()
     return candidate, figures, evaluation
+
+
+def _judge(candidate, version, site, eval_items, threshold, base_data, user):
+    """(evaluation on the site's evaluation part, gate verdict) of an adapted candidate, whose
+    threshold is then set for the site. The gate is the one any retrain goes through, on the
+    frozen validation split of the base population."""
+    from diagnosis.services.registry import evaluation_create
+    from diagnosis.services.training import (
+        _evaluation_on,
+        gate_decide,
+        validation_split_get_or_create,
+    )
+    from ml.evaluate import evaluate_checkpoint
+
+    evaluation = evaluate_checkpoint(
+        inference.model_path(candidate), eval_items, threshold=threshold
+    )
+    split = validation_split_get_or_create(base_data=base_data, user=user)
+    val_csv = Path(default_storage.path(split.manifest))
+    candidate_eval = evaluation_create(version=candidate, data=val_csv, user=user)
+    active_eval = _evaluation_on(version, split) or evaluation_create(
+        version=version, data=val_csv, user=user
+    )
+    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}
+    site_threshold_activate(
+        site=site, version=candidate, threshold=threshold, user=None,
+        reason=f"chosen when {candidate.name} was adapted to {site.name}",
+    )  # fmt: skip
+    return evaluation, verdict
+
+
+def _discard(candidate: ModelVersion) -> None:
+    """Delete an adapted candidate whose audit could not be stored: its rows (evaluations and
+    site thresholds go with it) and its files."""
+    names = [candidate.file, *candidate.plots.values()]
+    for evaluation in candidate.evaluations.all():
+        names += list(evaluation.plots.values())
+    candidate.delete()
+    for name in names:
+        default_storage.delete(name)
 
 
 def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):

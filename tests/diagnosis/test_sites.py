@@ -321,6 +321,47 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     assert not (halves[0] | halves[1]) & set(calibrated["eval_studies"])
 
 
+def test_a_failed_adaptation_leaves_no_candidate_behind(
+    base, random_active, rita, ada, site_b, tmp_path, settings, monkeypatch
+):
+    """The candidate is registered before the gate judges it: when the gate (or storing the
+    audit) fails, the candidate goes with its evaluations, site threshold and files."""
+    import shutil
+
+    from diagnosis.models import Evaluation, ValidationSplit
+    from diagnosis.services import sites, training
+
+    labeled_studies(site_b, rita, n_per_class=8)
+    made = make_checkpoint(tmp_path / "adapted.pt", fc_scale=3.0)
+    copies = iter(range(10))
+
+    def fine_tune(version, train_items, val_items, workdir, params):
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"adapted-{next(copies)}.pt"
+        shutil.copy(made, path)  # a real checkpoint, not trained: this test is about cleanup
+        return path, "log"
+
+    def broken_gate(candidate, active):
+        raise RuntimeError("the gate broke")
+
+    monkeypatch.setattr(sites, "_fine_tune", fine_tune)
+    monkeypatch.setattr(training, "gate_decide", broken_gate)
+    media = Path(settings.MEDIA_ROOT)
+    files_before = {p for p in media.rglob("*") if p.is_file()}
+    versions = set(ModelVersion.objects.values_list("name", flat=True))
+
+    with pytest.raises(RuntimeError, match="the gate broke"):
+        services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params={"seed": 0})
+
+    assert set(ModelVersion.objects.values_list("name", flat=True)) == versions
+    assert not SiteAudit.objects.exists() and not SiteThreshold.objects.exists()
+    # What may remain is what belongs to the audited model: its evaluation on the frozen
+    # validation split the gate asked for, and that split.
+    kept = {media / name for e in Evaluation.objects.all() for name in e.plots.values()}
+    kept |= {media / s.manifest for s in ValidationSplit.objects.all()}
+    assert {p for p in media.rglob("*") if p.is_file()} - files_before <= kept
+
+
 def test_an_admin_restores_the_versions_own_threshold_from_the_site_page(audit, ada, alice):
     client = Client()
     client.force_login(ada)
