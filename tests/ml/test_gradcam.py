@@ -168,5 +168,7 @@ def test_a_batch_gives_each_image_the_map_and_result_it_gets_alone(predictor: Pr
         assert prediction.probability == pytest.approx(alone.probability, abs=1e-5)
         assert prediction.label == alone.label
         difference = np.abs(np.asarray(heatmap, np.int16) - np.asarray(alone_heatmap, np.int16))
-        assert difference.max() <= 2  # the same map, up to float rounding in the batch
+        # The same map, up to float rounding in the batch (which the colour map can turn into
+        # a few grey levels at a pixel); another image's map would differ everywhere.
+        assert difference.max() <= 4 and difference.mean() < 0.1
     assert _no_hooks(predictor.model)
