@@ -278,8 +278,9 @@ def audit_json(audit: SiteAudit) -> str:
 
 def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user, params, say):
     """Fine-tune `version` on the base pool plus half the calibration part (weighted up),
-    choose its threshold on the other half, measure both models on the evaluation part, and
-    put the candidate through the retraining gate. Returns (candidate, figures, evaluation).
+    choose its threshold on calibration cases it did not see, measure both models on the
+    evaluation part, and put the candidate through the retraining gate (_judge; a candidate
+    that fails there is discarded). Returns (candidate, figures, evaluation).
 
     The recipe: continuing from the audited model keeps what it knows; the base pool is
     rehearsed so the model does not forget the population it was validated on (the gate
