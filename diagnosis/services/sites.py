@@ -309,11 +309,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     pool = _limit_base(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
     if not pool:
         raise ValueError("no base training pool (TRAINING_BASE_DATA): adaptation rehearses it")
-    # Weighted up by repetition, not by a loss weight: a loss weight of 8 is a learning rate
-    # 8 times larger on the batches that hold a site image, which made the fine-tune diverge.
-    copies = max(
-        1, min(MAX_SITE_COPIES, round(params.get("site_weight", 1.0) * len(pool) / len(fit)))
-    )
+    copies = _site_copies(len(pool), len(fit), params)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(settings.VAR_DIR) / "training" / f"site-{site.name}-{stamp}"
     crossfit = params.get("crossfit", True)
@@ -330,9 +326,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     tuned = evaluate_checkpoint(checkpoint, tune)
     y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
     if crossfit:
-        copies_b = max(
-            1, min(MAX_SITE_COPIES, round(params.get("site_weight", 1.0) * len(pool) / len(tune)))
-        )
+        copies_b = _site_copies(len(pool), len(tune), params)
         other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
         swapped = evaluate_checkpoint(other, fit)
         y_oof += list(swapped.y_true)
@@ -375,6 +369,15 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     }  # fmt: skip
     candidate.refresh_from_db()
     return candidate, figures, evaluation
+
+
+def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
+    """How many times each site image is repeated in a fine-tune, so that the site's images
+    carry `site_weight` x the base pool's share of the loss (at most MAX_SITE_COPIES).
+    Weighted up by repetition, not by a loss weight: a loss weight of 8 is a learning rate 8
+    times larger on the batches that hold a site image, which made the fine-tune diverge."""
+    wanted = round(params.get("site_weight", 1.0) * n_pool / n_site)
+    return max(1, min(MAX_SITE_COPIES, wanted))
 
 
 def _judge(candidate, version, site, eval_items, threshold, base_data, user):

@@ -271,37 +271,38 @@ class Command(BaseCommand):
         rows.append(("upload -> prediction at idle p50 / p95 (s)", ps(latencies, (50, 95), ".3f")))
         r = burst(url, tokens, paths[:n])
         runtime = ",".join(r["runtimes"]) or "?"
-        ratio = r["drain_per_s"] / throughput[runtime] if runtime in throughput else float("nan")
-        drained = f"{r['drain_per_s']:.2f} predictions/s = {ratio:.2f} x model-only b16"
-        backlog = "no backlog: the worker kept pace with the uploads"
-        if r["backlog_per_s"] is not None and runtime in throughput:
-            rate = r["backlog_per_s"]
-            backlog = (
-                f"{rate:.2f} predictions/s = {rate / throughput[runtime]:.2f} x model-only b16"
-            )
         rows += [
             (f"burst: {n} uploads from {c} clients, accepted",
              f"{r['accepted']} ({r['uploads_per_s']:.1f}/s)"),
             ("burst: upload latency p50 / p95 (s)", ps(r["upload_latency"], (50, 95), ".3f")),
-            (f"burst: drained (worker runtime {runtime})", drained),
+            (f"burst: drained (worker runtime {runtime})",
+             _against(r["drain_per_s"], runtime, throughput)),
             ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
             ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
         ]  # fmt: skip
-        if not (n_backlog and held is not None):
-            # The worker's pace, roughly, without a held backlog to measure it on (--url).
-            rows.append(("burst: backlog drained after the last upload", backlog))
         if n_backlog and held is not None:
             b = held_backlog(url, tokens, paths[n : n + n_backlog], held=held)
             runtime = ",".join(b["runtimes"]) or "?"
-            rate = b["drain_per_s"]
-            ratio = rate / throughput[runtime] if runtime in throughput else float("nan")
             rows.append((
                 f"worker drain: {n_backlog} uploads queued, worker held, then released",
-                f"{rate:.2f} predictions/s = {ratio:.2f} x model-only b16 ({runtime}); "
+                f"{_against(b['drain_per_s'], runtime, throughput)} ({runtime}); "
                 f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
+            ))  # fmt: skip
+        else:  # the worker's pace, roughly, without a held backlog to measure it on (--url)
+            rate = r["backlog_per_s"]
+            rows.append((
+                "burst: backlog drained after the last upload",
+                "no backlog: the worker kept pace with the uploads"
+                if rate is None else _against(rate, runtime, throughput),
             ))  # fmt: skip
         web, worker = rss()
         rows.append(("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"))
+
+
+def _against(rate: float, runtime: str, throughput: dict[str, float]) -> str:
+    """A drain rate and its ratio to the runtime's model-only batch-16 throughput."""
+    ratio = rate / throughput[runtime] if runtime in throughput else float("nan")
+    return f"{rate:.2f} predictions/s = {ratio:.2f} x model-only b16"
 
 
 @contextmanager
