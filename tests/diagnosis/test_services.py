@@ -313,6 +313,61 @@ def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
     assert (first.status, first.heatmap_due, first.heatmap.name) == ("done", False, "")
 
 
+def test_an_unreadable_stored_image_fails_alone_and_its_batch_is_recorded(
+    alice, xray_upload, active_model, settings
+):
+    settings.PREDICTION_BATCH_SIZE = 3
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
+    ]
+    Path(studies[1].image.path).write_bytes(b"\xff\xd8 not a JPEG any more")  # the disk decayed
+
+    services.prediction_run(studies[0].predictions.get().pk)
+
+    good, bad, other = (s.predictions.get() for s in studies)
+    assert (good.status, other.status, bad.status) == ("done", "done", "failed")
+    assert 0.0 <= good.probability <= 1.0 and good.label and good.error == ""
+    assert bad.error.startswith("ImageDecodeError") and not bad.model_error
+    assert (bad.label, bad.probability, bad.heatmap_due) == ("", None, False)
+    assert bad.model_version == active_model and bad.finished_at is not None
+
+
+def test_a_batch_leaves_a_row_another_worker_took_over_as_that_worker_wrote_it(
+    alice, xray_upload, active_model, settings, monkeypatch
+):
+    from diagnosis.services import predictions
+
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_HEATMAPS = 3, "inline"
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
+    ]
+    taken = studies[2].predictions.get()
+    run_batch = predictions._run_batch
+
+    def slow_batch(*args):
+        results = run_batch(*args)
+        # Meanwhile this worker's lease ran out and another worker took one row and finished.
+        Prediction.objects.filter(pk=taken.pk).update(
+            claim="other", status="done", probability=0.125, heatmap="heatmaps/other.png"
+        )
+        return results
+
+    monkeypatch.setattr(predictions, "_run_batch", slow_batch)
+    heatmaps = Path(settings.MEDIA_ROOT) / "heatmaps"
+    before = set(heatmaps.glob("*.png"))
+    services.prediction_run(studies[0].predictions.get().pk)
+
+    taken.refresh_from_db()
+    assert (taken.claim, taken.probability, taken.heatmap.name) == (
+        "other", 0.125, "heatmaps/other.png"
+    )  # fmt: skip
+    ours = [s.predictions.get() for s in studies[:2]]
+    assert all(p.status == "done" and p.claim not in ("", "other") for p in ours)
+    # The heatmap drawn for the row the other worker took is not left behind.
+    drawn = {p.name for p in set(heatmaps.glob("*.png")) - before}
+    assert drawn == {Path(p.heatmap.name).name for p in ours}
+
+
 def test_an_isolated_upload_runs_at_once_as_a_batch_of_one(
     alice, xray_upload, active_model, settings
 ):
