@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What open_image() reads: a path, the encoded bytes, or a binary file object.
 ImageSource = str | os.PathLike | bytes | BinaryIO
+
+T = TypeVar("T")
 
 # Modes that hold more than 8 bits per pixel; they are windowed down to 8-bit grayscale.
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -114,6 +117,20 @@ def open_image(source: ImageSource, *, size: int | None = None) -> Image.Image:
         raise ImageDecodeError("not a readable image: cannot identify image file") from exc
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, EOFError, ...
         raise ImageDecodeError(f"not a readable image: {exc}") from exc
+
+
+def load_each(sources: Sequence[ImageSource], load: Callable[[ImageSource], T]) -> list[T]:
+    """`load(source)` for each source, in order. A source that fails raises ImageDecodeError
+    naming it (its path, or its position in the batch): an evaluation over hundreds of files
+    must say which one is bad."""
+    loaded = []
+    for i, source in enumerate(sources):
+        try:
+            loaded.append(load(source))
+        except ImageDecodeError as exc:
+            name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"#{i}"
+            raise ImageDecodeError(f"image {name}: {exc}") from exc
+    return loaded
 
 
 def _to_grayscale(img: Image.Image) -> Image.Image:

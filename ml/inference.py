@@ -21,10 +21,10 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
-from ml.core import Prediction
+from ml.core import Prediction, load_each
 from ml.gradcam import grad_cams, overlay
 from ml.models import target_layer
-from ml.preprocessing import ImageDecodeError, ImageSource, image_to_tensor, open_image
+from ml.preprocessing import ImageSource, image_to_tensor, open_image
 
 # Long side of the image explain() draws its heatmap on: enough to read on a study page,
 # small enough that a PNG per prediction stays a few hundred kB.
@@ -80,7 +80,7 @@ class Predictor:
         return image_to_tensor(open_image(source, size=pre.input_size), pre)  # (3, S, S)
 
     @torch.inference_mode()
-    def _positive_probabilities(self, x: torch.Tensor) -> list[float]:
+    def positive_probabilities(self, x: torch.Tensor) -> list[float]:
         x = x.to(self.device, memory_format=torch.channels_last)  # (B, 3, S, S)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, half or torch.bfloat16, enabled=half is not None):
@@ -91,35 +91,26 @@ class Predictor:
         """`source` is anything `open_image` takes: a path, bytes or a binary file object."""
         t = self._threshold(threshold)
         start = time.perf_counter()
-        (probability,) = self._positive_probabilities(self._load(source).unsqueeze(0))
+        (probability,) = self.positive_probabilities(self._load(source).unsqueeze(0))
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         return Prediction(self._label(probability, t), probability, t, elapsed_ms)
+
+    def inputs(self, sources: Sequence[ImageSource]) -> torch.Tensor:
+        """Decoded and preprocessed images, (B, 3, S, S) float32 (ml.core.load_each)."""
+        return torch.stack(load_each(sources, self._load))
 
     def predict_batch(
         self, sources: Sequence[ImageSource], *, threshold: float | None = None
     ) -> list[Prediction]:
-        """One forward pass for all images; each elapsed_ms is its own decode + preprocess plus
-        an equal share of the batched forward pass."""
+        """One forward pass for all images; each elapsed_ms is an equal share of the batch's
+        decoding, preprocessing and forward pass."""
         t = self._threshold(threshold)
         if not sources:
             return []
-        tensors, decode_ms = [], []
-        for i, source in enumerate(sources):
-            start = time.perf_counter()
-            try:
-                tensors.append(self._load(source))
-            except ImageDecodeError as exc:
-                # Say which one: an evaluation over hundreds of files must name the bad file.
-                name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"#{i}"
-                raise ImageDecodeError(f"image {name}: {exc}") from exc
-            decode_ms.append((time.perf_counter() - start) * 1000.0)
         start = time.perf_counter()
-        probabilities = self._positive_probabilities(torch.stack(tensors))  # (B, 3, S, S) in
-        forward_share = (time.perf_counter() - start) * 1000.0 / len(tensors)
-        return [
-            Prediction(self._label(p, t), p, t, ms + forward_share)
-            for p, ms in zip(probabilities, decode_ms, strict=True)
-        ]
+        probabilities = self.positive_probabilities(self.inputs(sources))
+        each_ms = (time.perf_counter() - start) * 1000.0 / len(sources)
+        return [Prediction(self._label(p, t), p, t, each_ms) for p in probabilities]
 
     def explain(
         self, source: ImageSource, *, threshold: float | None = None
@@ -144,8 +135,8 @@ class Predictor:
             return []
         data = _bytes_or_paths(sources)
         start = time.perf_counter()
-        x = torch.stack([self._load(source) for source in data])  # (B, 3, S, S)
-        probabilities = self._positive_probabilities(x)
+        x = self.inputs(data)  # (B, 3, S, S)
+        probabilities = self.positive_probabilities(x)
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(data)
         return [
             (Prediction(self._label(probability, t), probability, t, elapsed_ms), image)
@@ -158,7 +149,7 @@ class Predictor:
         if not sources:
             return []
         data = _bytes_or_paths(sources)
-        return self._overlays(data, torch.stack([self._load(source) for source in data]))
+        return self._overlays(data, self.inputs(data))
 
     def _overlays(self, data: list, x: torch.Tensor) -> list[Image.Image]:
         with self._explain_lock:

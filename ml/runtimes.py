@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from ml.core import (
-    ImageDecodeError,
     ImageSource,
     Prediction,
     Preprocessing,
     image_to_array,
+    load_each,
     open_image,
 )
 
@@ -76,6 +76,11 @@ class OnnxPredictor:
             else self.class_names[1 - self._positive]
         )
 
+    def inputs(self, sources: Sequence[ImageSource]) -> np.ndarray:
+        """Decoded and preprocessed images, (B, 3, S, S) float32 (ml.core.load_each)."""
+        size, pre = self.preprocessing.input_size, self.preprocessing
+        return np.stack(load_each(sources, lambda s: image_to_array(open_image(s, size=size), pre)))
+
     def positive_probabilities(self, x: np.ndarray) -> list[float]:
         """(B, 3, S, S) float32 inputs -> P(positive) per image."""
         (logits,) = self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})
@@ -87,17 +92,9 @@ class OnnxPredictor:
         t = self.threshold if threshold is None else float(threshold)
         if not sources:
             return []
-        size = self.preprocessing.input_size
         start = time.perf_counter()
-        arrays = []
-        for i, source in enumerate(sources):
-            try:
-                arrays.append(image_to_array(open_image(source, size=size), self.preprocessing))
-            except ImageDecodeError as exc:
-                name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"#{i}"
-                raise ImageDecodeError(f"image {name}: {exc}") from exc
-        probabilities = self.positive_probabilities(np.stack(arrays))
-        each_ms = (time.perf_counter() - start) * 1000.0 / len(arrays)
+        probabilities = self.positive_probabilities(self.inputs(sources))
+        each_ms = (time.perf_counter() - start) * 1000.0 / len(sources)
         return [Prediction(self._label(p, t), p, t, each_ms) for p in probabilities]
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:

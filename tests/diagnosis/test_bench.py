@@ -23,5 +23,7 @@ def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     torch_row = next(line for line in out.splitlines() if "| model only, torch " in line)
     assert "b1 " in torch_row and "b16 " in torch_row and "(1.00x)" in torch_row
     assert "model only, onnx-fp32 (not gated)" in out
+    # Whether decoding pays to overlap with the forward pass, on the images it would upload.
+    assert "decode + model, torch, b16 (16 of --images)" in out and "decoded on a second" in out
     assert "full-resolution JPEG (4 images)" in out and "16-bit DICOM" in out
     assert "platform" not in out and "burst" not in out  # --no-platform: nothing started
