@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
+from diagnosis import services
+from diagnosis.models import Prediction, Study
 from tests.synthetic import write_dataset
 
 
 def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     db, tmp_path, checkpoint_path, capsys
 ):
-    from diagnosis import services
-
     services.model_version_register(path=checkpoint_path, name="bench-v1", activate=True)
     write_dataset(tmp_path / "train", 8, size=64, seed=1)
     write_dataset(tmp_path / "full", 2, size=400, seed=2)
@@ -27,3 +29,14 @@ def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     assert "decode + model, torch, b16 (16 of --images)" in out and "decoded on a second" in out
     assert "full-resolution JPEG (4 images)" in out and "16-bit DICOM" in out
     assert "platform" not in out and "burst" not in out  # --no-platform: nothing started
+
+
+def test_the_bench_refuses_a_database_with_predictions_waiting(db, checkpoint_path, alice):
+    services.model_version_register(path=checkpoint_path, name="bench-v1", activate=True)
+    study = Study.objects.create(
+        image="studies/x.jpeg", sha256="0" * 64, width=8, height=8, uploaded_by=alice
+    )
+    Prediction.objects.create(study=study)  # pending: a worker's batch would take it
+
+    with pytest.raises(CommandError, match="1 predictions are pending or running"):
+        call_command("bench", "--runtimes", "torch")

@@ -97,6 +97,8 @@ class Command(BaseCommand):
         )
         if version is None:
             raise CommandError("No such model version, and none is active.")
+        if not no_platform:
+            _refuse_a_backlog()
         images, n, n_idle = options["images"], options["n"], options["idle"]
         n_backlog = 0 if url else options["backlog"]
         paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
@@ -308,6 +310,22 @@ class Command(BaseCommand):
             ))  # fmt: skip
         web, worker = rss()
         rows.append(("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"))
+
+
+def _refuse_a_backlog() -> None:
+    """A worker's batch claims the oldest pending predictions of any study, so predictions
+    already waiting in this database would be measured with the bench's own."""
+    from diagnosis.models import Prediction
+
+    waiting = Prediction.objects.filter(
+        status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
+    ).count()
+    if waiting:
+        raise CommandError(
+            f"{waiting} predictions are pending or running in this database, and the worker "
+            "would run them during the measurement. Let a worker finish them, or run the bench "
+            "in a database of its own (VAR_DIR=/tmp/benchvar: migrate, then register_model)."
+        )
 
 
 def _decode_rates(predictor, sources: list[bytes], batch: int = 16) -> tuple[float, float]:
