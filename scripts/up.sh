@@ -54,14 +54,28 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+# Runs "$@" again whenever it exits, until told to stop (as docker-compose's restart policy
+# does): kombu 5.7 ends a worker when Redis goes away with a task unacknowledged, and the
+# predictions it held are then redelivered or swept by the restarted one.
+respawn() {
+  local child
+  trap 'kill "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+  while true; do
+    "$@" &
+    child=$!
+    wait "$child" && status=0 || status=$?
+    echo "==> exited with status $status; starting it again in 2 s"
+    sleep 2
+  done
+}
+
 QUEUE=${CELERY_TASK_DEFAULT_QUEUE:-pneumo}
 echo "==> Starting the prediction worker (log: var/log/worker.log)"
-"$PY" -m celery -A pneumo_site worker --beat --concurrency 1 --loglevel INFO -Q "$QUEUE" \
-  -n "predict@%h" > var/log/worker.log 2>&1 &
-worker=$!
-pids+=("$worker")
+respawn "$PY" -m celery -A pneumo_site worker --beat --concurrency 1 --loglevel INFO \
+  -Q "$QUEUE" -n "predict@%h" > var/log/worker.log 2>&1 &
+pids+=($!)
 echo "==> Starting the training worker (log: var/log/training-worker.log)"
-"$PY" -m celery -A pneumo_site worker --concurrency 1 --loglevel INFO \
+respawn "$PY" -m celery -A pneumo_site worker --concurrency 1 --loglevel INFO \
   -Q "${TRAINING_QUEUE:-$QUEUE-training}" -n "training@%h" > var/log/training-worker.log 2>&1 &
 pids+=($!)
 
@@ -90,5 +104,6 @@ echo "==> Web server on http://127.0.0.1:$PORT/ (Ctrl-C stops everything)"
   --access-logfile - &
 web=$!
 pids+=("$web")
-# Stop when the web server or the worker stops (the demo training may end on its own).
-wait -n "$web" "$worker"
+# Stop when the web server stops (the workers are started again when they stop, and the
+# demo training may end on its own).
+wait "$web"

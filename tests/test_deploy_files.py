@@ -36,6 +36,8 @@ def test_it_describes_web_workers_beat_redis_and_postgres_in_compose():
         assert env["DEBUG"] == "false"
         assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
         assert set(services[name]["depends_on"]) == {"redis", "postgres"}
+    # A crashed worker (or any service) comes back by itself.
+    assert {services[name].get("restart") for name in services} == {"unless-stopped"}
     assert "celery -A pneumo_site worker -Q pneumo " in services["worker"]["command"]
     assert "worker -Q pneumo-training " in services["training-worker"]["command"]
     assert "celery -A pneumo_site beat" in services["beat"]["command"]
