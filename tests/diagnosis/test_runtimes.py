@@ -137,9 +137,46 @@ def test_the_device_is_the_gpu_only_when_there_is_one(settings, monkeypatch):
     assert torch_device() == "cpu"
 
 
-def test_fp16_is_a_precision_the_predictor_accepts(checkpoint_path):
+def test_fp16_the_gpu_precision_predicts_as_fp32_does_and_explains_in_fp32(checkpoint_path):
     from ml.inference import Predictor
+    from tests.conftest import jpeg_bytes
 
     with pytest.raises(ValueError, match="precision"):
         Predictor.from_checkpoint(checkpoint_path, precision="int4")
-    assert Predictor.from_checkpoint(checkpoint_path, precision="fp16").precision == "fp16"
+    # The GPU's autocast, run on the CPU (torch has fp16 autocast there too).
+    half = Predictor.from_checkpoint(checkpoint_path, precision="fp16")
+    full = Predictor.from_checkpoint(checkpoint_path)
+    images = [jpeg_bytes(label, seed=i) for i, label in enumerate(["NORMAL", "PNEUMONIA"] * 2)]
+    for a, b in zip(half.predict_batch(images), full.predict_batch(images), strict=True):
+        assert a.probability == pytest.approx(b.probability, abs=0.02)
+    (prediction, heatmap), *_ = half.explain_batch(images)
+    assert heatmap.mode == "RGB" and prediction.label in ("NORMAL", "PNEUMONIA")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(
+    not _cuda(), reason="no CUDA device here: the GPU path runs where a card is (a device machine)"
+)
+def test_on_a_gpu_the_worker_predicts_in_half_precision_and_draws_heatmaps(
+    alice, xray_upload, active_model, settings
+):
+    from diagnosis import inference
+    from ml.inference import Predictor
+
+    settings.INFERENCE_DEVICE, settings.PREDICTION_HEATMAPS = "auto", "inline"
+    study = services.study_create(uploaded_by=alice, image=xray_upload(label="PNEUMONIA"))
+    prediction = services.prediction_run(study.predictions.get().pk)
+
+    assert prediction.status == "done", prediction.error
+    predictor = inference.predictor_for(active_model)
+    assert predictor.device.type == "cuda" and predictor.precision in ("bf16", "fp16")
+    assert prediction.heatmap  # Grad-CAM in fp32 on the card
+    on_cpu = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
+    assert prediction.probability == pytest.approx(
+        on_cpu.predict(study.image.path).probability, abs=0.02
+    )
