@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 
 from diagnosis import services
@@ -21,6 +21,26 @@ def _set_threads(**_) -> None:
         import torch
 
         torch.set_num_threads(settings.INFERENCE_THREADS)
+
+
+@worker_ready.connect
+def _load_model_early(sender, **_) -> None:
+    # A worker on the prediction queue asks itself, through that queue, to load the active
+    # model now rather than on its first upload. Tasks already queued go first; with
+    # --concurrency 1 (README, "Workers") the one pool process is the one that loads it.
+    if settings.CELERY_TASK_DEFAULT_QUEUE not in sender.app.amqp.queues.consume_from:
+        return  # the training worker
+    try:
+        load_model.apply_async(retry=False)
+    except Exception:
+        logger.warning("Broker unavailable; the model loads with the first prediction.")
+
+
+@shared_task
+def load_model() -> None:
+    name = services.prediction_model_load()
+    if name is not None:
+        logger.info("Model %s loaded before the first upload", name)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

@@ -11,6 +11,7 @@ from diagnosis.services.cleaning import cleaning_decide, cleaning_run_create, tr
 from diagnosis.services.predictions import (
     heatmaps_draw,
     prediction_enqueue,
+    prediction_model_load,
     prediction_run,
     predictions_sweep,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "model_version_register",
     "model_version_rollback",
     "prediction_enqueue",
+    "prediction_model_load",
     "prediction_run",
     "predictions_sweep",
     "review_create",

@@ -56,6 +56,17 @@ def predictions_sweep() -> int:
     return sent
 
 
+def prediction_model_load() -> str | None:
+    """Load the active model in this process now (a worker that has just started), so that
+    its first prediction does not wait for it (~7 s with torch). Returns the version's name,
+    or None when no model is active."""
+    version = selectors.model_version_active()
+    if version is None:
+        return None
+    inference.predictor_for(version)
+    return version.name
+
+
 def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
     """Take predictions for this worker with conditional UPDATEs under one claim token: this
     task's own (unless another worker has it), then up to batch_size - 1 other pending ones,

@@ -61,10 +61,11 @@ def test_a_worker_killed_mid_prediction_leaves_one_result_after_a_restart(
 ):
     # A short lease, so that the restarted worker's sweeper takes the orphan back soon.
     fast = {"PREDICTION_LEASE_SECONDS": "4", "SWEEP_INTERVAL_SECONDS": "1"}
-    worker = start_worker(**fast)
     [study_id], _ = upload_in_a_web_process(images(tmp_path, 1))
-    # The first task of a fresh worker imports torch and loads the model after claiming the
-    # prediction: kill the whole worker while the prediction is running.
+    worker = start_worker(**fast)
+    # A fresh worker takes the queued prediction before its request to load the model early,
+    # so it imports torch and loads the model after claiming the prediction: kill the whole
+    # worker while the prediction is running.
     wait_until(lambda: status_of(study_id) == "running", timeout=60, what="running", process=worker)
     worker.kill()
     assert status_of(study_id) == "running"
@@ -139,10 +140,10 @@ def test_a_prediction_running_when_redis_dies_is_done_once_after_a_restart(
     }  # fmt: skip
     redis = _start_redis(port)
     try:
-        worker = start_worker("--beat", **fast)
         [study_id], _ = upload_in_a_web_process(images(tmp_path, 1), **fast)
-        # A fresh worker's first task loads the model after claiming: Redis dies meanwhile,
-        # with the task's message unacknowledged (acks_late).
+        worker = start_worker("--beat", **fast)
+        # A fresh worker's first task (the queued upload) loads the model after claiming:
+        # Redis dies meanwhile, with the task's message unacknowledged (acks_late).
         wait_until(lambda: status_of(study_id) == "running", timeout=60, what="running")
         redis.kill()
         time.sleep(3)

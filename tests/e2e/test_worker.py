@@ -198,3 +198,16 @@ def test_it_switches_a_running_worker_to_a_newly_active_model(
     assert prediction_of(second).model_version == newer
     assert prediction_of(second).threshold == 0.3
     assert worker.output.count("Loaded model test-v2") == 1  # no restart, one load
+
+
+def test_a_prediction_worker_loads_the_active_model_before_the_first_upload(
+    start_worker, active_model, alice, token_client
+):
+    worker = start_worker()
+    worker.wait_for_output(f"Model {active_model.name} loaded before the first upload", 60)
+
+    study_id = api_upload(token_client(alice))
+    done = lambda: prediction_of(study_id).status == "done"  # noqa: E731
+    wait_until(done, timeout=30, what="done", process=worker)
+    # The upload found the model loaded: its prediction took no model load.
+    assert worker.output.count("Loaded model") == 1
