@@ -106,7 +106,7 @@ class Command(BaseCommand):
             raise CommandError(f"need {n + n_backlog + n_idle} images under {images}")
         size = version.preprocessing["input_size"]
         rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
-        throughput = self._model_rows(version, runtimes.split(","), images, rows)
+        throughput = self._model_rows(version, runtimes.split(","), paths, rows)
         self._preprocessing_rows(version, options["full_resolution"], rows)
         e2e = (n_idle, n, n_backlog, options["c"], paths, throughput, rows)
         if url:
@@ -125,7 +125,7 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------------ model only
 
-    def _predictors(self, version, runtime: str, images: Path, tmp: str):
+    def _predictors(self, version, runtime: str, paths: list[Path], tmp: str):
         """(predictor, note) for `runtime`: the accepted artifact when there is one, else one
         built here for timing (its accuracy not gated: note says so)."""
         from ml.core import Preprocessing
@@ -142,8 +142,7 @@ class Command(BaseCommand):
         if artifact is not None:
             path, note = Path(default_storage.path(artifact.file)), ""
         else:
-            found = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
-            calibration = random.Random(0).sample(found, min(128, len(found)))
+            calibration = random.Random(0).sample(paths, min(128, len(paths)))
             path = build_artifact(
                 checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration
             )
@@ -155,18 +154,18 @@ class Command(BaseCommand):
         )  # fmt: skip
         return predictor, note
 
-    def _model_rows(self, version, runtimes, images, rows) -> dict:
+    def _model_rows(self, version, runtimes, paths: list[Path], rows) -> dict:
+        """`paths`: the --images JPEGs (int8 calibration, the decode + model rows)."""
         import numpy as np
 
         size = version.preprocessing["input_size"]
         throughput: dict[str, float] = {}
         reference: dict[int, float] = {}
         # What the platform rows upload: is decoding worth overlapping with the forward pass?
-        found = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
-        uploads = [path.read_bytes() for path in found[:64]] if len(found) >= 16 else []
+        uploads = [path.read_bytes() for path in paths[:64]] if len(paths) >= 16 else []
         with tempfile.TemporaryDirectory() as tmp:
             for runtime in runtimes:
-                predictor, note = self._predictors(version, runtime, images, tmp)
+                predictor, note = self._predictors(version, runtime, paths, tmp)
                 figures = []
                 for batch in (1, 16):
                     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
