@@ -317,8 +317,8 @@ def _record(batch: list[Prediction], version, results: dict, runtime: str = "") 
 
 def _write(rows: list[Prediction], names: list[str]) -> None:
     """UPDATE each row's `names` columns from the instance: one statement run for all rows
-    (executemany). Django's bulk_update builds a CASE per column and row: ~20 ms of Python
-    for a batch of 16 (measured), a fifth of that batch's int8 forward pass."""
+    (executemany). Django's bulk_update, which builds a CASE per column and row, was slower
+    in Python than the row-by-row updates this replaces."""
     if not rows:
         return
     fields = [Prediction._meta.get_field(name) for name in names]
