@@ -328,10 +328,12 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     if crossfit:
         copies_b = _site_copies(len(pool), len(tune), params)
         other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
-        swapped = evaluate_checkpoint(other, fit)
+        try:
+            swapped = evaluate_checkpoint(other, fit)
+        finally:
+            other.unlink()  # only its scores are kept
         y_oof += list(swapped.y_true)
         s_oof += list(swapped.scores)
-        other.unlink()
     threshold = choose_threshold_by_rule(
         y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
     )
