@@ -5,7 +5,7 @@
 
 Figures are drawn with matplotlib's object API on the Agg canvas, never through pyplot: no
 global figure state and no GUI backend, so this is safe in a worker or a web process.
-Only ml.evaluate imports this module; inference never needs matplotlib.
+Only callers that ask for plots import this module; inference never needs matplotlib.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ml import metrics
-from ml.evaluate import ECE_BINS, Evaluation
+from ml.scores import ECE_BINS, Evaluation
 
 DPI = 120
 

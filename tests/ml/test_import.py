@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_MODULES = (
-    "ml, ml.preprocessing, ml.models, ml.checkpoint, ml.data, ml.metrics, ml.inference, "
-    "ml.train, ml.lr_find, ml.evaluate, ml.gradcam, ml.plots, ml.bench, ml.cleaning, "
-    "ml.calibration, ml.shift"
+ALL_MODULES = ", ".join(
+    sorted(
+        f"ml.{path.stem}" if path.stem != "__init__" else "ml"
+        for path in (ROOT / "ml").glob("*.py")
+    )
 )
 
 
@@ -40,3 +41,14 @@ def test_it_keeps_matplotlib_off_the_inference_path(module):
 def test_it_calibrates_a_site_without_loading_torch():
     # Choosing a site's threshold from stored scores is numpy only, like ml.metrics.
     assert loaded_after("ml.calibration", ("torch", "torchvision", "PIL")) == []
+
+
+def test_it_lists_every_ml_module():
+    # The list is built from the folder, so a new module cannot be left out of the checks.
+    for module in ("ml.core", "ml.dicom", "ml.runtimes", "ml.scores", "ml.engine", "ml.augment"):
+        assert module in ALL_MODULES.split(", ")
+
+
+def test_it_computes_figures_from_stored_scores_without_loading_torch():
+    # A gate or a site audit that already has the probabilities needs no torch (~800 MB).
+    assert loaded_after("ml.scores, ml.metrics", ("torch", "torchvision", "PIL")) == []
