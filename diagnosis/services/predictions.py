@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from diagnosis import inference, selectors
 from diagnosis.models import Prediction
+from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,8 @@ logger = logging.getLogger(__name__)
 def prediction_enqueue(prediction_id: int) -> bool:
     """Send the job to the broker. If the broker is down the prediction stays pending and
     the sweeper sends it later: an accepted upload is never lost."""
-    from diagnosis.tasks import predict  # The task module imports this one.
-
     try:
-        predict.apply_async((prediction_id,), retry=False)
+        app.send_task("diagnosis.tasks.predict", (prediction_id,), retry=False)
     except Exception:
         logger.warning(
             "Broker unavailable; prediction %s stays pending for the sweeper.",
@@ -153,10 +152,8 @@ def heatmaps_schedule() -> None:
     leaves the drawing to a later one. A broker that cannot take the ask leaves them to the
     sweeper. No countdown: a task waiting for its time in the worker would be an unacknowledged
     message, which a broker outage then turns into a worker crash (kombu 5.7)."""
-    from diagnosis.tasks import draw_heatmaps  # The task module imports this one.
-
     try:
-        draw_heatmaps.apply_async(retry=False)
+        app.send_task("diagnosis.tasks.draw_heatmaps", retry=False)
     except Exception:
         logger.warning("Broker unavailable; the sweeper draws the owed heatmaps.", exc_info=True)
 

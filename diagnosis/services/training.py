@@ -35,6 +35,7 @@ from diagnosis.services.registry import (
     model_version_register,
 )
 from diagnosis.services.storage import atomic_files
+from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,8 @@ def training_job_create(
 
 def training_job_enqueue(job_id: int) -> bool:
     """Send the job to the training queue; if the broker is down the sweeper sends it later."""
-    from diagnosis.tasks import retrain
-
     try:
-        retrain.apply_async((job_id,), retry=False)
+        app.send_task("diagnosis.tasks.retrain", (job_id,), retry=False)
     except Exception:
         logger.warning("Broker unavailable; training job %s waits for the sweeper.", job_id)
         return False

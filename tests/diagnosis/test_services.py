@@ -113,6 +113,38 @@ def test_it_enqueues_only_after_commit(
     assert prediction.enqueued_at is not None
 
 
+def taken_from(queue_name: str) -> list[tuple[str, list]]:
+    """(task name, args) of every message waiting in the real broker's queue, taken off it."""
+    from pneumo_site.celery import app
+
+    taken = []
+    with app.connection_for_read() as connection:
+        queue = app.amqp.queues[queue_name].bind(connection.default_channel)
+        queue.declare()
+        while (message := queue.get(no_ack=True)) is not None:
+            taken.append((message.headers["task"], message.decode()[0]))
+    return taken
+
+
+def test_it_sends_each_task_by_a_name_a_worker_runs_to_its_queue(db, broker):
+    # The services name the tasks rather than import the task module, which imports them: a
+    # name that no task has, or a lost route, would leave the messages for no worker.
+    from diagnosis import tasks
+    from diagnosis.services import predictions, training
+
+    predictions_queue, training_queue = settings.CELERY_TASK_DEFAULT_QUEUE, settings.TRAINING_QUEUE
+    taken_from(predictions_queue), taken_from(training_queue)  # what earlier tests left
+
+    assert predictions.prediction_enqueue(101) and training.training_job_enqueue(202)
+    predictions.heatmaps_schedule()
+
+    assert taken_from(predictions_queue) == [
+        (tasks.predict.name, [101]),
+        (tasks.draw_heatmaps.name, []),
+    ]
+    assert taken_from(training_queue) == [(tasks.retrain.name, [202])]
+
+
 def test_it_keeps_every_review_and_the_latest_label(alice, rita, ada, xray_upload):
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     services.review_create(study=study, reviewer=rita, label="PNEUMONIA", note="opacity RLL")
