@@ -292,7 +292,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     on the other half scores the first, and the threshold is chosen on all the calibration
     cases' out-of-fold scores (twice the training time). The candidate is the first model."""
     from diagnosis.services.cleaning import training_pool
-    from diagnosis.services.training import _limit_base
+    from diagnosis.services.training import limit_base_images
     from ml.calibration import calibration_split
     from ml.evaluate import evaluate_checkpoint
     from ml.metrics import choose_threshold_by_rule
@@ -306,7 +306,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
     base_data = Path(params.get("base_data") or settings.TRAINING_BASE_DATA or "") or None
     site_keys = {item.source for item in items}
     pool = [i for i in training_pool(base_data=base_data) if i.source not in site_keys]
-    pool = _limit_base(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
+    pool = limit_base_images(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
     if not pool:
         raise ValueError("no base training pool (TRAINING_BASE_DATA): adaptation rehearses it")
     copies = _site_copies(len(pool), len(fit), params)
@@ -388,7 +388,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     frozen validation split of the base population."""
     from diagnosis.services.registry import evaluation_create
     from diagnosis.services.training import (
-        _evaluation_on,
+        evaluation_on_split,
         gate_decide,
         validation_split_get_or_create,
     )
@@ -400,7 +400,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     split = validation_split_get_or_create(base_data=base_data, user=user)
     val_csv = Path(default_storage.path(split.manifest))
     candidate_eval = evaluation_create(version=candidate, data=val_csv, user=user)
-    active_eval = _evaluation_on(version, split) or evaluation_create(
+    active_eval = evaluation_on_split(version, split) or evaluation_create(
         version=version, data=val_csv, user=user
     )
     verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}

@@ -297,7 +297,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
 
     split = validation_split_get_or_create(base_data=base_data, user=job.created_by)
     pool = training_pool(base_data=base_data)
-    pool = _limit_base(pool, params.get("limit_per_class"), seed=params.get("seed", 0))
+    pool = limit_base_images(pool, params.get("limit_per_class"), seed=params.get("seed", 0))
     workdir = Path(settings.VAR_DIR) / "training" / f"job-{job.pk}"
     train_csv = write_manifest(workdir / "train.csv", pool)
     val_csv = Path(default_storage.path(split.manifest))
@@ -334,7 +334,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     print(f"candidate {candidate.name}: {candidate_eval.summary}", flush=True)
     active_eval = None
     if active is not None:
-        active_eval = _evaluation_on(active, split) or evaluation_create(
+        active_eval = evaluation_on_split(active, split) or evaluation_create(
             version=active, data=val_csv, user=job.created_by
         )
         print(f"active {active.name}: {active_eval.summary}", flush=True)
@@ -355,12 +355,12 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     return candidate, verdict
 
 
-def _evaluation_on(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
+def evaluation_on_split(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
     """An evaluation of `version` on exactly this split's images, if one was stored."""
     return version.evaluations.filter(data_hash=split.manifest_hash).order_by("-created_at").first()
 
 
-def _limit_base(pool: list, n: int | None, *, seed: int) -> list:
+def limit_base_images(pool: list, n: int | None, *, seed: int) -> list:
     """At most `n` base images per class (ml.data.limit_per_class: seeded, whole patients);
     reviewed studies are always all kept."""
     from ml.data import limit_per_class

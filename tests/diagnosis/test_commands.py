@@ -48,6 +48,17 @@ def test_it_promotes_and_rolls_back_with_an_audit_trail(checkpoint_path, tmp_pat
         call_command("promote", "nope")
 
 
+def test_it_refuses_a_user_name_that_matches_no_one(checkpoint_path, tmp_path, ada):
+    from tests.conftest import make_checkpoint
+
+    call_command("register_model", str(checkpoint_path), "--name", "v1", "--activate")
+    call_command("register_model", str(make_checkpoint(tmp_path / "v2.pt", seed=2)), "--name", "v2")
+    for command in (["promote", "v2"], ["rollback"]):
+        with pytest.raises(CommandError, match="No user named 'adaa'"):
+            call_command(*command, "--user", "adaa")
+    assert ModelVersion.objects.get(is_active=True).name == "v1"  # the typo changed nothing
+
+
 def test_it_refuses_a_rollback_with_nothing_to_go_back_to(checkpoint_path, db):
     call_command("register_model", str(checkpoint_path), "--name", "only", "--activate")
     with pytest.raises(CommandError, match="no earlier"):

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
-from diagnosis.management.commands.promote import _user
+from diagnosis.management.operators import operator
 from diagnosis.models import ModelVersion
 
 
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             raise CommandError(f"No model version named {name!r}.")
         try:
             artifact = services.runtime_artifact_create(
-                version=version, runtime=runtime, data=data, user=_user(user)
+                version=version, runtime=runtime, data=data, user=operator(user)
             )
         except services.RuntimeRejected as exc:
             self.stdout.write(_table(exc.comparison))

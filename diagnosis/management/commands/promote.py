@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
+from diagnosis.management.operators import operator
 from diagnosis.models import ModelVersion
 
 
@@ -19,14 +19,5 @@ class Command(BaseCommand):
         version = ModelVersion.objects.filter(name=name).first()
         if version is None:
             raise CommandError(f"No model version named {name!r}.")
-        services.model_version_activate(version=version, user=_user(user), reason=reason)
+        services.model_version_activate(version=version, user=operator(user), reason=reason)
         self.stdout.write(f"{version.name} is now active.")
-
-
-def _user(username: str):
-    if not username:
-        return None
-    user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        raise CommandError(f"No user named {username!r}.")
-    return user

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
-from diagnosis.management.commands.promote import _user
+from diagnosis.management.operators import operator
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, reason: str, user: str, **options):
         try:
-            version = services.model_version_rollback(user=_user(user), reason=reason)
+            version = services.model_version_rollback(user=operator(user), reason=reason)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Rolled back: {version.name} is active again.")

@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
-from diagnosis.management.commands.promote import _user
+from diagnosis.management.operators import operator
 from diagnosis.models import ModelVersion
 from diagnosis.services.sites import RULES
 
@@ -105,7 +105,7 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         if not 0.0 < o["calibration_fraction"] < 1.0:
             raise CommandError("--calibration-fraction is within (0, 1)")
-        user = _user(o["user"])
+        user = operator(o["user"])
         try:
             site = services.site_get_or_create(name=o["site"], title=o["title"])
             source = ""
@@ -151,7 +151,7 @@ class Command(BaseCommand):
             raise CommandError(f"{data} is not a folder")
         if not import_user:
             raise CommandError("--data needs --import-user: its labels are recorded as reviews")
-        counts = services.site_import(site=site, data=data, user=_user(import_user))
+        counts = services.site_import(site=site, data=data, user=operator(import_user))
         self.stdout.write(
             f"Imported {counts['imported']} studies from {counts['images']} images into "
             f"{site.name} ({counts['already_there']} already there, {counts['same_bytes']} files "
