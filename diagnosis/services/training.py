@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 GATE_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
 # ml.train flags a job may set; the rest are the retraining defaults below or ml.train's.
 TRAIN_FLAGS = (
-    "arch", "img_size", "freeze_epochs", "epochs", "batch_size", "lr", "lr_mult",
-    "lr_find_iters", "weight_decay", "min_sensitivity", "seed", "threads", "device",
+    "recipe", "arch", "img_size", "freeze_epochs", "epochs", "batch_size", "lr", "lr_mult",
+    "lr_find_iters", "weight_decay", "label_smoothing", "min_sensitivity", "seed", "threads",
+    "device",
 )  # fmt: skip
 # Continuing from the active model needs less than a fresh fit: one frozen epoch re-fits the
 # head to the new pool (the fastai order), three unfrozen ones adapt the body.
@@ -277,9 +278,10 @@ def training_job_run(job_id: int, *, echo=None) -> TrainingJob | None:
 
 
 def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
+    from ml.checkpoint import read_meta
     from ml.data import manifest_hash, write_manifest
     from ml.models import PretrainedWeightsUnavailable
-    from ml.train import get_args_parser, main
+    from ml.train import TrainConfig, main
 
     params = job.parameters
     base = params.get("base_data", settings.TRAINING_BASE_DATA) or None
@@ -309,25 +311,23 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
         flush=True,
     )
 
-    args = get_args_parser(add_help=False, source=False).parse_args([])
-    for key, value in (
-        RETRAIN_DEFAULTS | {k: params[k] for k in TRAIN_FLAGS if k in params}
-    ).items():
-        setattr(args, key, value)
-    args.manifest, args.data, args.val_manifest = train_csv, None, val_csv
-    args.out = workdir / "candidate.pt"
+    chosen = RETRAIN_DEFAULTS | {k: params[k] for k in TRAIN_FLAGS if k in params}
     if job.init == TrainingJob.Init.ACTIVE:
-        args.init_checkpoint = inference.model_path(active)
+        chosen["init_checkpoint"] = inference.model_path(active)
     else:
-        args.pretrained = job.init
+        chosen["pretrained"] = job.init
+    config = TrainConfig(
+        manifest=train_csv, val_manifest=val_csv, out=workdir / "candidate.pt", **chosen
+    )
     print(f"== 3. Fine-tuning from {job.get_init_display().lower()}", flush=True)
     try:
-        checkpoint = Path(main(args))
+        checkpoint = Path(main(config))
     except PretrainedWeightsUnavailable as exc:
         raise ValueError(str(exc)) from None
 
     print("== 4. Evaluating the candidate and the active model on the validation split")
-    name = f"{args.arch.replace('_', '-')}-job{job.pk}-{timezone.now():%Y%m%d-%H%M%S}"
+    arch = read_meta(checkpoint).arch  # the active model's when continuing from it
+    name = f"{arch.replace('_', '-')}-job{job.pk}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=job.created_by)
     checkpoint.unlink()  # the registry keeps its own copy; the manifests stay as the record
     candidate_eval = evaluation_create(version=candidate, data=val_csv, user=job.created_by)

@@ -42,11 +42,12 @@ def random_active(db, tmp_path):
 @pytest.fixture(scope="module")
 def trained_checkpoint(base_folder, tmp_path_factory) -> Path:
     """A model that has learned the synthetic classes (ml.train from scratch)."""
-    from ml.train import get_args_parser, main
+    from ml.train import main, parse_config
 
     out = tmp_path_factory.mktemp("good") / "good.pt"
-    args = get_args_parser().parse_args(
-        ["--data", str(base_folder), "--img-size", "64", "--epochs", "8", "--lr", "1e-3",
+    args = parse_config(
+        ["--recipe", "fastai", "--data", str(base_folder), "--img-size", "64", "--epochs", "8",
+         "--lr", "1e-3",
          "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--out", str(out)]
     )  # fmt: skip
     return main(args)

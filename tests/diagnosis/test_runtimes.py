@@ -20,12 +20,13 @@ from tests.synthetic import write_dataset
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A ResNet34 that has learned the synthetic classes, with its validation manifest."""
-    from ml.train import get_args_parser, main
+    from ml.train import main, parse_config
 
     root = tmp_path_factory.mktemp("runtime-data")
     write_dataset(root / "train", 40, size=64, seed=8)
-    args = get_args_parser().parse_args(
-        ["--data", str(root / "train"), "--img-size", "64", "--epochs", "8", "--lr", "1e-3",
+    args = parse_config(
+        ["--recipe", "fastai", "--data", str(root / "train"), "--img-size", "64", "--epochs", "8",
+         "--lr", "1e-3",
          "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--print-freq", "0",
          "--out", str(root / "m.pt")]
     )  # fmt: skip

@@ -153,7 +153,7 @@ def test_an_audits_figures_match_hand_computed_ones(good_model, rita, site_b):
 
 
 def test_the_command_imports_a_labeled_folder_and_writes_the_json(good_model, rita, ada, tmp_path):
-    from ml.evaluate import Evaluation
+    from ml.scores import Evaluation
 
     folder = tmp_path / "site"
     write_dataset(folder, 6, size=128, seed=4)

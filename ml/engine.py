@@ -1,0 +1,271 @@
+"""The training engine: loss, one epoch, validation, one-cycle phases, fastai's fine_tune.
+
+Model- and data-agnostic: `ml.train` builds the model, the loaders and a `Schedule`, and
+calls `fine_tune`; site adaptation and retraining reach it through `ml.train` too.
+
+    run = Run(schedule, model, train_loader, val_loader, criterion, device, history=[])
+    rates = fine_tune(run, lr_find_plot=Path("var/models/m.lr_find.png"))
+    model.load_state_dict(run.best.state_dict)       # the epoch with the best validation AUC
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ml.data import CLASS_NAMES, POSITIVE_CLASS
+from ml.lr_find import lr_find, save_lr_plot
+from ml.metrics import roc_auc
+from ml.models import freeze, unfreeze
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the two phases train: what ml.train's config resolves to for the engine."""
+
+    arch: str
+    freeze_epochs: int  # head (+ BatchNorm) only; 0 from scratch
+    epochs: int  # all layers, with discriminative rates
+    lr: float | None  # peak rate of the head; None: the LR finder's valley
+    lr_mult: float  # the first group trains at lr / lr_mult once unfrozen
+    weight_decay: float
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    lr_find_iters: int = 100
+    print_freq: int = 10
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Class-weighted cross-entropy with an optional weight per image and label smoothing.
+
+    Normalised like nn.CrossEntropyLoss(weight=...): divided by the summed class weights of
+    the batch, not by the image weights, so an image of weight 0.5 really counts half.
+    `label_smoothing` (0.1 in the robust recipe) moves each target that much of the way to
+    uniform, so the network is never pushed to probabilities of exactly 0 or 1.
+    """
+
+    def __init__(self, class_weights: torch.Tensor, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be within [0, 1), got {label_smoothing}")
+        self.register_buffer("class_weights", class_weights.float())
+        self.label_smoothing = label_smoothing
+
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        nll = nn.functional.cross_entropy(
+            logits.float(), targets, reduction="none", label_smoothing=self.label_smoothing
+        )  # (B,)
+        w = self.class_weights[targets]  # (B,)
+        per_image = w * nll if weights is None else w * weights.float() * nll
+        return per_image.sum() / w.sum()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: WeightedCrossEntropy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    epoch: int,
+    print_freq: int = 10,
+) -> float:
+    """One pass over (images, targets, weights) batches, stepping the scheduler every batch.
+    Returns the mean loss."""
+    model.train()
+    total_loss, n_seen, start = 0.0, 0, time.perf_counter()
+    for i, (images, targets, weights) in enumerate(loader, start=1):
+        images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
+        targets, weights = targets.to(device), weights.to(device)  # (B,), (B,)
+        loss = criterion(model(images), targets, weights)  # logits (B, C)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(targets)
+        n_seen += len(targets)
+        if print_freq and (i % print_freq == 0 or i == len(loader)):
+            per_batch = (time.perf_counter() - start) / i
+            eta = per_batch * (len(loader) - i)
+            print(
+                f"  epoch {epoch} batch {i}/{len(loader)} loss {total_loss / n_seen:.4f} "
+                f"lr {scheduler.get_last_lr()[-1]:.2e} {per_batch:.2f} s/batch eta {eta:.0f}s",
+                flush=True,
+            )
+    return total_loss / max(n_seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    positive_index: int,
+) -> tuple[float, list[int], list[float]]:
+    """(mean loss, 0/1 truth, P(positive)) over (images, targets) batches, in loader order."""
+    model.eval()
+    total_loss, y_true, scores = 0.0, [], []
+    for images, targets in loader:
+        images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
+        targets = targets.to(device)
+        logits = model(images)  # (B, C)
+        total_loss += criterion(logits, targets).item() * len(targets)
+        scores += logits.float().softmax(dim=1)[:, positive_index].tolist()
+        y_true += (targets == positive_index).int().tolist()
+    return total_loss / max(len(y_true), 1), y_true, scores
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # counted across both phases, from 1
+    phase: str  # "frozen" or "unfrozen"
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Best:
+    epoch: int
+    auc: float
+    y_val: list[int]
+    p_val: list[float]
+    state_dict: dict[str, torch.Tensor]
+
+
+@dataclass
+class Run:
+    """What every epoch of both phases shares, and the best epoch so far."""
+
+    schedule: Schedule
+    model: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    criterion: WeightedCrossEntropy
+    device: torch.device
+    history: list[EpochResult]
+    best: Best | None = None
+
+
+def fit_one_cycle(
+    run: Run,
+    groups: list[dict],
+    epochs: int,
+    *,
+    phase: str,
+    pct_start: float = 0.3,
+    div: float = 25.0,
+) -> None:
+    """`epochs` epochs of AdamW over `groups` ([{"params", "lr"}]) under one one-cycle
+    schedule peaking at each group's lr; after each epoch validate and keep the best."""
+    if epochs <= 0:
+        return
+    optimizer = torch.optim.AdamW(groups, weight_decay=run.schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=epochs * len(run.train_loader),
+        pct_start=pct_start,
+        div_factor=div,
+    )
+    positive_index = CLASS_NAMES.index(POSITIVE_CLASS)
+    for _ in range(epochs):
+        epoch, start = len(run.history) + 1, time.perf_counter()
+        train_loss = train_one_epoch(
+            run.model,
+            run.train_loader,
+            run.criterion,
+            optimizer,
+            scheduler,
+            run.device,
+            epoch,
+            run.schedule.print_freq,
+        )
+        val_loss, y_val, p_val = evaluate(
+            run.model, run.val_loader, run.criterion, run.device, positive_index
+        )
+        auc = roc_auc(y_val, p_val)
+        result = EpochResult(epoch, phase, train_loss, val_loss, auc, time.perf_counter() - start)
+        run.history.append(result)
+        print(
+            f"epoch {epoch} ({phase}) train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
+            f"val_auc {auc:.4f} time {result.seconds:.0f}s",
+            flush=True,
+        )
+        # A NaN AUC (one-class validation set) never compares greater: the first epoch stays.
+        if run.best is None or auc > run.best.auc:
+            state = copy.deepcopy(run.model.state_dict())
+            run.best = Best(epoch, auc, y_val, p_val, state)
+
+
+def class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
+    counts = Counter(targets)
+    if any(counts[c] == 0 for c in range(n_classes)):
+        raise ValueError(f"every class needs training images, got counts {dict(counts)}")
+    return torch.tensor([len(targets) / (n_classes * counts[c]) for c in range(n_classes)])
+
+
+def find_lr(run: Run, plot_path: Path) -> tuple[float, dict]:
+    """Run the LR finder on the model as the first phase will train it; save the plot."""
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-7, weight_decay=run.schedule.weight_decay)
+
+    def loss_fn(model: nn.Module, batch: tuple) -> torch.Tensor:
+        images, targets, weights = batch
+        images = images.to(run.device, memory_format=torch.channels_last)  # (B, 3, S, S)
+        return run.criterion(model(images), targets.to(run.device), weights.to(run.device))
+
+    start = time.perf_counter()
+    result = lr_find(
+        run.model,
+        run.train_loader,
+        loss_fn,
+        optimizer,
+        start_lr=run.schedule.lr_find_start,
+        end_lr=run.schedule.lr_find_end,
+        num_iter=run.schedule.lr_find_iters,
+        print_freq=run.schedule.print_freq,
+    )
+    save_lr_plot(result, plot_path)
+    print(
+        f"lr_find: {len(result.lrs)} steps in {time.perf_counter() - start:.0f}s, valley "
+        f"{result.valley:.2e} (used), steepest {result.steepest:.2e}; plot {plot_path}",
+        flush=True,
+    )
+    info = {k: v for k, v in asdict(result).items() if k not in ("lrs", "losses")}
+    return result.suggestion, info | {"plot": str(plot_path), "steps": len(result.lrs)}
+
+
+def fine_tune(run: Run, lr_find_plot: Path) -> dict:
+    """The two phases, preceded by the LR finder unless --lr is given. Returns what the
+    checkpoint should remember about the rates: {"lr_used", "unfrozen_lrs", "lr_find"}."""
+    s, model = run.schedule, run.model
+    if s.freeze_epochs > 0:
+        freeze(model, s.arch)
+    lr, lr_find_info = s.lr, None
+    if lr is None:  # measured on the model as the first phase will train it
+        lr, lr_find_info = find_lr(run, lr_find_plot)
+    head = [p for p in model.parameters() if p.requires_grad]
+    fit_one_cycle(run, [{"params": head, "lr": lr}], s.freeze_epochs, phase="frozen")
+
+    # After the head has trained, fastai halves the rate and starts the cycle higher (div 5):
+    # the body only needs nudging. From scratch it is a plain fit_one_cycle (div 25).
+    fine_tuning = s.freeze_epochs > 0
+    groups = unfreeze(model, s.arch, lr / 2 if fine_tuning else lr, s.lr_mult)
+    unfrozen_lrs = [g["lr"] for g in groups]  # the scheduler overwrites g["lr"] as it goes
+    if fine_tuning:
+        fit_one_cycle(run, groups, s.epochs, phase="unfrozen", div=5.0)
+    else:
+        fit_one_cycle(run, groups, s.epochs, phase="unfrozen", pct_start=0.25)
+    return {"lr_used": lr, "unfrozen_lrs": unfrozen_lrs, "lr_find": lr_find_info}
