@@ -195,6 +195,7 @@ def model_list(request):
         "versions": selectors.model_version_list(),
         "activations": selectors.model_activations(),
         "jobs": selectors.training_jobs(),
+        "split": selectors.validation_split_current(),
         "can_promote": roles.can_promote(request.user),
         "retrain_form": RetrainForm(),
     }

@@ -15,6 +15,7 @@ from diagnosis.models import (
     SiteThreshold,
     Study,
     TrainingJob,
+    ValidationSplit,
 )
 
 
@@ -136,6 +137,26 @@ class EvaluationOutputSerializer(serializers.ModelSerializer):
 
     def get_plots(self, evaluation: Evaluation) -> dict[str, str]:
         return plot_urls("evaluation", evaluation)
+
+
+class ValidationSplitOutputSerializer(serializers.ModelSerializer):
+    """The frozen validation split: training chooses on the selection part, the gate judges
+    on the gate part (0 images in both until the split is cut, at its next use)."""
+
+    n = serializers.SerializerMethodField()
+    n_selection = serializers.SerializerMethodField()
+    n_gate = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = ValidationSplit
+        fields = ["id", "created_at", "origin", "n", "n_selection", "n_gate", "manifest_hash",
+                  "selection_hash", "gate_hash"]  # fmt: skip
+
+    def get_n(self, split: ValidationSplit) -> int:
+        return len(split.item_keys)
+
+    def get_n_selection(self, split: ValidationSplit) -> int:
+        return split.n_selection if split.gate_manifest else 0
 
 
 class ModelVersionOutputSerializer(serializers.ModelSerializer):

@@ -22,6 +22,7 @@ from diagnosis.api.serializers import (
     StudyDetailSerializer,
     StudySummarySerializer,
     TrainingJobOutputSerializer,
+    ValidationSplitOutputSerializer,
 )
 from diagnosis.models import Label, Prediction, Site, TrainingJob, Unusable
 from diagnosis.validation import UploadRejected
@@ -237,15 +238,21 @@ class ModelVersionListApi(APIView):
             {
                 "active": serializers.CharField(allow_null=True),
                 "results": ModelVersionOutputSerializer(many=True),
+                "validation_split": ValidationSplitOutputSerializer(allow_null=True),
             },
         ),
-        summary="Registered model versions and which one is active",
+        summary="Registered model versions, which one is active, and the frozen validation split",
     )
     def get(self, request):
         versions = list(selectors.model_version_list())
         active = next((v.name for v in versions if v.is_active), None)
+        split = selectors.validation_split_current()
         return Response(
-            {"active": active, "results": ModelVersionOutputSerializer(versions, many=True).data}
+            {
+                "active": active,
+                "results": ModelVersionOutputSerializer(versions, many=True).data,
+                "validation_split": ValidationSplitOutputSerializer(split).data if split else None,
+            }
         )
 
 

@@ -331,7 +331,10 @@ class ValidationSplit(models.Model):
     """The validation images every retrained candidate and the active model are compared on.
 
     Frozen once (a patient split of the training pool, stored as a CSV manifest) and left out
-    of every later training run and cleaning ranking; the newest row is the one in force."""
+    of every later training run and cleaning ranking; the newest row is the one in force.
+    It is split once more, by patient, into a selection part, on which ml.train picks the
+    epoch and the threshold, and a gate part, which no training choice sees and on which the
+    gate judges the candidate and the active model."""
 
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
@@ -342,12 +345,29 @@ class ValidationSplit(models.Model):
     # The training-pool keys of its images ("base:..." / "study:<id>").
     item_keys = models.JSONField(default=list)
     origin = models.CharField(max_length=300, blank=True, help_text="How it was chosen.")
+    selection_manifest = models.CharField(
+        max_length=300, blank=True, help_text="CSV manifest of the part that training chooses on."
+    )
+    selection_hash = models.CharField(max_length=64, blank=True)
+    gate_manifest = models.CharField(
+        max_length=300, blank=True, help_text="CSV manifest of the part the gate judges on."
+    )
+    gate_hash = models.CharField(max_length=64, blank=True)
+    gate_item_keys = models.JSONField(default=list)
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"Validation split {self.pk} ({len(self.item_keys)} images)"
+
+    @property
+    def n_gate(self) -> int:
+        return len(self.gate_item_keys)
+
+    @property
+    def n_selection(self) -> int:
+        return len(self.item_keys) - len(self.gate_item_keys)
 
 
 class TrainingJob(models.Model):

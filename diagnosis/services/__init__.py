@@ -45,6 +45,7 @@ from diagnosis.services.training import (
     training_job_run,
     training_jobs_sweep,
     validation_split_get_or_create,
+    validation_split_parts,
 )
 
 __all__ = [
@@ -79,4 +80,5 @@ __all__ = [
     "training_jobs_sweep",
     "training_pool",
     "validation_split_get_or_create",
+    "validation_split_parts",
 ]

@@ -385,12 +385,15 @@ def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
 def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     """(evaluation on the site's evaluation part, gate verdict) of an adapted candidate, whose
     threshold is then set for the site. The gate is the one any retrain goes through, on the
-    frozen validation split of the base population."""
+    gate part of the frozen validation split of the base population (the adaptation chose its
+    epoch on site images and its threshold by cross-fitting on the calibration part)."""
     from diagnosis.services.registry import evaluation_create
     from diagnosis.services.training import (
         evaluation_on_split,
         gate_decide,
+        gate_images,
         validation_split_get_or_create,
+        validation_split_parts,
     )
     from ml.evaluate import evaluate_checkpoint
 
@@ -398,12 +401,13 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
         inference.model_path(candidate), eval_items, threshold=threshold
     )
     split = validation_split_get_or_create(base_data=base_data, user=user)
-    val_csv = Path(default_storage.path(split.manifest))
-    candidate_eval = evaluation_create(version=candidate, data=val_csv, user=user)
+    _, gate_csv = validation_split_parts(split)
+    candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=user)
     active_eval = evaluation_on_split(version, split) or evaluation_create(
-        version=version, data=val_csv, user=user
+        version=version, data=gate_csv, user=user
     )
-    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics) | {"site": site.name}
+    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics)
+    verdict |= {"site": site.name} | gate_images(split)
     site_threshold_activate(
         site=site, version=candidate, threshold=threshold, user=None,
         reason=f"chosen when {candidate.name} was adapted to {site.name}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import time
 import traceback
 from datetime import timedelta
@@ -105,22 +106,33 @@ def _fmt(value) -> str:
 # ---------------------------------------------------------------------------- validation split
 
 
+# A frozen validation split takes VALIDATION_FRACTION of the training pool, by patient, and
+# is cut in two: GATE_FRACTION of it is the gate part, which the gate judges on, the rest the
+# selection part, on which ml.train chooses the epoch and the threshold. Each part is then as
+# large as ml.train's own validation split (15%).
+VALIDATION_FRACTION = 0.3
+GATE_FRACTION = 0.5
+
+
 def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, user=None):
     """The validation split in force, frozen now if there is none yet.
 
     The first time, the active model's own validation images are adopted when ml.train's
     manifest of them is still on disk and they are in the pool: the active model never
-    trained on them, so comparing it with a candidate there is fair. Otherwise 15% of the
-    pool, whole patients at a time."""
-    from ml.data import manifest_hash, read_manifest, split_by_patient, write_manifest
+    trained on them, so comparing it with a candidate there is fair (its own epoch and
+    threshold were chosen on them, which can only favour it). Otherwise VALIDATION_FRACTION
+    of the pool, whole patients at a time. Either way the split is cut once more, by patient,
+    into the selection part and the gate part (GATE_FRACTION); a split frozen before the
+    parts existed is cut the first time it is asked for."""
+    from ml.data import read_manifest, split_by_patient
 
     current = selectors.validation_split_current()
     if current is not None:
-        return current
+        return current if current.gate_manifest else _validation_split_cut(current, seed=seed)
     pool = training_pool(base_data=base_data, exclude_held_out=False)
     if len(pool) < 4:
         raise ValueError(f"the training pool has {len(pool)} images; retraining needs more")
-    val, origin = [], "a patient split of the training pool (15%)"
+    val, origin = [], ""
     active = selectors.model_version_active()
     manifest = Path(str((active.train_args if active else {}).get("val_manifest") or ""))
     if manifest.name and manifest.is_file():
@@ -128,23 +140,53 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
         val = [item for item in pool if Path(item.path).resolve() in held]
         origin = f"the validation images of {active.name} ({manifest.name})"
     if len({item.label for item in val}) < 2 or len(val) < 10:
-        _, val = split_by_patient(pool, val_fraction=0.15, seed=seed)
-        origin = "a patient split of the training pool (15%)"
-    csv_path = write_manifest(Path(settings.VAR_DIR) / "tmp" / f"val-{time.time_ns()}.csv", val)
-    try:
-        with atomic_files() as written, transaction.atomic():
-            written.append(
-                default_storage.save("training/validation.csv", ContentFile(csv_path.read_bytes()))
-            )
-            return ValidationSplit.objects.create(
-                created_by=user,
-                manifest=written[-1],
-                manifest_hash=manifest_hash(val),
-                item_keys=[item.source for item in val],
-                origin=origin,
-            )
-    finally:
-        csv_path.unlink(missing_ok=True)
+        _, val = split_by_patient(pool, val_fraction=VALIDATION_FRACTION, seed=seed)
+        origin = f"a patient split of the training pool ({VALIDATION_FRACTION:.0%})"
+    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
+    with atomic_files() as written, transaction.atomic():
+        return ValidationSplit.objects.create(
+            created_by=user,
+            item_keys=[item.source for item in val],
+            origin=origin,
+            **_manifest_fields("", val, written),
+            **_manifest_fields("selection_", selection, written),
+            **_manifest_fields("gate_", gate, written),
+            gate_item_keys=[item.source for item in gate],
+        )
+
+
+def _validation_split_cut(split: ValidationSplit, *, seed: int) -> ValidationSplit:
+    from ml.data import read_manifest, split_by_patient
+
+    val = read_manifest(default_storage.path(split.manifest))
+    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
+    with atomic_files() as written, transaction.atomic():
+        fields = {
+            **_manifest_fields("selection_", selection, written),
+            **_manifest_fields("gate_", gate, written),
+            "gate_item_keys": [item.source for item in gate],
+        }
+        ValidationSplit.objects.filter(pk=split.pk).update(**fields)
+    split.refresh_from_db()
+    logger.info("Validation split %s cut into selection and gate parts.", split.pk)
+    return split
+
+
+def _manifest_fields(prefix: str, items: list, written: list) -> dict:
+    """{prefix + "manifest": stored CSV name, prefix + "hash": its manifest hash}, the file
+    saved under training/ and recorded in `written` (deleted if the transaction fails)."""
+    from ml.data import manifest_hash, write_manifest
+
+    name = f"{prefix.rstrip('_') or 'validation'}"
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = write_manifest(Path(tmp) / f"{name}.csv", items)
+        stored = default_storage.save(
+            f"training/{name}.csv" if prefix == "" else f"training/validation-{name}.csv",
+            ContentFile(csv_path.read_bytes()),
+        )
+    written.append(stored)
+    hash_field = "manifest_hash" if prefix == "" else f"{prefix}hash"
+    return {f"{prefix}manifest": stored, hash_field: manifest_hash(items)}
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -302,12 +344,13 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     pool = limit_base_images(pool, params.get("limit_per_class"), seed=params.get("seed", 0))
     workdir = Path(settings.VAR_DIR) / "training" / f"job-{job.pk}"
     train_csv = write_manifest(workdir / "train.csv", pool)
-    val_csv = Path(default_storage.path(split.manifest))
+    selection_csv, gate_csv = validation_split_parts(split)
     data_hash = manifest_hash(pool)
     print(
         f"== 2. Training pool: {len(pool)} images (hash {data_hash[:12]}); validation split "
         f"{split.pk}: {len(split.item_keys)} images, {split.origin}, frozen "
-        f"{split.created_at:%Y-%m-%d %H:%M}",
+        f"{split.created_at:%Y-%m-%d %H:%M}; training chooses on its selection part "
+        f"({split.n_selection}), the gate judges on its gate part ({split.n_gate})",
         flush=True,
     )
 
@@ -317,7 +360,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     else:
         chosen["pretrained"] = job.init
     config = TrainConfig(
-        manifest=train_csv, val_manifest=val_csv, out=workdir / "candidate.pt", **chosen
+        manifest=train_csv, val_manifest=selection_csv, out=workdir / "candidate.pt", **chosen
     )
     print(f"== 3. Fine-tuning from {job.get_init_display().lower()}", flush=True)
     try:
@@ -325,22 +368,22 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     except PretrainedWeightsUnavailable as exc:
         raise ValueError(str(exc)) from None
 
-    print("== 4. Evaluating the candidate and the active model on the validation split")
+    print("== 4. Evaluating the candidate and the active model on the gate part")
     arch = read_meta(checkpoint).arch  # the active model's when continuing from it
     name = f"{arch.replace('_', '-')}-job{job.pk}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=job.created_by)
     checkpoint.unlink()  # the registry keeps its own copy; the manifests stay as the record
-    candidate_eval = evaluation_create(version=candidate, data=val_csv, user=job.created_by)
+    candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=job.created_by)
     print(f"candidate {candidate.name}: {candidate_eval.summary}", flush=True)
     active_eval = None
     if active is not None:
         active_eval = evaluation_on_split(active, split) or evaluation_create(
-            version=active, data=val_csv, user=job.created_by
+            version=active, data=gate_csv, user=job.created_by
         )
         print(f"active {active.name}: {active_eval.summary}", flush=True)
 
     verdict = gate_decide(candidate_eval.metrics, active_eval.metrics if active_eval else None)
-    verdict |= {"job": job.pk, "validation_split": split.pk}
+    verdict |= {"job": job.pk} | gate_images(split)
     word = "PROMOTED" if verdict["passed"] else "kept as a candidate"
     print(f"== 5. Gate: {word}: {verdict['reason']}", flush=True)
     with transaction.atomic():
@@ -355,9 +398,25 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     return candidate, verdict
 
 
+def validation_split_parts(split: ValidationSplit) -> tuple[Path, Path]:
+    """(selection part, gate part) of the split as CSV manifest paths."""
+    return Path(default_storage.path(split.selection_manifest)), Path(
+        default_storage.path(split.gate_manifest)
+    )
+
+
+def gate_images(split: ValidationSplit) -> dict:
+    """What a verdict records about its images: which chose, which judged."""
+    return {
+        "validation_split": split.pk,
+        "chosen_on": {"part": "selection", "n": split.n_selection, "hash": split.selection_hash},
+        "judged_on": {"part": "gate", "n": split.n_gate, "hash": split.gate_hash},
+    }
+
+
 def evaluation_on_split(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
-    """An evaluation of `version` on exactly this split's images, if one was stored."""
-    return version.evaluations.filter(data_hash=split.manifest_hash).order_by("-created_at").first()
+    """An evaluation of `version` on exactly this split's gate part, if one was stored."""
+    return version.evaluations.filter(data_hash=split.gate_hash).order_by("-created_at").first()
 
 
 def limit_base_images(pool: list, n: int | None, *, seed: int) -> list:

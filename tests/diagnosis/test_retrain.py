@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from diagnosis.models import (
     TrainingJob,
     ValidationSplit,
 )
+from ml.data import manifest_hash, patient_id, read_manifest
 from tests.conftest import make_checkpoint
 from tests.diagnosis.conftest import QUICK
+from tests.synthetic import make_xray
 
 
 def manifest_rows(path: Path) -> dict[str, str]:
@@ -27,8 +30,12 @@ def manifest_rows(path: Path) -> dict[str, str]:
 
 
 def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
-    base, random_active, ada, rita, alice, xray_upload
+    base, random_active, ada, rita, alice, xray_upload, settings
 ):
+    # Its threshold is chosen on a selection part of ~6 pneumonias and judged on other ones:
+    # the floor is lowered so that this test is about promotion, not about that noise (the
+    # floor itself is tested below, on a candidate built to miss it).
+    settings.RETRAIN_MIN_SENSITIVITY = 0.5
     study = services.study_create(uploaded_by=alice, image=xray_upload("r.jpg", label="PNEUMONIA"))
     services.review_create(study=study, reviewer=rita, label="PNEUMONIA")
     pool = {item.source: item.label for item in services.training_pool(base_data=base)}
@@ -50,12 +57,20 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
     assert (activation.version, activation.previous, activation.user) == (
         candidate, random_active, ada
     )  # fmt: skip
-    # Both were evaluated on the same frozen validation split.
+    # Both were evaluated on the same images: the gate part of the frozen validation split.
     split = ValidationSplit.objects.get()
     hashes = {e.data_hash for e in candidate.evaluations.all()} | {
         e.data_hash for e in random_active.evaluations.all()
     }
-    assert hashes == {split.manifest_hash}
+    assert hashes == {split.gate_hash}
+    assert candidate.gate["judged_on"] == {
+        "part": "gate",
+        "n": split.n_gate,
+        "hash": split.gate_hash,
+    }
+    assert candidate.gate["chosen_on"]["n"] == split.n_selection
+    # ml.train chose the epoch and the threshold on the selection part only.
+    assert candidate.metrics["threshold_rule"]["manifest_hash"] == split.selection_hash
     # The run trained on the pool with the decisions applied, without the validation images.
     train = manifest_rows(Path(candidate.train_args["manifest"]))
     assert excluded not in train
@@ -90,6 +105,72 @@ def test_a_worse_candidate_is_kept_with_the_reason_and_the_active_model_stays(
     with open(good.train_args["val_manifest"], newline="") as f:
         own_val = {Path(row["path"]).name for row in csv.DictReader(f)}
     assert {key.rsplit("/", 1)[-1] for key in split.item_keys} == own_val
+
+
+def test_a_candidate_whose_threshold_misses_the_floor_on_the_gate_part_is_rejected(
+    base, db, ada, settings, tmp_path, monkeypatch
+):
+    # The gate part's pneumonias are replaced, on disk, by images that look normal: a candidate
+    # whose threshold was chosen on the selection part (and that never saw these files) calls
+    # them normal, so its sensitivity on the gate part falls below the floor.
+    import ml.data
+
+    shutil.copytree(base, tmp_path / "base")
+    settings.TRAINING_BASE_DATA = str(tmp_path / "base")
+    split = services.validation_split_get_or_create(base_data=tmp_path / "base")
+    selection_csv, gate_csv = services.validation_split_parts(split)
+    gate = read_manifest(gate_csv)
+    selection = {item.path.resolve() for item in read_manifest(selection_csv)}
+    for i, item in enumerate(it for it in gate if it.label == "PNEUMONIA"):
+        make_xray("NORMAL", seed=900 + i, size=64).save(item.path)
+    read = []
+    original = ml.data.open_image
+    monkeypatch.setattr(
+        ml.data,
+        "open_image",
+        lambda path, **kw: read.append(Path(path).resolve()) or original(path, **kw),
+    )
+
+    job = services.training_job_create(
+        user=ada, init="none", parameters=QUICK | {"clean": False}, enqueue=False
+    )
+    job = services.training_job_run(job.pk)
+
+    assert job.status == TrainingJob.Status.SUCCEEDED, job.log + job.error
+    assert job.promoted is False and not job.candidate.is_active
+    assert "below the floor" in job.candidate.gate["reason"]
+    assert job.candidate.gate["candidate"]["sensitivity"] < settings.RETRAIN_MIN_SENSITIVITY
+    # ml.train read the selection part (to choose) and never a gate image.
+    assert selection <= set(read)
+    assert not {item.path.resolve() for item in gate} & set(read)
+    # On the selection part, where its threshold was chosen, the same model meets the floor.
+    assert job.candidate.metrics["val_sensitivity"] >= settings.RETRAIN_MIN_SENSITIVITY
+
+
+def test_the_validation_split_is_cut_by_patient_into_selection_and_gate_parts(base, db):
+    split = services.validation_split_get_or_create(base_data=base)
+    selection_csv, gate_csv = services.validation_split_parts(split)
+    selection, gate = read_manifest(selection_csv), read_manifest(gate_csv)
+    assert split.n_selection == len(selection) > 0 and split.n_gate == len(gate) > 0
+    assert {i.source for i in selection} | {i.source for i in gate} == set(split.item_keys)
+    assert {patient_id(i.path) for i in selection}.isdisjoint(patient_id(i.path) for i in gate)
+    assert {i.label for i in gate} == {i.label for i in selection} == {"NORMAL", "PNEUMONIA"}
+    assert split.gate_item_keys == [i.source for i in gate]
+    assert (split.selection_hash, split.gate_hash) == (
+        manifest_hash(selection),
+        manifest_hash(gate),
+    )
+
+
+def test_a_split_frozen_before_the_parts_existed_is_cut_on_first_use(base, db):
+    split = services.validation_split_get_or_create(base_data=base)
+    keys = list(split.item_keys)
+    ValidationSplit.objects.filter(pk=split.pk).update(
+        selection_manifest="", selection_hash="", gate_manifest="", gate_hash="", gate_item_keys=[]
+    )
+    again = services.validation_split_get_or_create(base_data=base)
+    assert again.pk == split.pk and again.item_keys == keys
+    assert again.n_gate > 0 and again.gate_hash and set(again.gate_item_keys) < set(keys)
 
 
 def test_the_validation_split_is_frozen_across_runs_and_never_cleaned(base, random_active, ada):

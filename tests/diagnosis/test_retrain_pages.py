@@ -102,3 +102,28 @@ def test_the_api_starts_retraining_and_promotes_for_admins_only(
     assert models["active"] == candidate.name
     assert {"parent", "gate"} <= set(models["results"][0])
     assert client.post(reverse("api:model-promote", args=["nope"]), {}).status_code == 404
+
+
+def test_the_models_page_and_api_show_the_sizes_of_the_selection_and_gate_parts(
+    db, ada, rita, settings, tmp_path
+):
+    from tests.synthetic import write_dataset
+
+    write_dataset(tmp_path / "base", 20, size=32, seed=1)
+    settings.VAR_DIR = tmp_path / "var"
+    assert "No validation split yet" in browser(rita).get(reverse("model-list")).content.decode()
+
+    split = services.validation_split_get_or_create(base_data=tmp_path / "base")
+    assert split.n_selection > 0 and split.n_gate > 0
+    assert split.n_selection + split.n_gate == len(split.item_keys)
+    page = browser(rita).get(reverse("model-list")).content.decode()
+    assert f"selection part ({split.n_selection} images)" in page
+    assert f"gate part ({split.n_gate} images)" in page
+
+    body = api_client_for(rita).get("/api/models/").json()
+    assert body["validation_split"] | {"created_at": None} == {
+        "id": split.pk, "created_at": None, "origin": split.origin, "n": len(split.item_keys),
+        "n_selection": split.n_selection, "n_gate": split.n_gate,
+        "manifest_hash": split.manifest_hash, "selection_hash": split.selection_hash,
+        "gate_hash": split.gate_hash,
+    }  # fmt: skip

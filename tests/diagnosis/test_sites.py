@@ -355,10 +355,14 @@ def test_a_failed_adaptation_leaves_no_candidate_behind(
 
     assert set(ModelVersion.objects.values_list("name", flat=True)) == versions
     assert not SiteAudit.objects.exists() and not SiteThreshold.objects.exists()
-    # What may remain is what belongs to the audited model: its evaluation on the frozen
-    # validation split the gate asked for, and that split.
+    # What may remain is what belongs to the audited model: its evaluation on the gate part
+    # of the frozen validation split the gate asked for, and that split with its parts.
     kept = {media / name for e in Evaluation.objects.all() for name in e.plots.values()}
-    kept |= {media / s.manifest for s in ValidationSplit.objects.all()}
+    kept |= {
+        media / name
+        for s in ValidationSplit.objects.all()
+        for name in (s.manifest, s.selection_manifest, s.gate_manifest)
+    }
     assert {p for p in media.rglob("*") if p.is_file()} - files_before <= kept
 
 
