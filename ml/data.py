@@ -33,6 +33,7 @@ from ml.preprocessing import open_image
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 POSITIVE_CLASS = "PNEUMONIA"
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+TEST_SPLITS = ("random", "acquisition")
 
 
 @dataclass(frozen=True, order=True)
@@ -254,25 +255,92 @@ def split_by_patient(
 
 
 def split_train_val_test(
-    items: Sequence[Item], *, val_fraction: float, test_fraction: float, seed: int = 0
+    items: Sequence[Item],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int = 0,
+    test_split: str = "random",
 ) -> tuple[list[Item], list[Item], list[Item]]:
     """(train, val, test), patient-disjoint, each fraction a share of all of `items`.
 
     The test split is carved first, with its own random stream, so changing --val-fraction
     never moves a patient into or out of it. test_fraction=0 gives an empty test split and
-    the same (train, val) as split_by_patient.
+    the same (train, val) as split_by_patient. test_split="acquisition" carves it as the most
+    recent acquisitions of each numbering family instead (split_by_acquisition).
     """
+    if test_split not in TEST_SPLITS:
+        raise ValueError(f"test_split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}")
     if not 0.0 <= test_fraction < 1.0 or not 0.0 < val_fraction < 1.0 - test_fraction:
         raise ValueError(
             "need 0 <= test_fraction < 1 and 0 < val_fraction < 1 - test_fraction, got "
             f"val_fraction={val_fraction}, test_fraction={test_fraction}"
         )
     rest, test = list(items), []
-    if test_fraction > 0:
+    if test_fraction > 0 and test_split == "acquisition":
+        rest, test = split_by_acquisition(items, test_fraction, end="last")
+    elif test_fraction > 0:
         rest, test = _hold_out(items, test_fraction, f"{seed}-test")
     # val_fraction is a share of all images; the rest is only (1 - test_fraction) of them.
     train, val = _hold_out(rest, val_fraction / (1.0 - test_fraction), str(seed))
     return train, val, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Acquisition groups: the proxy for "another hospital"
+
+_ACQUISITION_PATTERNS = (
+    re.compile(r"^(person)(\d+)_", re.IGNORECASE),  # person123_bacteria_456
+    re.compile(r"^(NORMAL2-IM)-(\d+)-", re.IGNORECASE),  # NORMAL2-IM-1427-0001
+    re.compile(r"^(IM)-(\d+)-", re.IGNORECASE),  # IM-0115-0001
+)
+
+
+def acquisition_key(filename: str | os.PathLike) -> tuple[str, int] | None:
+    """(family, patient number) of a Kermany file name, or None for any other name.
+
+    The data set numbers its patients in three families (`IM`, `NORMAL2-IM`, `person`), and
+    the numbering follows acquisition: the official "val" images continue it
+    (NORMAL2-IM-1427 onwards, person1946 onwards), and the training images' statistics drift
+    along it (the share of near-black pixels in pneumonia films rises from 4.4% in the first
+    fifth of person numbers to 7.3% in the last; ml/README.md "The proxy")."""
+    name = Path(filename).name
+    for pattern in _ACQUISITION_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1).upper().replace("PERSON", "person"), int(match.group(2))
+    return None
+
+
+def split_by_acquisition(
+    items: Sequence[Item], fraction: float, *, end: str = "last"
+) -> tuple[list[Item], list[Item]]:
+    """(kept, held out): in each numbering family, the patients at the `end` ("last": the
+    most recent acquisitions, "first": the oldest) until `fraction` of the family's images,
+    whole patients at a time. Images whose names carry no family stay in `kept`.
+
+    A held-out block is one acquisition period no training image comes from: a harder, and
+    more honest, stand-in for another hospital than a random patient split."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be within (0, 1), got {fraction}")
+    if end not in ("first", "last"):
+        raise ValueError(f"end must be 'first' or 'last', got {end!r}")
+    families: dict[str, dict[int, list[Item]]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        key = acquisition_key(item.path)
+        if key is not None:
+            families[key[0]][key[1]].append(item)
+    held: set[Item] = set()
+    for patients in families.values():
+        order = sorted(patients, reverse=end == "last")
+        target = fraction * sum(len(group) for group in patients.values())
+        taken = 0
+        for number in order[:-1]:  # the family keeps at least one patient
+            if taken >= target:
+                break
+            held.update(patients[number])
+            taken += len(patients[number])
+    return [it for it in items if it not in held], [it for it in items if it in held]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_
 from ml.data import (
     CLASS_NAMES,
     POSITIVE_CLASS,
+    TEST_SPLITS,
     ImageDataset,
     Item,
     add_source_arguments,
@@ -102,6 +103,7 @@ class TrainConfig:
     img_size: int = 160
     limit_per_class: int | None = None
     test_fraction: float = 0.15
+    test_split: str = "random"
     val_fraction: float = 0.15
     min_sensitivity: float = 0.95
     seed: int = 0
@@ -200,6 +202,7 @@ def _splits(config: TrainConfig) -> tuple[list[Item], list[Item], list[Item], li
             val_fraction=config.val_fraction,
             test_fraction=config.test_fraction,
             seed=config.seed,
+            test_split=config.test_split,
         )
     splits = (("train", train), ("val", val), ("test", test))
     print(", ".join(_describe(name, split) for name, split in splits), flush=True)
@@ -438,6 +441,13 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         default=default("test_fraction"),
         type=float,
         help="share of all images held out as a test split that no choice uses (0: none)",
+    )
+    add(
+        "--test-split",
+        default=default("test_split"),
+        choices=TEST_SPLITS,
+        help="random: patients drawn at random; acquisition: the most recent patients of each "
+        "numbering family (ml.data.split_by_acquisition), a proxy for another hospital",
     )
     add(
         "--val-fraction",

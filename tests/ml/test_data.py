@@ -9,11 +9,13 @@ import torch
 from ml.data import (
     ImageDataset,
     Item,
+    acquisition_key,
     limit_per_class,
     manifest_hash,
     patient_id,
     read_manifest,
     scan_folder,
+    split_by_acquisition,
     split_by_patient,
     split_train_val_test,
     write_manifest,
@@ -200,3 +202,57 @@ def test_it_splits_train_val_test_without_sharing_a_patient(dataset_root: Path):
     )
     with pytest.raises(ValueError, match="val_fraction < 1 - test_fraction"):
         split_train_val_test(items, val_fraction=0.5, test_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("filename", "key"),
+    [
+        ("person1000_bacteria_2931.jpeg", ("person", 1000)),
+        ("person447_virus_921_1.jpeg", ("person", 447)),
+        ("IM-0115-0001.jpeg", ("IM", 115)),
+        ("NORMAL2-IM-1427-0001.jpeg", ("NORMAL2-IM", 1427)),
+        ("upload_7.png", None),
+    ],
+)
+def test_it_reads_the_numbering_family_and_number(filename: str, key):
+    assert acquisition_key(filename) == key
+
+
+@pytest.mark.parametrize("end", ["last", "first"])
+def test_it_holds_out_one_acquisition_period_per_family_by_whole_patients(
+    dataset_root: Path, end: str
+):
+    items = [*scan_folder(dataset_root), Item(Path("upload_1.png"), "NORMAL")]
+    kept, held = split_by_acquisition(items, 0.25, end=end)
+
+    assert sorted(kept + held) == sorted(items) and not set(kept) & set(held)
+    assert Item(Path("upload_1.png"), "NORMAL") in kept  # no family: never held out
+    assert {patient_id(p) for p, _ in kept}.isdisjoint(patient_id(p) for p, _ in held)
+    families = {acquisition_key(p)[0] for p, _ in held}
+    assert families == {"IM", "NORMAL2-IM", "person"}
+    for family in families:
+        held_numbers = [acquisition_key(p)[1] for p, _ in held if acquisition_key(p)[0] == family]
+        kept_numbers = [
+            n for p, _ in kept if (k := acquisition_key(p)) and k[0] == family for n in [k[1]]
+        ]
+        # One contiguous period at the chosen end: no kept patient lies inside it.
+        if end == "last":
+            assert min(held_numbers) > max(kept_numbers)
+        else:
+            assert max(held_numbers) < min(kept_numbers)
+        n_family = len(held_numbers) + len(kept_numbers)
+        assert 0.25 * n_family <= len(held_numbers) <= 0.25 * n_family + 2  # whole patients
+
+
+def test_it_carves_the_test_split_by_acquisition_when_asked(dataset_root: Path):
+    items = scan_folder(dataset_root)
+    train, val, test = split_train_val_test(
+        items, val_fraction=0.2, test_fraction=0.2, test_split="acquisition"
+    )
+    _, held = split_by_acquisition(items, 0.2)
+    assert test == held
+    assert {patient_id(p) for p, _ in train}.isdisjoint(patient_id(p) for p, _ in val + test)
+    with pytest.raises(ValueError, match="test_split"):
+        split_train_val_test(items, val_fraction=0.2, test_fraction=0.2, test_split="site")
+    with pytest.raises(ValueError, match="end"):
+        split_by_acquisition(items, 0.2, end="middle")

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from ml import metrics
 from ml.metrics import (
     bootstrap_auc_ci,
     brier,
@@ -121,3 +122,19 @@ def test_it_bootstraps_a_seeded_interval_around_the_auc():
     assert bootstrap_auc_ci(y, p, n=500, seed=3) == (low, high)
     assert bootstrap_auc_ci(y, p, n=500, seed=4) != (low, high)
     assert all(math.isnan(v) for v in bootstrap_auc_ci([1, 1], [0.2, 0.3]))
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_probabilities_overconfident():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, size=4000)
+    y = rng.random(4000) < 1.0 / (1.0 + np.exp(-logits))  # calibrated at T = 1
+    overconfident = 1.0 / (1.0 + np.exp(-3.0 * logits))  # the same ranking, logits x 3
+    t = metrics.fit_temperature(y, overconfident)
+    assert 2.7 < t < 3.3
+    fixed = metrics.apply_temperature(overconfident, t)
+    ece = metrics.expected_calibration_error
+    assert ece(y, fixed) < 0.03 < ece(y, overconfident)
+    assert metrics.roc_auc(y, fixed) == pytest.approx(metrics.roc_auc(y, overconfident))
+    assert metrics.apply_temperature([0.5, 0.9], 1.0) == pytest.approx([0.5, 0.9])
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.apply_temperature([0.5], 0.0)
