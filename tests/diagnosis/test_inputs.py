@@ -19,7 +19,7 @@ from diagnosis import services
 from diagnosis.models import Prediction, Study
 from diagnosis.validation import UploadRejected
 from ml.data import write_manifest
-from tests.conftest import api_client_for, jpeg_bytes, png_bytes
+from tests.conftest import api_client_for, assert_outputs_vary, jpeg_bytes, png_bytes
 from tests.dicom import dicom_bytes, xray_pixels
 
 PHI = ("Doe", "Jane", "MRN-0042-SECRET", "20210304", "ACC-777", "St Example")
@@ -61,6 +61,7 @@ def test_a_monochrome1_study_is_predicted_like_its_monochrome2_twin(alice, activ
     services.prediction_run(mono2.latest_prediction.pk)  # one batch runs both
     results = [Prediction.objects.get(study=s) for s in (mono2, mono1)]
     assert all(r.status == "done" for r in results)
+    assert_outputs_vary([r.probability for r in results], min_spread=0)
     assert results[0].probability == pytest.approx(results[1].probability, abs=1e-6)
 
 

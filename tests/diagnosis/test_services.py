@@ -15,7 +15,13 @@ from diagnosis import services
 from diagnosis.models import ModelVersion, Prediction, Review, Study
 from diagnosis.services.predictions import _claim as claim
 from diagnosis.validation import UploadRejected
-from tests.conftest import api_client_for, jpeg_bytes, make_checkpoint, png_bytes
+from tests.conftest import (
+    api_client_for,
+    assert_outputs_vary,
+    jpeg_bytes,
+    make_checkpoint,
+    png_bytes,
+)
 
 
 def stored_files() -> set[str]:
@@ -237,6 +243,7 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
     assert services.heatmaps_draw(quiet=0) == 10
 
     # Batched results equal one-by-one inference on the same checkpoint, study by study.
+    assert_outputs_vary([s.predictions.get().probability for s in studies])
     predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
     for study in studies:
         prediction = study.predictions.get()

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from diagnosis.models import Prediction, Study
 from diagnosis.tasks import predict
-from tests.conftest import jpeg_bytes
+from tests.conftest import assert_outputs_vary, jpeg_bytes
 from tests.e2e.conftest import ROOT, child_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +46,7 @@ def test_it_predicts_uploads_in_a_real_worker(start_worker, active_model, alice,
         process=worker,
     )
     # The worker's answer is the real network's: the same checkpoint run here agrees.
+    assert_outputs_vary([prediction_of(i).probability for i in ids])
     predictor = Predictor.from_checkpoint(active_model and _model_path(active_model))
     for study_id in ids:
         prediction = prediction_of(study_id)
