@@ -79,6 +79,27 @@ def grad_cams(
     return cam.cpu().numpy().astype(np.float32)
 
 
+# A rough thorax on a frontal chest film, as fractions of (width, height): left, top, right,
+# bottom. Outside it lie the corners with side markers and text, and the abdomen.
+THORAX_BOX = (0.1, 0.05, 0.9, 0.8)
+
+
+def mass_outside(
+    cams: np.ndarray, box: tuple[float, float, float, float] = THORAX_BOX
+) -> np.ndarray:
+    """Per map of cams (B, H, W), the share of its total mass outside `box` (fractions of the
+    width and height): how much of what drove the call lies off the lungs. NaN for a map with
+    no mass."""
+    b, h, w = cams.shape
+    left, top, right, bottom = box
+    inside = np.zeros((h, w), dtype=bool)
+    inside[round(top * h) : round(bottom * h), round(left * w) : round(right * w)] = True
+    total = cams.reshape(b, -1).sum(axis=1)  # (B,)
+    off = cams[:, ~inside].sum(axis=1)  # (B,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, off / total, np.nan)
+
+
 def _jet_lut() -> np.ndarray:
     """(256, 3) uint8 piecewise-linear approximation of matplotlib's 'jet' (blue -> red).
 

@@ -1,7 +1,7 @@
 """Predict pneumonia on uploaded images with a trained checkpoint.
 
     from ml.inference import Predictor
-    predictor = Predictor.from_checkpoint("var/models/demo-resnet34.pt")  # load once per process
+    predictor = Predictor.from_checkpoint("var/models/demo.pt")  # load once per process
     predictor.predict("upload.jpeg")  # Prediction(label='PNEUMONIA', probability=0.97, ...)
     prediction, heatmap = predictor.explain("upload.jpeg")  # plus a Grad-CAM overlay (RGB)
 
@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -151,14 +152,19 @@ class Predictor:
         data = _bytes_or_paths(sources)
         return self._overlays(data, self.inputs(data))
 
-    def _overlays(self, data: list, x: torch.Tensor) -> list[Image.Image]:
+    def cams(self, x: torch.Tensor) -> np.ndarray:
+        """The Grad-CAM maps of the positive class for model inputs x (B, 3, S, S) ->
+        (B, S, S) in [0, 1], one forward and one backward pass (ml.gradcam.grad_cams)."""
         with self._explain_lock:
-            cams = grad_cams(
+            return grad_cams(
                 self.model,
                 x.to(self.device, memory_format=torch.channels_last),
                 target_layer=target_layer(self.model, self.meta.arch),
                 class_index=self._positive,
-            )  # (B, S, S) in [0, 1]
+            )
+
+    def _overlays(self, data: list, x: torch.Tensor) -> list[Image.Image]:
+        cams = self.cams(x)  # (B, S, S) in [0, 1]
         results = []
         for source, cam in zip(data, cams, strict=True):
             image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for JPEGs

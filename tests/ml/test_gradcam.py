@@ -172,3 +172,17 @@ def test_a_batch_gives_each_image_the_map_and_result_it_gets_alone(predictor: Pr
         # a few grey levels at a pixel); another image's map would differ everywhere.
         assert difference.max() <= 4 and difference.mean() < 0.1
     assert _no_hooks(predictor.model)
+
+
+def test_it_measures_the_share_of_a_map_outside_the_thorax_box():
+    from ml.gradcam import THORAX_BOX, mass_outside
+
+    cams = np.zeros((3, 100, 100), dtype=np.float32)
+    cams[0, 40:60, 40:60] = 1.0  # on the lungs
+    cams[1, 0:5, 0:5] = 1.0  # a corner marker
+    cams[2, 40:60, 40:60] = 1.0
+    cams[2, 80:100, 40:60] = 1.0  # and the abdomen, as much again
+    shares = mass_outside(cams)
+    assert shares[:3].tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert np.isnan(mass_outside(np.zeros((1, 10, 10), dtype=np.float32))[0])
+    assert THORAX_BOX[0] < THORAX_BOX[2] and THORAX_BOX[1] < THORAX_BOX[3]
