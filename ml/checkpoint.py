@@ -7,7 +7,7 @@ so a checkpoint from an untrusted place is safe to open. Missing, truncated or g
 raise CheckpointError; a flipped bit inside the weights is not detected (no checksum).
 
     from ml.checkpoint import load_checkpoint
-    model, meta = load_checkpoint("var/models/demo-resnet34.pt")  # eval() mode, on CPU
+    model, meta = load_checkpoint("var/models/demo.pt")  # eval() mode, on CPU
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a labelled image set: AUC with a bootstrap CI, the operating point,
 calibration, a table on stdout, a JSON file and optional plots.
 
-    python -m ml.evaluate --checkpoint var/models/demo-resnet34.pt \
+    python -m ml.evaluate --checkpoint var/models/demo.pt \
         --data ../shared/data/full_resolution --json var/eval/full_resolution.json \
         --plots var/eval/full_resolution
 

@@ -214,6 +214,21 @@ def build_model(
         ) from exc
 
 
+def offline_pretrained_arch(
+    preference: tuple[str, ...] = ("resnet34", "efficientnet_lite0"),
+) -> str | None:
+    """The first architecture of `preference` whose ImageNet weights load here without a
+    network (ResNet34 from torch.hub's cache, EfficientNet-Lite0 from its pip package), or
+    None. `make up` trains its demo model on it; ResNet34 first, as the prototype had it."""
+    for arch in preference:
+        try:
+            _arch(arch).imagenet_state(False)
+        except PretrainedWeightsUnavailable:
+            continue
+        return arch
+    return None
+
+
 def default_preprocessing(arch: str, input_size: int = 224) -> Preprocessing:
     """The Preprocessing to train `arch` with: its ImageNet weights' normalization. Training
     from scratch uses it too, so a checkpoint's stats never depend on --pretrained."""

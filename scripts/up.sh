@@ -6,8 +6,9 @@
 # 127.0.0.1:6379; otherwise kombu's filesystem transport in var/broker stands in.
 #
 # If no model is active yet and the Kermany training data is at ../shared/data/chest_xray
-# (or DEMO_DATA), a quick ResNet34 demo model is trained in the background and activated;
-# uploads made meanwhile wait and are predicted as soon as it is active.
+# (or DEMO_DATA), a demo model is trained in the background (fine-tuned from offline
+# ImageNet weights, about 5 minutes) and activated; uploads made meanwhile wait and are
+# predicted as soon as it is active. It is a demo, not a clinical model.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PORT=${PORT:-8000}
 DEMO_DATA=${DEMO_DATA:-../shared/data/chest_xray/train}
-DEMO_MODEL=var/models/demo-resnet34.pt
+DEMO_MODEL=var/models/demo.pt
 mkdir -p var/log var/models
 # Retraining starts from the base data set plus the reviewed studies.
 if [ -z "${TRAINING_BASE_DATA:-}" ] && [ -d "$DEMO_DATA" ]; then
@@ -83,14 +84,24 @@ has_model=$("$PY" manage.py shell -v 0 -c \
   "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
 if [ "$has_model" = 0 ]; then
   if [ -f "$DEMO_MODEL" ]; then
-    "$PY" manage.py register_model "$DEMO_MODEL" --name demo-resnet34 --activate || true
+    "$PY" manage.py register_model "$DEMO_MODEL" --name demo --activate || true
   elif [ -d "$DEMO_DATA" ]; then
-    echo "==> No model yet: training a quick ResNet34 demo model on $DEMO_DATA in the background"
-    echo "    (log: var/log/train-demo.log); uploads wait until it is active."
-    ( "$PY" -m ml.train --data "$DEMO_DATA" --arch resnet34 --pretrained none \
-        --limit-per-class 800 --img-size 160 --epochs 3 --lr 1e-3 --test-fraction 0 \
-        --out "$DEMO_MODEL" \
-      && "$PY" manage.py register_model "$DEMO_MODEL" --name demo-resnet34 --activate
+    # ml.train's default recipe, short, fine-tuned from ImageNet weights that load offline
+    # (ResNet34 when torch.hub's cache has them, else EfficientNet-Lite0's packaged ones);
+    # from scratch (a quick ResNet34) only when neither is at hand.
+    arch=$("$PY" -c "from ml.models import offline_pretrained_arch as a; print(a() or '')")
+    if [ -n "$arch" ]; then
+      flags=(--arch "$arch" --pretrained imagenet --freeze-epochs 1 --epochs 2)
+    else
+      arch=resnet34
+      flags=(--arch resnet34 --pretrained none --recipe fastai --limit-per-class 800 --epochs 3
+              --lr 1e-3)
+    fi
+    echo "==> No model yet: training a DEMO $arch model on $DEMO_DATA in the background"
+    echo "    (log: var/log/train-demo.log, about 6 minutes); uploads wait until it is active."
+    ( "$PY" -m ml.train --data "$DEMO_DATA" "${flags[@]}" --img-size 160 \
+        --test-split acquisition --out "$DEMO_MODEL" \
+      && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)
   else

