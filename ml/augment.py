@@ -72,7 +72,10 @@ RECIPES: dict[str, Recipe] = {
         description="the prototype's aug_transforms(): flip, rotate, zoom, warp, lighting",
     ),
 }
-DEFAULT_RECIPE = "robust"
+# The default is the recipe that measured best on every proxy for another population that
+# we have (ml/README.md "Recipes on the proxy"); `robust` stays one flag away until a proxy
+# as hard as the official test split can decide between them.
+DEFAULT_RECIPE = "fastai"
 
 
 class RandomGamma(v2.Transform):

@@ -10,7 +10,7 @@ import torch
 from ml.checkpoint import load_checkpoint, read_meta
 from ml.data import manifest_hash, patient_id, read_manifest, scan_folder
 from ml.inference import Predictor
-from ml.metrics import roc_auc
+from ml.metrics import choose_threshold, roc_auc
 from ml.train import get_args_parser, main, parse_config
 from tests.synthetic import make_xray, write_dataset
 
@@ -49,8 +49,20 @@ def test_it_learns_to_separate_synthetic_xrays(tmp_path: Path):
     assert meta.data_hash == manifest_hash(scan_folder(tmp_path / "data"))
     assert datetime.fromisoformat(meta.created_at).utcoffset().total_seconds() == 0
 
-    # Unseen images (other seeds) are ranked as well as the validation ones.
+    # The threshold rule saw only the images the checkpoint names: rerun on them, it gives
+    # back the stored threshold.
+    rule = meta.metrics["threshold_rule"]
+    val = read_manifest(rule["images"])
+    assert rule["manifest_hash"] == manifest_hash(val) == meta.train_args["val_manifest_hash"]
+    assert (rule["rule"], rule["target"], rule["n"]) == ("sensitivity", 0.95, len(val))
     predictor = Predictor.from_checkpoint(out)
+    scores = [p.probability for p in predictor.predict_batch([path for path, _ in val])]
+    y_val = [int(label == "PNEUMONIA") for _, label in val]
+    assert choose_threshold(y_val, scores, min_sensitivity=0.95) == pytest.approx(
+        meta.threshold, abs=1e-5
+    )
+
+    # Unseen images (other seeds) are ranked as well as the validation ones.
     labels = [label for label in ("NORMAL", "PNEUMONIA") for _ in range(8)]
     predictions = predictor.predict_batch([_png(c, seed=1000 + i) for i, c in enumerate(labels)])
     y = [int(c == "PNEUMONIA") for c in labels]
