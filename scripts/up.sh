@@ -98,7 +98,7 @@ if [ "$has_model" = 0 ]; then
               --lr 1e-3)
     fi
     echo "==> No model yet: training a DEMO $arch model on $DEMO_DATA in the background"
-    echo "    (log: var/log/train-demo.log, about 6 minutes); uploads wait until it is active."
+    echo "    (log: var/log/train-demo.log, about 5 minutes); uploads wait until it is active."
     ( "$PY" -m ml.train --data "$DEMO_DATA" "${flags[@]}" --img-size 160 \
         --test-split acquisition --out "$DEMO_MODEL" \
       && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate
