@@ -142,51 +142,57 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
     if len({item.label for item in val}) < 2 or len(val) < 10:
         _, val = split_by_patient(pool, val_fraction=VALIDATION_FRACTION, seed=seed)
         origin = f"a patient split of the training pool ({VALIDATION_FRACTION:.0%})"
-    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
     with atomic_files() as written, transaction.atomic():
+        manifest, manifest_hash = _manifest_save("training/validation.csv", val, written)
         return ValidationSplit.objects.create(
             created_by=user,
+            manifest=manifest,
+            manifest_hash=manifest_hash,
             item_keys=[item.source for item in val],
             origin=origin,
-            **_manifest_fields("", val, written),
-            **_manifest_fields("selection_", selection, written),
-            **_manifest_fields("gate_", gate, written),
-            gate_item_keys=[item.source for item in gate],
+            **_parts(val, seed, written),
         )
 
 
 def _validation_split_cut(split: ValidationSplit, *, seed: int) -> ValidationSplit:
-    from ml.data import read_manifest, split_by_patient
+    from ml.data import read_manifest
 
     val = read_manifest(default_storage.path(split.manifest))
-    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
     with atomic_files() as written, transaction.atomic():
-        fields = {
-            **_manifest_fields("selection_", selection, written),
-            **_manifest_fields("gate_", gate, written),
-            "gate_item_keys": [item.source for item in gate],
-        }
-        ValidationSplit.objects.filter(pk=split.pk).update(**fields)
+        ValidationSplit.objects.filter(pk=split.pk).update(**_parts(val, seed, written))
     split.refresh_from_db()
     logger.info("Validation split %s cut into selection and gate parts.", split.pk)
     return split
 
 
-def _manifest_fields(prefix: str, items: list, written: list) -> dict:
-    """{prefix + "manifest": stored CSV name, prefix + "hash": its manifest hash}, the file
-    saved under training/ and recorded in `written` (deleted if the transaction fails)."""
+def _parts(val: list, seed: int, written: list) -> dict:
+    """The ValidationSplit fields of `val` cut by patient into selection and gate parts, their
+    manifests saved (and recorded in `written`, deleted if the transaction fails)."""
+    from ml.data import split_by_patient
+
+    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
+    selection_manifest, selection_hash = _manifest_save(
+        "training/validation-selection.csv", selection, written
+    )
+    gate_manifest, gate_hash = _manifest_save("training/validation-gate.csv", gate, written)
+    return {
+        "selection_manifest": selection_manifest,
+        "selection_hash": selection_hash,
+        "gate_manifest": gate_manifest,
+        "gate_hash": gate_hash,
+        "gate_item_keys": [item.source for item in gate],
+    }
+
+
+def _manifest_save(name: str, items: list, written: list) -> tuple[str, str]:
+    """(stored name, manifest hash) of `items` written as a CSV manifest to the storage."""
     from ml.data import manifest_hash, write_manifest
 
-    name = f"{prefix.rstrip('_') or 'validation'}"
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path = write_manifest(Path(tmp) / f"{name}.csv", items)
-        stored = default_storage.save(
-            f"training/{name}.csv" if prefix == "" else f"training/validation-{name}.csv",
-            ContentFile(csv_path.read_bytes()),
-        )
+        csv_path = write_manifest(Path(tmp) / Path(name).name, items)
+        stored = default_storage.save(name, ContentFile(csv_path.read_bytes()))
     written.append(stored)
-    hash_field = "manifest_hash" if prefix == "" else f"{prefix}hash"
-    return {f"{prefix}manifest": stored, hash_field: manifest_hash(items)}
+    return stored, manifest_hash(items)
 
 
 # ---------------------------------------------------------------------------- jobs
