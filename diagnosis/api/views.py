@@ -28,6 +28,16 @@ from diagnosis.models import Label, Prediction, Site, TrainingJob, Unusable
 from diagnosis.validation import UploadRejected
 
 
+class SiteNameField(serializers.SlugRelatedField):
+    """A site by name. A name with a NUL byte names no site: refused as one that does not
+    exist, before the lookup (PostgreSQL refuses NUL in text and would answer 500)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data)
+        return super().to_internal_value(data)
+
+
 def _paginated(request, view, studies) -> Response:
     paginator = Pagination()
     page = paginator.paginate_queryset(studies, request, view=view)
@@ -53,7 +63,7 @@ class StudyListCreateApi(APIView):
 
     class UploadInputSerializer(serializers.Serializer):
         image = serializers.FileField(allow_empty_file=True)
-        site = serializers.SlugRelatedField(
+        site = SiteNameField(
             slug_field="name", queryset=Site.objects.all(), required=False,
             help_text="The site (hospital, scanner) the study comes from; default: the default "
             "site. Its threshold for the active model decides.",

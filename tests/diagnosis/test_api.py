@@ -305,3 +305,21 @@ def test_it_skips_heatmaps_when_they_are_turned_off(alice, active_model, xray_up
     assert prediction.status == "done" and not prediction.heatmap
     body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
     assert body["prediction"]["heatmap_url"] is None
+
+
+def test_an_upload_naming_a_site_with_a_nul_byte_is_refused_not_a_server_error(
+    db, alice, active_model
+):
+    from diagnosis.models import Study
+
+    response = api_client_for(alice).post(
+        "/api/studies/", {"image": _upload_for_nul_test(), "site": "a\x00b"}, format="multipart"
+    )
+    assert response.status_code == 400 and "site" in response.json()
+    assert not Study.objects.exists()
+
+
+def _upload_for_nul_test():
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("x.jpg", jpeg_bytes("NORMAL", seed=1), content_type="image/jpeg")
