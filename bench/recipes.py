@@ -235,7 +235,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--data", type=Path, required=True, help="Kaggle-layout training folder")
     add("--full-resolution", type=Path, help="labelled folder of full-resolution images")
     add("--out", type=Path, default=Path("var/recipes"), help="checkpoints, logs and scores")
-    add("--recipes", type=lambda s: s.split(","), default=["robust", "fastai"], help="a,b")
+    add("--recipes", type=lambda s: s.split(","), default=["fastai", "crops", "robust"], help="a,b")
     add("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="0,1")
     add("--arch", default="efficientnet_lite0", help="architecture (ImageNet weights)")
     add("--train-args", default="", help="more ml.train flags, e.g. '--img-size 192'")

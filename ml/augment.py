@@ -3,7 +3,7 @@
     from ml.augment import RECIPES, train_transform
     t = train_transform(Preprocessing(input_size=160), "robust")   # 'L' image -> (3, 160, 160)
 
-Two recipes, compared side by side in ml/README.md:
+Three recipes, compared side by side in ml/README.md:
 
 `fastai` is the prototype's `aug_transforms()`: flip; rotate <= 10 deg, zoom 1.0-1.1 and a 0.2
 perspective warp (p 0.75); brightness and contrast 0.2 (p 0.75). It leaves every training
@@ -29,6 +29,10 @@ X-ray machine, another year of the same study). Each step, and the variation it 
 - Gaussian noise sigma 0.03, p 0.2 (detector noise, dose): low-dose films are noisier.
 - Random erasing of 0.5-3% of the image, p 0.25 (burned-in markers and text): no small patch
   may decide alone.
+
+`crops` is the public experiment's change and nothing more: RandomResizedCrop 0.08-1 (ratio
+3/4-4/3), horizontal flip, brightness and contrast 0.3 (p 0.8), no label smoothing. It tells
+apart what the crops bring from what robust's other steps and its label smoothing cost.
 
 CLAHE is left out: it needs OpenCV or scikit-image, and equalisation plus gamma and contrast
 cover the same tone changes. The recipe also sets label smoothing (0.1): over-confident
@@ -65,6 +69,11 @@ RECIPES: dict[str, Recipe] = {
         "robust",
         label_smoothing=0.1,
         description="random resized crops, tone, blur, JPEG, noise and erasing; label smoothing",
+    ),
+    "crops": Recipe(
+        "crops",
+        label_smoothing=0.0,
+        description="the public experiment's: random resized crops, flip, jitter 0.3",
     ),
     "fastai": Recipe(
         "fastai",
@@ -159,6 +168,14 @@ def robust_steps(s: int) -> list[v2.Transform]:
     ]
 
 
+def crops_steps(s: int) -> list[v2.Transform]:
+    return [
+        v2.RandomResizedCrop(s, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3)], p=0.8),
+    ]
+
+
 def robust_float_steps() -> list[v2.Transform]:
     # On the float image in [0, 1], before normalisation: noise, then erasing to black.
     return [
@@ -176,6 +193,8 @@ def train_transform(
     s = pre.input_size
     if recipe == "fastai":
         return v2.Compose([*tensor_head(), *fastai_steps(s), *tensor_tail(pre)])
+    if recipe == "crops":
+        return v2.Compose([*tensor_head(), *crops_steps(s), *tensor_tail(pre)])
     return v2.Compose(
         [*tensor_head(), *robust_steps(s), *tensor_tail(pre, before=robust_float_steps())]
     )

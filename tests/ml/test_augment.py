@@ -12,6 +12,7 @@ from ml.augment import (
     RECIPES,
     RandomGamma,
     RandomJPEG,
+    crops_steps,
     fastai_steps,
     robust_float_steps,
     robust_steps,
@@ -51,7 +52,7 @@ def test_it_augments_randomly_with_the_eval_shape_and_repeats_for_a_seed(recipe:
 
 
 def test_it_refuses_an_unknown_recipe():
-    with pytest.raises(ValueError, match="robust, fastai"):
+    with pytest.raises(ValueError, match="robust, crops, fastai"):
         train_transform(Preprocessing(input_size=32), "strong")
 
 
@@ -92,12 +93,13 @@ def test_the_fastai_recipe_is_the_prototypes_aug_transforms():
     assert RECIPES["fastai"].label_smoothing == 0.0
 
 
-def test_the_robust_recipe_crops_at_many_scales():
+@pytest.mark.parametrize("steps", [robust_steps, crops_steps])
+def test_the_robust_and_crops_recipes_crop_at_many_scales(steps):
     # Left half black, right half white: a full-frame resize always averages 0.5, while crops
     # of 8-100% of the area see anything from one half only to both.
     pixels = np.zeros((96, 96), dtype=np.uint8)
     pixels[:, 48:] = 255
-    crop = _step(robust_steps(48), v2.RandomResizedCrop)
+    crop = _step(steps(48), v2.RandomResizedCrop)
     x = _u8(Image.fromarray(pixels, mode="L"))
     torch.manual_seed(0)
     means = torch.stack([crop(x).float().mean() / 255 for _ in range(60)])
@@ -191,3 +193,13 @@ def test_flip_mirrors_the_side_marker():
     flipped = v2.functional.horizontal_flip(_u8(Image.fromarray(pixels, mode="L")))
     assert flip.p == 0.5
     assert int(flipped[0, 2:6, 26:30].min()) == 255 and int(flipped[0, 2:6, 2:6].max()) == 0
+
+
+def test_the_crops_recipe_is_crops_flip_and_jitter_only():
+    steps = crops_steps(48)
+    assert [type(step) for step in steps] == [
+        v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomApply
+    ]
+    jitter = _step(steps, v2.ColorJitter)
+    assert jitter.brightness == (0.7, 1.3) and jitter.contrast == (0.7, 1.3)
+    assert RECIPES["crops"].label_smoothing == 0.0
