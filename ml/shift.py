@@ -1,6 +1,6 @@
-"""Build a "new site" whose images differ from the training data: another tone curve, another
-resolution, harder JPEG compression. Site calibration (ml.calibration) is then tried on images
-whose labels we know, from patients the model never saw:
+"""Build a "new site" whose images differ from the training data: another collimation, tone
+curve, resolution, harder JPEG compression. Site calibration (ml.calibration) is then tried on
+images whose labels we know, from patients the model never saw:
 
     python -m ml.shift --data ../shared/data/chest_xray/train --out var/sites/shifted \
         --exclude-manifest var/models/effl0-full.train.csv \
@@ -10,6 +10,9 @@ writes var/sites/shifted/{NORMAL,PNEUMONIA}/<original file name> (the Kaggle lay
 `ml.evaluate --data` and `ml.data.scan_folder` read; patient ids stay parseable) and
 var/sites/shifted/shift.json with the settings. Every image goes through, in this order:
 
+0. the framing: keep the central --crop share of each side (0.8: a tighter collimation, the
+   black borders around the film cut away), then add a black frame --frame of each side wide
+   (0.1: a wider collimation, more border); both keep the image's size;
 1. grayscale in [0, 1], then the tone curve x ** --gamma (1.6 darkens the mid-tones, as a
    different detector or processing LUT would), then (x - 0.5) * --contrast + 0.5 + --brightness;
 2. a resolution change: down to --downscale times its size (1: none; 0.5 loses the fine
@@ -57,6 +60,8 @@ class Shift:
     downscale: float = 1.0  # 0 < d <= 1: first shrink to d times the size (blur)
     noise: float = 0.0  # standard deviation of Gaussian noise, in grey levels (0-255)
     jpeg_quality: int = 35
+    crop: float = 1.0  # 0 < c <= 1: keep the central c of each side (tighter collimation)
+    frame: float = 0.0  # 0 <= f < 0.5: a black frame f of each side wide (wider collimation)
 
     def __post_init__(self) -> None:
         if self.gamma <= 0 or self.contrast <= 0:
@@ -67,6 +72,10 @@ class Shift:
             raise ValueError(f"downscale must be within (0, 1], got {self.downscale}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if not 0.0 < self.crop <= 1.0:
+            raise ValueError(f"crop must be within (0, 1], got {self.crop}")
+        if not 0.0 <= self.frame < 0.5:
+            raise ValueError(f"frame must be within [0, 0.5), got {self.frame}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"jpeg_quality must be within 1..95, got {self.jpeg_quality}")
 
@@ -80,7 +89,8 @@ def _noise_rng(seed: int, name: str) -> np.random.Generator:
 def shift_image(image: Image.Image, shift: Shift, *, seed: int = 0, name: str = "") -> Image.Image:
     """One image through the tone curve, the resolution change and the noise: an 8-bit 'L'
     image, ready to be saved at shift.jpeg_quality. `name` seeds the noise with `seed`."""
-    x = np.asarray(image.convert("L"), dtype=np.float32) / 255.0  # (H, W) in [0, 1]
+    image = reframe(image.convert("L"), crop=shift.crop, frame=shift.frame)
+    x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) in [0, 1]
     x = x**shift.gamma
     x = np.clip((x - 0.5) * shift.contrast + 0.5 + shift.brightness, 0.0, 1.0)
     img = Image.fromarray(x.astype(np.float32))  # float resizes: no 8-bit banding
@@ -95,6 +105,26 @@ def shift_image(image: Image.Image, shift: Shift, *, seed: int = 0, name: str = 
     if shift.noise:
         y = y + _noise_rng(seed, name).normal(0.0, shift.noise, size=y.shape)
     return Image.fromarray(np.clip(np.rint(y), 0, 255).astype(np.uint8))
+
+
+def reframe(image: Image.Image, *, crop: float = 1.0, frame: float = 0.0) -> Image.Image:
+    """Another collimation of the same film, at the same size: the central `crop` of each side
+    scaled back up, then shrunk into a black frame `frame` of each side wide."""
+    width, height = image.size
+    if crop < 1.0:
+        w, h = max(1, round(width * crop)), max(1, round(height * crop))
+        left, top = (width - w) // 2, (height - h) // 2
+        image = image.resize(
+            (width, height), Image.Resampling.BICUBIC, (left, top, left + w, top + h)
+        )
+    if frame > 0.0:
+        dx, dy = round(width * frame), round(height * frame)
+        inner = image.resize(
+            (max(1, width - 2 * dx), max(1, height - 2 * dy)), Image.Resampling.BOX
+        )
+        image = Image.new(image.mode, (width, height), 0)
+        image.paste(inner, (dx, dy))
+    return image
 
 
 def output_name(path: str | Path) -> str:
@@ -161,6 +191,8 @@ def main(args: argparse.Namespace) -> list[Item]:
         downscale=args.downscale,
         noise=args.noise,
         jpeg_quality=args.jpeg_quality,
+        crop=args.crop,
+        frame=args.frame,
     )
     items, n_excluded = select_items(
         items_from_args(args),
@@ -212,6 +244,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="first shrink to this share of the size, losing detail (1: no shrink)",
     )
     add("--noise", default=0.0, type=float, help="sd of Gaussian noise in grey levels (0-255)")
+    add("--crop", default=1.0, type=float, help="keep the central share of each side (1: all)")
+    add("--frame", default=0.0, type=float, help="add a black frame this share of each side")
     add("--jpeg-quality", default=35, type=int, help="JPEG quality of the written files (1-95)")
     add(
         "--exclude-manifest",

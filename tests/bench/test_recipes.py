@@ -14,7 +14,7 @@ def test_it_trains_each_run_once_and_tables_the_proxy_figures(tmp_path: Path):
     write_dataset(tmp_path / "full", 3, size=64, seed=9)
     argv = [
         "--data", str(tmp_path / "data"), "--full-resolution", str(tmp_path / "full"),
-        "--out", str(tmp_path / "out"), "--seeds", "0",
+        "--out", str(tmp_path / "out"), "--seeds", "0", "--recipes", "robust,fastai",
         "--train-args", "--img-size 32 --freeze-epochs 0 --epochs 1 --batch-size 8 --lr 1e-3 "
         "--threads 2",
     ]  # fmt: skip

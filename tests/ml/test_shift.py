@@ -107,6 +107,30 @@ def test_it_changes_resolution_blur_noise_and_compression_as_configured(tmp_path
     assert errors[35][0] < errors[95][0] and errors[35][1] > 2 * errors[95][1]
 
 
+def test_it_reframes_a_film_as_a_tighter_or_a_wider_collimation():
+    # A white square on black, its border 16 px of each 64 px side: cropping to the central
+    # half leaves no black, a 0.25 frame doubles the black border, and the size stays.
+    pixels = np.zeros((64, 64), dtype=np.uint8)
+    pixels[16:48, 16:48] = 255
+    image = Image.fromarray(pixels, mode="L")
+    plain = Shift(gamma=1.0, size=None)
+    assert np.array_equal(np.asarray(shift_image(image, plain)), pixels)
+
+    tight = np.asarray(shift_image(image, Shift(gamma=1.0, size=None, crop=0.5)))
+    assert tight.shape == (64, 64)
+    assert tight[4:-4, 4:-4].min() > 200  # all film (the edge rows are resampling)
+
+    wide = np.asarray(shift_image(image, Shift(gamma=1.0, size=None, frame=0.25)))
+    assert wide.shape == (64, 64)
+    assert wide[:16].max() == 0 and wide[-16:].max() == 0  # the new frame
+    assert abs((wide > 127).mean() - 0.25 * 0.5**2) < 0.01  # the square, half as wide
+
+    with pytest.raises(ValueError, match="crop"):
+        Shift(crop=0.0)
+    with pytest.raises(ValueError, match="frame"):
+        Shift(frame=0.5)
+
+
 def test_it_leaves_out_the_patients_of_excluded_manifests(source: Path, tmp_path: Path):
     items = scan_folder(source)
     seen = [it for i, it in enumerate(items) if i % 3 == 0]
