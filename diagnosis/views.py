@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from diagnosis import roles, selectors, services
+from diagnosis.downloads import file_response
 from diagnosis.forms import RetrainForm, ReviewForm, UploadForm
 from diagnosis.models import Label, Prediction
 from diagnosis.validation import UploadRejected
@@ -146,7 +145,10 @@ def agreement(request):
 def study_image(request, pk: int):
     _require(roles.has_any_role(request.user))
     study = _study_or_404(request, pk)
-    return FileResponse(study.image.open("rb"), content_type=study.content_type)
+    return file_response(
+        lambda: study.image.open("rb"), content_type=study.content_type,
+        what=f"the image of study {study.pk}", name=study.image.name,
+    )  # fmt: skip
 
 
 @login_required
@@ -156,7 +158,10 @@ def prediction_heatmap(request, pk: int, prediction_pk: int):
     prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
     if prediction is None:
         raise Http404("No heatmap for this prediction.")
-    return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+    return file_response(
+        lambda: prediction.heatmap.open("rb"), content_type="image/png",
+        what=f"the heatmap of prediction {prediction.pk}", name=prediction.heatmap.name,
+    )  # fmt: skip
 
 
 @login_required
@@ -184,7 +189,10 @@ def plot(request, owner: str, pk: int, plot: str):
     name = selectors.plot_file(owner, pk, plot)
     if name is None:
         raise Http404("No such plot.")
-    return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+    return file_response(
+        lambda: default_storage.open(name, "rb"), content_type="image/png",
+        what=f"the {plot} plot", name=name,
+    )  # fmt: skip
 
 
 @login_required
@@ -282,9 +290,13 @@ def cleaning_decide(request):
 def cleaning_image(request, pk: int):
     _require(roles.can_review(request.user))
     candidate = selectors.cleaning_candidate(pk)
-    if candidate is None or not Path(candidate.path).is_file():
-        raise Http404("No such image (it may have been moved since the cleaning run).")
-    return FileResponse(open(candidate.path, "rb"), content_type="image/jpeg")
+    if candidate is None:
+        raise Http404("No such cleaning candidate.")
+    return file_response(
+        lambda: open(candidate.path, "rb"), content_type="image/jpeg",
+        what=f"the image of cleaning candidate {candidate.pk} (moved since the cleaning run?)",
+        name=candidate.path,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- sites

@@ -4,7 +4,7 @@ formats the answer."""
 from __future__ import annotations
 
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -24,6 +24,7 @@ from diagnosis.api.serializers import (
     TrainingJobOutputSerializer,
     ValidationSplitOutputSerializer,
 )
+from diagnosis.downloads import file_response
 from diagnosis.models import Label, Prediction, Site, TrainingJob, Unusable
 from diagnosis.validation import UploadRejected
 
@@ -136,7 +137,10 @@ class StudyImageApi(APIView):
     )
     def get(self, request, pk: int):
         study = _study_or_404(request, pk)
-        return FileResponse(study.image.open("rb"), content_type=study.content_type)
+        return file_response(
+            lambda: study.image.open("rb"), content_type=study.content_type,
+            what=f"the image of study {study.pk}", name=study.image.name,
+        )  # fmt: skip
 
 
 class PredictionHeatmapApi(APIView):
@@ -150,7 +154,10 @@ class PredictionHeatmapApi(APIView):
         prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
         if prediction is None:
             raise Http404("No heatmap for this prediction.")
-        return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+        return file_response(
+            lambda: prediction.heatmap.open("rb"), content_type="image/png",
+            what=f"the heatmap of prediction {prediction.pk}", name=prediction.heatmap.name,
+        )  # fmt: skip
 
 
 class ReviewCreateApi(APIView):
@@ -194,7 +201,10 @@ class PlotApi(APIView):
         name = selectors.plot_file(owner, pk, plot)
         if name is None:
             raise Http404("No such plot.")
-        return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+        return file_response(
+            lambda: default_storage.open(name, "rb"), content_type="image/png",
+            what=f"the {plot} plot", name=name,
+        )  # fmt: skip
 
 
 class WorklistApi(APIView):

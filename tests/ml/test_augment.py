@@ -198,7 +198,9 @@ def test_flip_mirrors_the_side_marker():
 def test_the_crops_recipe_is_crops_flip_and_jitter_only():
     steps = crops_steps(48)
     assert [type(step) for step in steps] == [
-        v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomApply
+        v2.RandomResizedCrop,
+        v2.RandomHorizontalFlip,
+        v2.RandomApply,
     ]
     jitter = _step(steps, v2.ColorJitter)
     assert jitter.brightness == (0.7, 1.3) and jitter.contrast == (0.7, 1.3)
