@@ -8,6 +8,7 @@ production ones are described in README.md.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -39,6 +40,24 @@ def envfloat(name: str, default: str) -> float:
         return float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting with a fixed set of values, checked when settings load: a typo stops the
+    process at start with the allowed values, not a task hours later."""
+    value = os.getenv(name, default).strip()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def envrate(name: str, default: str) -> str:
+    """A DRF throttle rate, "<requests>/<s|m|h|d...>", checked here rather than on the first
+    request it would fail (a 500)."""
+    value = os.getenv(name, default).strip()
+    if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name} must be a rate like 60/min or 5/s, got {value!r}")
+    return value
 
 
 def envlist(name: str, default: str) -> list[str]:
@@ -216,9 +235,9 @@ REST_FRAMEWORK = {
         "diagnosis.api.throttles.UploadRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
-        "anon": os.getenv("API_ANON_RATE", "60/min"),
-        "user": os.getenv("API_USER_RATE", "1200/min"),
-        "uploads": os.getenv("UPLOAD_RATE", "300/min"),
+        "anon": envrate("API_ANON_RATE", "60/min"),
+        "user": envrate("API_USER_RATE", "1200/min"),
+        "uploads": envrate("UPLOAD_RATE", "300/min"),
     },
 }
 SPECTACULAR_SETTINGS = {
@@ -294,7 +313,10 @@ TRAINING_MAX_ATTEMPTS = envint("TRAINING_MAX_ATTEMPTS", "3")
 # The promotion gate: a candidate is promoted only if, on the frozen validation split, its
 # gate metric is at least the active model's minus the margin, and its sensitivity at its
 # own threshold is at least the floor.
-RETRAIN_GATE_METRIC = os.getenv("RETRAIN_GATE_METRIC", "auc")
+# (the names are diagnosis.services.training.GATE_METRICS; a test keeps the two lists equal)
+RETRAIN_GATE_METRIC = envchoice(
+    "RETRAIN_GATE_METRIC", "auc", ("auc", "sensitivity", "specificity", "accuracy")
+)
 RETRAIN_GATE_MARGIN = envfloat("RETRAIN_GATE_MARGIN", "0.005")
 RETRAIN_MIN_SENSITIVITY = envfloat("RETRAIN_MIN_SENSITIVITY", "0.9")
 
@@ -308,10 +330,10 @@ PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
 # and the worker draws the heatmaps when no prediction is waiting, so a burst drains at the
 # model's pace and the heatmap follows; inline: drawn in the same batch, before the result is
 # recorded; off: none. true/false are taken for deferred/off.
-_heatmaps = os.getenv("PREDICTION_HEATMAPS", "deferred").lower()
+_heatmaps = envchoice(
+    "PREDICTION_HEATMAPS", "deferred", ("deferred", "inline", "off", "true", "false")
+)
 PREDICTION_HEATMAPS = {"true": "deferred", "false": "off"}.get(_heatmaps, _heatmaps)
-if PREDICTION_HEATMAPS not in ("deferred", "inline", "off"):
-    raise ImproperlyConfigured("PREDICTION_HEATMAPS must be deferred, inline or off.")
 # Deferred heatmaps are drawn once no prediction has waited, run or finished for this long:
 # uploads that come one after another are not held up by the previous one's heatmap.
 PREDICTION_HEATMAP_QUIET_SECONDS = envfloat("PREDICTION_HEATMAP_QUIET_SECONDS", "1.0")
@@ -319,10 +341,13 @@ PREDICTION_HEATMAP_QUIET_SECONDS = envfloat("PREDICTION_HEATMAP_QUIET_SECONDS", 
 # Which runtime the worker predicts with: torch (PyTorch eager fp32), torch-bf16, onnx-fp32 or
 # onnx-int8. The non-torch ones need an artifact made by `manage.py optimize_model`, accepted
 # by its accuracy gate; without one the worker falls back to torch and says so in its log.
-INFERENCE_RUNTIME = os.getenv("INFERENCE_RUNTIME", "torch")
+# (the names are ml.runtimes.RUNTIMES; a test keeps the two lists equal)
+INFERENCE_RUNTIME = envchoice(
+    "INFERENCE_RUNTIME", "torch", ("torch", "torch-bf16", "onnx-fp32", "onnx-int8")
+)
 # auto: the torch runtimes use a CUDA GPU when there is one (half-precision autocast); cpu
 # never does; cuda asks for it and falls back to the CPU, with a warning, when none is there.
-INFERENCE_DEVICE = os.getenv("INFERENCE_DEVICE", "auto")
+INFERENCE_DEVICE = envchoice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda"))
 
 # Intra-op threads of the inference process. Worker concurrency x threads should not
 # exceed the cores, or the processes fight over them.
@@ -335,5 +360,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    },
 }
