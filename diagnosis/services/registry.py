@@ -101,6 +101,22 @@ def model_version_activate(
     return version
 
 
+def model_version_discard(version: ModelVersion) -> None:
+    """Delete a candidate that the workflow which registered it could not finish (a retrain
+    whose evaluation or gate failed, an adaptation whose audit could not be stored): its rows
+    (evaluations, site thresholds and runtime artifacts go with it) and its files, so no
+    half-made version can be promoted. A version that was ever active is never discarded."""
+    if version.is_active or ModelActivation.objects.filter(version=version).exists():
+        raise ValueError(f"model version {version.name} has been active; it is kept")
+    names = [version.file, *version.plots.values()]
+    for evaluation in version.evaluations.all():
+        names += list(evaluation.plots.values())
+    names += [a.file for a in version.runtimes.all() if a.file]
+    version.delete()
+    for name in names:
+        default_storage.delete(name)
+
+
 def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
     """Re-activate the version that was active before the latest activation."""
     latest = ModelActivation.objects.first()

@@ -35,7 +35,11 @@ from django.utils import timezone
 
 from diagnosis import inference, roles, selectors
 from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
-from diagnosis.services.registry import model_version_activate, model_version_register
+from diagnosis.services.registry import (
+    model_version_activate,
+    model_version_discard,
+    model_version_register,
+)
 from diagnosis.services.storage import atomic_files
 from diagnosis.services.studies import review_create, study_create_many
 
@@ -213,7 +217,7 @@ def site_audit_run(
         )  # fmt: skip
     except BaseException:
         if candidate is not None:
-            _discard(candidate)
+            model_version_discard(candidate)
         raise
     if (
         candidate is not None
@@ -346,7 +350,7 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
             candidate, version, site, eval_items, threshold, base_data, user
         )
     except BaseException:
-        _discard(candidate)  # no candidate without the audit that made it
+        model_version_discard(candidate)  # no candidate without the audit that made it
         raise
     ModelVersion.objects.filter(pk=candidate.pk).update(
         parent=version, gate=verdict, training_log=log
@@ -413,17 +417,6 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
         reason=f"chosen when {candidate.name} was adapted to {site.name}",
     )  # fmt: skip
     return evaluation, verdict
-
-
-def _discard(candidate: ModelVersion) -> None:
-    """Delete an adapted candidate whose audit could not be stored: its rows (evaluations and
-    site thresholds go with it) and its files."""
-    names = [candidate.file, *candidate.plots.values()]
-    for evaluation in candidate.evaluations.all():
-        names += list(evaluation.plots.values())
-    candidate.delete()
-    for name in names:
-        default_storage.delete(name)
 
 
 def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):

@@ -33,6 +33,7 @@ from diagnosis.services.cleaning import cleaning_run_create, training_pool
 from diagnosis.services.registry import (
     evaluation_create,
     model_version_activate,
+    model_version_discard,
     model_version_register,
 )
 from diagnosis.services.storage import atomic_files
@@ -379,6 +380,18 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     name = f"{arch.replace('_', '-')}-job{job.pk}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=job.created_by)
     checkpoint.unlink()  # the registry keeps its own copy; the manifests stay as the record
+    try:
+        verdict = _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash)
+    except BaseException:
+        model_version_discard(candidate)  # no promotable candidate without its verdict
+        raise
+    candidate.refresh_from_db()
+    return candidate, verdict
+
+
+def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> dict:
+    """Evaluate the registered candidate and the active model on the gate part, record the
+    verdict on the candidate and promote it if it passed. Returns the verdict."""
     candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=job.created_by)
     print(f"candidate {candidate.name}: {candidate_eval.summary}", flush=True)
     active_eval = None
@@ -401,7 +414,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
             model_version_activate(
                 version=candidate, user=job.created_by, reason=f"retrain job {job.pk}: gate passed"
             )
-    return candidate, verdict
+    return verdict
 
 
 def validation_split_parts(split: ValidationSplit) -> tuple[Path, Path]:

@@ -235,6 +235,31 @@ def test_a_failed_run_is_recorded_on_the_job(base, db, ada, settings, tmp_path):
     assert services.training_job_run(job.pk) is None  # finished jobs are not claimed again
 
 
+def test_a_run_that_fails_after_registering_its_candidate_leaves_no_version(
+    base, random_active, ada, settings
+):
+    # Trained and registered, then the gate fails (a metric name the gate does not know):
+    # no half-made candidate stays behind to be promoted, nor its file.
+    settings.RETRAIN_GATE_METRIC = "recall"
+    params = QUICK | {"clean": False, "epochs": 1}
+    models = Path(settings.MEDIA_ROOT) / "models"
+    before = {p for p in models.rglob("*") if p.is_file()}
+    job = services.training_job_create(user=ada, init="none", parameters=params, enqueue=False)
+    job = services.training_job_run(job.pk)
+
+    assert job.status == TrainingJob.Status.FAILED and "RETRAIN_GATE_METRIC" in job.error
+    assert "== 4. Evaluating" in job.log and job.candidate is None
+    assert list(ModelVersion.objects.all()) == [random_active]
+    assert {p for p in models.rglob("*") if p.is_file()} == before  # checkpoint and plots
+    assert ModelVersion.objects.get(is_active=True) == random_active
+
+
+def test_a_version_that_was_ever_active_is_never_discarded(random_active):
+    with pytest.raises(ValueError, match="has been active"):
+        services.model_version_discard(random_active)
+    assert ModelVersion.objects.filter(pk=random_active.pk).exists()
+
+
 def test_the_command_refuses_flags_it_sets_itself_and_a_missing_active_model(base, db):
     with pytest.raises(CommandError, match="--out"):
         call_command("retrain", "--out", "x.pt")
