@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -218,6 +219,7 @@ def site_audit_run(
     except BaseException:
         if candidate is not None:
             model_version_discard(candidate)
+            shutil.rmtree(metrics["adapted"]["workdir"], ignore_errors=True)
         raise
     if (
         candidate is not None
@@ -283,8 +285,10 @@ def audit_json(audit: SiteAudit) -> str:
 def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user, params, say):
     """Fine-tune `version` on the base pool plus half the calibration part (weighted up),
     choose its threshold on calibration cases it did not see, measure both models on the
-    evaluation part, and put the candidate through the retraining gate (_judge; a candidate
-    that fails there is discarded). Returns (candidate, figures, evaluation).
+    evaluation part, and put the candidate through the retraining gate (_judge). Returns
+    (candidate, figures, evaluation). A candidate the gate rejects is kept, with its verdict,
+    and never promoted; when a step fails instead (an error, not a verdict), the candidate is
+    discarded (model_version_discard) and the work folder with its checkpoints removed.
 
     The recipe: continuing from the audited model keeps what it knows; the base pool is
     rehearsed so the model does not forget the population it was validated on (the gate
@@ -326,53 +330,60 @@ def _adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, user
             else f"chosen on {len(tune)} other calibration images"
         )
     )
-    checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
-    tuned = evaluate_checkpoint(checkpoint, tune)
-    y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
-    if crossfit:
-        copies_b = _site_copies(len(pool), len(tune), params)
-        other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
-        try:
-            swapped = evaluate_checkpoint(other, fit)
-        finally:
-            other.unlink()  # only its scores are kept
-        y_oof += list(swapped.y_true)
-        s_oof += list(swapped.scores)
-    threshold = choose_threshold_by_rule(
-        y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
-    )
-    eval_items = [items[i] for i in eval_idx]
-    name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
-    candidate = model_version_register(path=checkpoint, name=name, user=user)
-    checkpoint.unlink()
     try:
-        evaluation, verdict = _judge(
-            candidate, version, site, eval_items, threshold, base_data, user
+        checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
+        tuned = evaluate_checkpoint(checkpoint, tune)
+        y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
+        if crossfit:
+            copies_b = _site_copies(len(pool), len(tune), params)
+            other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
+            try:
+                swapped = evaluate_checkpoint(other, fit)
+            finally:
+                other.unlink()  # only its scores are kept
+            y_oof += list(swapped.y_true)
+            s_oof += list(swapped.scores)
+        threshold = choose_threshold_by_rule(
+            y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
         )
+        eval_items = [items[i] for i in eval_idx]
+        name = (
+            f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
+        )
+        candidate = model_version_register(path=checkpoint, name=name, user=user)
+        checkpoint.unlink()
+        try:
+            evaluation, verdict = _judge(
+                candidate, version, site, eval_items, threshold, base_data, user
+            )
+        except BaseException:
+            model_version_discard(candidate)  # no candidate without the audit that made it
+            raise
+        ModelVersion.objects.filter(pk=candidate.pk).update(
+            parent=version, gate=verdict, training_log=log
+        )
+        say(
+            f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
+            f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
+            f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
+            f"{verdict['reason']}"
+        )
+        figures = _figures(evaluation) | {
+            "candidate": candidate.name,
+            "n_fit": len(fit),
+            "n_tune": len(tune),
+            "n_base": len(pool),
+            "site_copies": copies,
+            "crossfit": crossfit,
+            "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
+            "workdir": str(workdir),  # the fine-tunes' manifests and logs, the record
+            "gate": verdict,
+            "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
+                       "specificity": calibration.specificity, "threshold": calibration.threshold},
+        }  # fmt: skip
     except BaseException:
-        model_version_discard(candidate)  # no candidate without the audit that made it
+        shutil.rmtree(workdir, ignore_errors=True)  # its checkpoints and manifests
         raise
-    ModelVersion.objects.filter(pk=candidate.pk).update(
-        parent=version, gate=verdict, training_log=log
-    )
-    say(
-        f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
-        f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
-        f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
-        f"{verdict['reason']}"
-    )
-    figures = _figures(evaluation) | {
-        "candidate": candidate.name,
-        "n_fit": len(fit),
-        "n_tune": len(tune),
-        "n_base": len(pool),
-        "site_copies": copies,
-        "crossfit": crossfit,
-        "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
-        "gate": verdict,
-        "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
-                   "specificity": calibration.specificity, "threshold": calibration.threshold},
-    }  # fmt: skip
     candidate.refresh_from_db()
     return candidate, figures, evaluation
 

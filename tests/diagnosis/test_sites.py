@@ -303,7 +303,14 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     assert adapted["n_eval"] == calibrated["n_eval"]
     candidate = audit.candidate
     assert candidate.parent == random_active and candidate.gate["site"] == "inverted"
-    assert "passed" in candidate.gate
+    # The verdict is the gate's rule applied to the figures it recorded.
+    gate = candidate.gate
+    judged = candidate.evaluations.get(data_hash=gate["judged_on"]["hash"]).metrics
+    assert gate["candidate"]["auc"] == judged["auc"]
+    assert gate["passed"] is (
+        gate["candidate"]["sensitivity"] >= settings.RETRAIN_MIN_SENSITIVITY
+        and gate["candidate"]["auc"] >= gate["active"]["auc"] - settings.RETRAIN_GATE_MARGIN
+    )
     row = SiteThreshold.objects.get(site=site, model_version=candidate)
     assert row.threshold == adapted["threshold"]
     # Cross-fitted: the threshold was chosen on every calibration case, each scored by the
@@ -321,11 +328,14 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     assert not (halves[0] | halves[1]) & set(calibrated["eval_studies"])
 
 
-def test_a_failed_adaptation_leaves_no_candidate_behind(
-    base, random_active, rita, ada, site_b, tmp_path, settings, monkeypatch
+@pytest.mark.parametrize("where", ["second fine-tune", "gate", "storing the audit"])
+def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
+    where, base, random_active, rita, ada, site_b, tmp_path, settings, monkeypatch
 ):
-    """The candidate is registered before the gate judges it: when the gate (or storing the
-    audit) fails, the candidate goes with its evaluations, site threshold and files."""
+    """A step that fails before the candidate is registered (the cross-fitting fine-tune),
+    after (the gate) or at the very end (storing the audit): no candidate stays, with its
+    evaluations, site threshold and files, and no work folder with the first fine-tune's
+    checkpoint."""
     import shutil
 
     from diagnosis.models import Evaluation, ValidationSplit
@@ -336,25 +346,34 @@ def test_a_failed_adaptation_leaves_no_candidate_behind(
     copies = iter(range(10))
 
     def fine_tune(version, train_items, val_items, workdir, params):
+        n = next(copies)
         workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / f"adapted-{next(copies)}.pt"
+        (workdir / "train.csv").write_text("path,label\n")
+        if where == "second fine-tune" and n == 1:
+            raise RuntimeError("it broke")
+        path = workdir / f"adapted-{n}.pt"
         shutil.copy(made, path)  # a real checkpoint, not trained: this test is about cleanup
         return path, "log"
 
-    def broken_gate(candidate, active):
-        raise RuntimeError("the gate broke")
+    def broken(*args, **kwargs):
+        raise RuntimeError("it broke")
 
     monkeypatch.setattr(sites, "_fine_tune", fine_tune)
-    monkeypatch.setattr(training, "gate_decide", broken_gate)
+    if where == "gate":
+        monkeypatch.setattr(training, "gate_decide", broken)
+    if where == "storing the audit":
+        monkeypatch.setattr(sites, "_store_audit", broken)
     media = Path(settings.MEDIA_ROOT)
     files_before = {p for p in media.rglob("*") if p.is_file()}
     versions = set(ModelVersion.objects.values_list("name", flat=True))
 
-    with pytest.raises(RuntimeError, match="the gate broke"):
+    with pytest.raises(RuntimeError, match="it broke"):
         services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params={"seed": 0})
 
+    assert next(copies) == 2  # both fine-tunes were asked for
     assert set(ModelVersion.objects.values_list("name", flat=True)) == versions
     assert not SiteAudit.objects.exists() and not SiteThreshold.objects.exists()
+    assert list(Path(settings.VAR_DIR, "training").glob(f"site-{site_b.name}-*")) == []
     # What may remain is what belongs to the audited model: its evaluation on the gate part
     # of the frozen validation split the gate asked for, and that split with its parts.
     kept = {media / name for e in Evaluation.objects.all() for name in e.plots.values()}
