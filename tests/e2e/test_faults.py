@@ -4,6 +4,7 @@ predicted twice."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -87,6 +88,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def redis_server_binary() -> str:
+    """These tests start and kill their own Redis: without redis-server, a skip saying so, and
+    a failure in CI (REQUIRE_SERVICES), where a missing service is a failure."""
+    path = shutil.which("redis-server")
+    if path is None:
+        if os.getenv("REQUIRE_SERVICES"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed: apt-get install redis-server to run this")
+    return path
+
+
 def _start_redis(port: int) -> Process:
     server = Process(
         [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
@@ -97,7 +110,7 @@ def _start_redis(port: int) -> Process:
     return server
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.usefixtures("redis_server_binary")
 def test_uploads_made_while_redis_is_down_are_all_predicted_once_it_is_back(
     start_worker, active_model, alice, tmp_path
 ):
@@ -129,7 +142,7 @@ def test_uploads_made_while_redis_is_down_are_all_predicted_once_it_is_back(
         redis.stop()
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.usefixtures("redis_server_binary")
 def test_a_prediction_running_when_redis_dies_is_done_once_after_a_restart(
     start_worker, active_model, alice, tmp_path
 ):

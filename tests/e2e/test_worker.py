@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -105,7 +106,9 @@ def test_it_holds_uploads_until_a_model_is_activated(
     worker = start_worker()
     study_id = api_upload(token_client(alice))
     wait_until(
-        lambda: "Task diagnosis.tasks.predict" in worker.output and "succeeded" in worker.output,
+        # The predict task's own line: "Task diagnosis.tasks.predict[<id>] succeeded in ...";
+        # another task's "succeeded" (load_model's, at start) must not count.
+        lambda: re.search(r"Task diagnosis\.tasks\.predict\[[^\]]+\] succeeded", worker.output),
         timeout=30,
         what="the job to be consumed",
         process=worker,
