@@ -2,11 +2,19 @@
 
 A radiologist can do everything an uploader can, and also review; an admin can do
 everything. A signed-in user with none of these roles can do nothing.
+
+Services that change what every prediction uses (promotion, rollback, retraining, a site's
+threshold) take the acting user and refuse one who may not (`require`); None is refused too,
+so a caller that forgets to say who acts is an error, not a bypass. The platform's own actions
+(a gate that promotes, an adaptation that sets its candidate's threshold) and a management
+command run at the server's shell without --user act as `SYSTEM`: allowed, and recorded with
+no user and a reason that starts with "system:".
 """
 
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied
 
 UPLOADER = "uploader"
 RADIOLOGIST = "radiologist"
@@ -52,3 +60,37 @@ def sees_all_studies(user: User) -> bool:
 
 def has_any_role(user: User) -> bool:
     return can_upload(user)
+
+
+class System:
+    """The platform acting on its own, or an operator at the server's shell (see above)."""
+
+    is_authenticated = False  # never a person: every role check on it is False
+
+    def __repr__(self) -> str:
+        return "SYSTEM"
+
+
+SYSTEM = System()
+
+
+def require(user, allowed, message: str) -> None:
+    """PermissionDenied(message) unless `user` is SYSTEM or `allowed(user)`; None is refused."""
+    if user is SYSTEM:
+        return
+    if user is None:
+        raise PermissionDenied(f"{message} No acting user was given.")
+    if not allowed(user):
+        raise PermissionDenied(message)
+
+
+def recorded_user(user):
+    """What a created_by / user column stores for `user`: the person, or None for SYSTEM."""
+    return None if user is SYSTEM else user
+
+
+def recorded_reason(user, reason: str) -> str:
+    """The reason kept in an audit trail: marked "system:" when the platform acted."""
+    if user is not SYSTEM:
+        return reason
+    return f"system: {reason}" if reason else "system"

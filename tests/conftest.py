@@ -15,6 +15,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from diagnosis import roles
+from diagnosis.roles import SYSTEM
 from tests.synthetic import make_xray
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -189,4 +190,6 @@ def checkpoint_path(tmp_path_factory) -> Path:
 def active_model(db, checkpoint_path):
     from diagnosis import services
 
-    return services.model_version_register(path=checkpoint_path, name="test-v1", activate=True)
+    return services.model_version_register(
+        path=checkpoint_path, name="test-v1", activate=True, user=SYSTEM
+    )

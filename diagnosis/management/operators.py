@@ -20,3 +20,12 @@ def operator(username: str | None) -> AbstractBaseUser | None:
     if user is None:
         raise CommandError(f"No user named {username!r}.")
     return user
+
+
+def actor(username: str | None):
+    """Who a command that changes what predictions use acts as: the user named `username`
+    (whose role the services check), or roles.SYSTEM when none is named: an operator at the
+    server's shell, recorded as the system."""
+    from diagnosis.roles import SYSTEM
+
+    return operator(username) or SYSTEM

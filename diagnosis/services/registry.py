@@ -13,7 +13,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from diagnosis import inference
+from diagnosis import inference, roles
 from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
@@ -29,12 +29,15 @@ def _file_sha256(path: Path) -> str:
 def model_version_register(
     *, path: Path, name: str = "", activate: bool = False, user=None
 ) -> ModelVersion:
-    """Record a checkpoint made by the `ml` package as a ModelVersion.
+    """Record a checkpoint made by the `ml` package as a ModelVersion; with `activate`, make
+    it active too (an admin, or roles.SYSTEM).
 
     The checkpoint describes itself (architecture, classes, preprocessing, threshold,
     metrics); it is loaded once here so that a broken file is refused now rather than
     in the worker. The file is copied under MEDIA_ROOT, so the registry owns its copy.
     """
+    if activate:
+        roles.require(user, roles.can_promote, "Only admins may activate a model version.")
     meta = inference.validate_checkpoint(path)
     sha256 = _file_sha256(path)
     existing = ModelVersion.objects.filter(sha256=sha256).first()
@@ -68,7 +71,7 @@ def model_version_register(
             metrics=meta.metrics,
             train_args=meta.train_args,
             data_hash=meta.data_hash or "",
-            registered_by=user,
+            registered_by=roles.recorded_user(user),
         )
         if activate:
             model_version_activate(version=version, user=user)
@@ -79,16 +82,22 @@ def model_version_activate(
     *, version: ModelVersion, user=None, reason: str = "", action: str = "promote"
 ) -> ModelVersion:
     """Make `version` the one the workers use, record who did it and why, and send every
-    waiting prediction to it. Workers load it on their next task, without a restart."""
+    waiting prediction to it. Workers load it on their next task, without a restart. Admins
+    only (or roles.SYSTEM)."""
+    roles.require(user, roles.can_promote, "Only admins may promote a model version.")
     with transaction.atomic():
         previous = ModelVersion.objects.select_for_update().filter(is_active=True).first()
         ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
         version.is_active = True
         version.activated_at = timezone.now()
-        version.activated_by = user
+        version.activated_by = roles.recorded_user(user)
         version.save(update_fields=["is_active", "activated_at", "activated_by"])
         ModelActivation.objects.create(
-            version=version, previous=previous, action=action, user=user, reason=reason
+            version=version,
+            previous=previous,
+            action=action,
+            user=roles.recorded_user(user),
+            reason=roles.recorded_reason(user, reason),
         )
         # Predictions that failed because of the previous model go round again.
         Prediction.objects.filter(status=Prediction.Status.FAILED, model_error=True).update(
@@ -119,6 +128,7 @@ def model_version_discard(version: ModelVersion) -> None:
 
 def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
     """Re-activate the version that was active before the latest activation."""
+    roles.require(user, roles.can_promote, "Only admins may roll back the model.")
     latest = ModelActivation.objects.first()
     if latest is None or latest.previous is None:
         raise ValueError("There is no earlier active model version to roll back to.")

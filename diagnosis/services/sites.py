@@ -106,8 +106,7 @@ def site_threshold_activate(
 ) -> SiteThreshold:  # fmt: skip
     """Put `threshold` in force for `version` at `site` (None restores the version's own).
     Admins only; every activation is kept with who, when, why and the audit it came from."""
-    if user is not None and not roles.can_promote(user):
-        raise PermissionDenied("Only admins may change a site's threshold.")
+    roles.require(user, roles.can_promote, "Only admins may change a site's threshold.")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"a threshold is within [0, 1], got {threshold}")
     of_audit = (
@@ -118,8 +117,8 @@ def site_threshold_activate(
     if audit is not None and not of_audit:
         raise ValueError(f"audit {audit.pk} is not of {version} at {site}")
     return SiteThreshold.objects.create(
-        site=site, model_version=version, threshold=threshold, audit=audit, created_by=user,
-        reason=reason.strip(),
+        site=site, model_version=version, threshold=threshold, audit=audit,
+        created_by=roles.recorded_user(user), reason=roles.recorded_reason(user, reason.strip()),
     )  # fmt: skip
 
 
@@ -152,11 +151,16 @@ def site_audit_run(
     seed: int = 0, adapt: bool = False, adapt_params: dict | None = None, echo=None,
 ) -> SiteAudit:  # fmt: skip
     """Audit `version` (default: the active model) on the site's labeled studies; see the
-    module docstring. `echo` receives progress lines (the command's stdout)."""
+    module docstring. `echo` receives progress lines (the command's stdout). Promoting the
+    adapted model (adapt_params["promote"]) is for admins (or roles.SYSTEM), checked before
+    any work is done."""
     from ml.calibration import calibrate
     from ml.data import Item, patient_id
     from ml.evaluate import evaluate_checkpoint
 
+    actor, user = user, roles.recorded_user(user)  # who acts; what the rows record
+    if adapt and (adapt_params or {}).get("promote"):
+        roles.require(actor, roles.can_promote, "Only admins may promote an adapted model.")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}")
     version = version or selectors.model_version_active()
@@ -226,7 +230,7 @@ def site_audit_run(
         and candidate.gate.get("passed")
         and (adapt_params or {}).get("promote")
     ):
-        model_version_activate(version=candidate, user=user, reason=f"adapted to {site.name}")
+        model_version_activate(version=candidate, user=actor, reason=f"adapted to {site.name}")
     return audit
 
 
@@ -424,7 +428,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     verdict = gate_decide(candidate_eval.metrics, active_eval.metrics)
     verdict |= {"site": site.name} | gate_images(split)
     site_threshold_activate(
-        site=site, version=candidate, threshold=threshold, user=None,
+        site=site, version=candidate, threshold=threshold, user=roles.SYSTEM,
         reason=f"chosen when {candidate.name} was adapted to {site.name}",
     )  # fmt: skip
     return evaluation, verdict

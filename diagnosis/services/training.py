@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -205,8 +204,7 @@ def training_job_create(
 ) -> TrainingJob:  # fmt: skip
     """Record a retraining request and send it to the training queue after commit. Only
     admins may retrain (the gate may promote the result)."""
-    if user is not None and not roles.can_promote(user):
-        raise PermissionDenied("Only admins may retrain and promote models.")
+    roles.require(user, roles.can_promote, "Only admins may retrain and promote models.")
     if init not in TrainingJob.Init.values:
         raise ValueError(f"init must be one of {', '.join(TrainingJob.Init.values)}")
     parameters = dict(parameters or {})
@@ -216,7 +214,9 @@ def training_job_create(
     if init == TrainingJob.Init.ACTIVE and selectors.model_version_active() is None:
         raise ValueError("there is no active model to continue from; start from ImageNet")
     with transaction.atomic():
-        job = TrainingJob.objects.create(created_by=user, init=init, parameters=parameters)
+        job = TrainingJob.objects.create(
+            created_by=roles.recorded_user(user), init=init, parameters=parameters
+        )
         if enqueue:
             transaction.on_commit(lambda: training_job_enqueue(job.pk))
     return job
@@ -411,8 +411,10 @@ def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> 
         )
         candidate.refresh_from_db()
         if verdict["passed"]:
-            model_version_activate(
-                version=candidate, user=job.created_by, reason=f"retrain job {job.pk}: gate passed"
+            model_version_activate(  # as the admin who asked for the job, or the system
+                version=candidate,
+                user=job.created_by or roles.SYSTEM,
+                reason=f"retrain job {job.pk}: gate passed",
             )
     return verdict
 
@@ -451,6 +453,4 @@ def limit_base_images(pool: list, n: int | None, *, seed: int) -> list:
 
 def model_version_promote(*, version: ModelVersion, user, reason: str = "") -> ModelVersion:
     """A manual promotion (models page, API): admins only, audited like every activation."""
-    if not roles.can_promote(user):
-        raise PermissionDenied("Only admins may promote a model version.")
     return model_version_activate(version=version, user=user, reason=reason)

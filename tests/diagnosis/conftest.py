@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from diagnosis import services
+from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.synthetic import write_dataset
 
@@ -40,7 +41,7 @@ def base(base_folder, settings, tmp_path) -> Path:
 def random_active(db, tmp_path):
     """An active model that knows nothing: seeded random weights, 64 px input."""
     path = make_checkpoint(tmp_path / "random.pt", seed=1, input_size=64)
-    return services.model_version_register(path=path, name="random-v1", activate=True)
+    return services.model_version_register(path=path, name="random-v1", activate=True, user=SYSTEM)
 
 
 @pytest.fixture(scope="module")

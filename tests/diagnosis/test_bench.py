@@ -8,13 +8,16 @@ from django.core.management.base import CommandError
 
 from diagnosis import services
 from diagnosis.models import Prediction, Study
+from diagnosis.roles import SYSTEM
 from tests.synthetic import write_dataset
 
 
 def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     db, tmp_path, checkpoint_path, capsys
 ):
-    services.model_version_register(path=checkpoint_path, name="bench-v1", activate=True)
+    services.model_version_register(
+        path=checkpoint_path, name="bench-v1", activate=True, user=SYSTEM
+    )
     write_dataset(tmp_path / "train", 8, size=64, seed=1)
     write_dataset(tmp_path / "full", 2, size=400, seed=2)
     call_command(
@@ -32,7 +35,9 @@ def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
 
 
 def test_the_bench_refuses_a_database_with_predictions_waiting(db, checkpoint_path, alice):
-    services.model_version_register(path=checkpoint_path, name="bench-v1", activate=True)
+    services.model_version_register(
+        path=checkpoint_path, name="bench-v1", activate=True, user=SYSTEM
+    )
     study = Study.objects.create(
         image="studies/x.jpeg", sha256="0" * 64, width=8, height=8, uploaded_by=alice
     )

@@ -40,7 +40,7 @@ def test_it_promotes_and_rolls_back_with_an_audit_trail(checkpoint_path, tmp_pat
         "action", "previous__name", "version__name", "user__username", "reason"
     )
     assert list(trail) == [
-        ("promote", None, "v1", None, ""),
+        ("promote", None, "v1", None, "system"),  # no --user: the shell, as the system
         ("promote", "v1", "v2", "ada", "better AUC"),
         ("rollback", "v2", "v1", "ada", "too many false positives"),
     ]

@@ -18,6 +18,7 @@ from diagnosis.models import (
     TrainingJob,
     ValidationSplit,
 )
+from diagnosis.roles import SYSTEM
 from ml.data import manifest_hash, patient_id, read_manifest
 from tests.conftest import make_checkpoint
 from tests.diagnosis.conftest import QUICK
@@ -85,7 +86,9 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
 def test_a_worse_candidate_is_kept_with_the_reason_and_the_active_model_stays(
     base, trained_checkpoint, ada
 ):
-    good = services.model_version_register(path=trained_checkpoint, name="good", activate=True)
+    good = services.model_version_register(
+        path=trained_checkpoint, name="good", activate=True, user=SYSTEM
+    )
     # Sabotaged: from random weights, a learning rate that cannot move them.
     params = QUICK | {"clean": False, "lr": 1e-9, "epochs": 1, "freeze_epochs": 0}
     job = services.training_job_create(user=ada, init="none", parameters=params, enqueue=False)

@@ -12,6 +12,7 @@ from django.core.management import call_command
 
 from diagnosis import services
 from diagnosis.models import RuntimeArtifact
+from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.e2e.conftest import ROOT, child_env
 from tests.synthetic import write_dataset
@@ -35,7 +36,7 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def version(db, trained):
-    return services.model_version_register(path=trained, name="good", activate=True)
+    return services.model_version_register(path=trained, name="good", activate=True, user=SYSTEM)
 
 
 def test_an_onnx_artifact_that_matches_fp32_is_kept(version, capsys):
@@ -97,7 +98,7 @@ def test_bf16_is_gated_like_any_runtime(version):
 
 
 def test_a_worker_on_onnx_never_imports_torch(transactional_db, trained, alice, tmp_path):
-    version = services.model_version_register(path=trained, name="good", activate=True)
+    version = services.model_version_register(path=trained, name="good", activate=True, user=SYSTEM)
     services.runtime_artifact_create(version=version, runtime="onnx-fp32")
     image = tmp_path / "x.jpg"
     from tests.conftest import jpeg_bytes

@@ -14,6 +14,7 @@ from PIL import Image
 
 from diagnosis import services
 from diagnosis.models import ModelVersion, Prediction, Review, Study
+from diagnosis.roles import SYSTEM
 from diagnosis.services import predictions
 from diagnosis.services.predictions import _claim as claim
 from diagnosis.validation import UploadRejected
@@ -431,7 +432,7 @@ def test_it_takes_back_a_prediction_whose_worker_died(alice, xray_upload, active
 
 
 def test_it_waits_for_a_model_then_runs_on_activation(
-    alice, rita, xray_upload, checkpoint_path, broker, django_capture_on_commit_callbacks
+    alice, ada, xray_upload, checkpoint_path, broker, django_capture_on_commit_callbacks
 ):
     study = services.study_create(uploaded_by=alice, image=xray_upload())
     pk = study.predictions.get().pk
@@ -443,7 +444,7 @@ def test_it_waits_for_a_model_then_runs_on_activation(
     version = services.model_version_register(path=checkpoint_path, name="v1")
     assert not version.is_active
     with django_capture_on_commit_callbacks(execute=True):
-        services.model_version_activate(version=version, user=rita)
+        services.model_version_activate(version=version, user=ada)
     assert Prediction.objects.get(pk=pk).enqueued_at is not None
 
     assert services.prediction_run(pk).status == "done"
@@ -464,7 +465,7 @@ def test_it_marks_a_prediction_failed_when_the_model_file_is_gone(
     fixed = services.model_version_register(
         path=make_checkpoint(tmp_path / "fixed.pt", seed=5), name="fixed"
     )
-    services.model_version_activate(version=fixed)
+    services.model_version_activate(version=fixed, user=SYSTEM)
     prediction.refresh_from_db()
     assert (prediction.status, prediction.error) == ("pending", "")
     prediction = services.prediction_run(prediction.pk)
@@ -527,13 +528,15 @@ def test_it_refuses_the_same_checkpoint_twice(checkpoint_path, db):
 
 
 def test_it_keeps_one_active_model(checkpoint_path, tmp_path, db):
-    first = services.model_version_register(path=checkpoint_path, name="a", activate=True)
+    first = services.model_version_register(
+        path=checkpoint_path, name="a", activate=True, user=SYSTEM
+    )
     second = services.model_version_register(
         path=make_checkpoint(tmp_path / "b.pt", seed=1, threshold=0.3), name="b"
     )
     assert list(ModelVersion.objects.filter(is_active=True)) == [first]
 
-    services.model_version_activate(version=second)
+    services.model_version_activate(version=second, user=SYSTEM)
     assert list(ModelVersion.objects.filter(is_active=True)) == [second]
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from diagnosis import services
 from diagnosis.models import ModelVersion, Review, Site, SiteAudit, SiteThreshold, Study
+from diagnosis.roles import SYSTEM
 from ml import metrics
 from tests.conftest import api_client_for, make_checkpoint
 from tests.diagnosis.conftest import QUICK
@@ -27,7 +28,7 @@ from tests.synthetic import make_xray, write_dataset
 def good_model(db, tmp_path):
     """Random weights whose probabilities spread (no ties), so every figure is informative."""
     path = make_checkpoint(tmp_path / "spread.pt", seed=2, input_size=64, fc_scale=0.01)
-    return services.model_version_register(path=path, name="good", activate=True)
+    return services.model_version_register(path=path, name="good", activate=True, user=SYSTEM)
 
 
 @pytest.fixture
@@ -98,13 +99,13 @@ def test_it_applies_each_sites_threshold_in_the_worker(
     assert SiteThreshold.objects.filter(site=site_b).count() == 2
 
 
-def test_only_admins_set_a_site_threshold(active_model, rita, site_b):
+def test_only_admins_set_a_site_threshold(active_model, rita, ada, site_b):
     with pytest.raises(PermissionDenied):
         services.site_threshold_activate(
             site=site_b, version=active_model, threshold=0.3, user=rita
         )
     with pytest.raises(ValueError, match="within"):
-        services.site_threshold_activate(site=site_b, version=active_model, threshold=2, user=None)
+        services.site_threshold_activate(site=site_b, version=active_model, threshold=2, user=ada)
     assert not SiteThreshold.objects.exists()
 
 

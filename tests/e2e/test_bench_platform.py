@@ -14,6 +14,7 @@ from django.db.models import Q
 
 from bench.launch import PlatformError, platform, processes_of
 from diagnosis.models import Prediction
+from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.synthetic import write_dataset
 
@@ -26,7 +27,7 @@ def bench_model(transactional_db, broker, tmp_path):
 
     # 64 px: the model-only rows and the worker's predictions take little of the two cores.
     path = make_checkpoint(tmp_path / "bench-e2e.pt", input_size=64)
-    return services.model_version_register(path=path, name="bench-e2e", activate=True)
+    return services.model_version_register(path=path, name="bench-e2e", activate=True, user=SYSTEM)
 
 
 @pytest.fixture

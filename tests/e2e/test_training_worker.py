@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from diagnosis import services
 from diagnosis.models import TrainingJob
+from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.e2e.conftest import wait_until
 from tests.synthetic import write_dataset
@@ -22,7 +23,10 @@ def test_a_retrain_started_through_the_api_runs_on_the_training_worker(
     base = tmp_path / "base"
     write_dataset(base, 30, size=64, seed=2)
     active = services.model_version_register(
-        path=make_checkpoint(tmp_path / "m.pt", input_size=64), name="v1", activate=True
+        path=make_checkpoint(tmp_path / "m.pt", input_size=64),
+        name="v1",
+        activate=True,
+        user=SYSTEM,
     )
     # The prediction worker (its own queue) must not take training jobs; the training one does.
     predictor = start_worker()

@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 
 from diagnosis.models import Prediction, Study
+from diagnosis.roles import SYSTEM
 from diagnosis.tasks import predict
 from tests.conftest import assert_outputs_vary, jpeg_bytes
 from tests.e2e.conftest import ROOT, child_env, wait_until
@@ -115,7 +116,7 @@ def test_it_holds_uploads_until_a_model_is_activated(
     )
     assert prediction_of(study_id).status == "pending"
 
-    services.model_version_register(path=checkpoint_path, name="late", activate=True)
+    services.model_version_register(path=checkpoint_path, name="late", activate=True, user=SYSTEM)
 
     wait_until(
         lambda: prediction_of(study_id).status == "done",
@@ -192,6 +193,7 @@ def test_it_switches_a_running_worker_to_a_newly_active_model(
         path=make_checkpoint(tmp_path / "v2.pt", seed=2, threshold=0.3),
         name="test-v2",
         activate=True,
+        user=SYSTEM,
     )
     second = api_upload(client, "after.jpg", seed=1)
     wait_until(

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import services
+from diagnosis.management.operators import actor
 
 
 class Command(BaseCommand):
@@ -16,15 +18,22 @@ class Command(BaseCommand):
         parser.add_argument(
             "--activate", action="store_true", help="Make it the active model at once."
         )
+        parser.add_argument(
+            "--user",
+            default="",
+            help="who registers (and activates: an admin); default: the system, recorded as such",
+        )
 
-    def handle(self, *args, path: Path, name: str, activate: bool, **options):
+    def handle(self, *args, path: Path, name: str, activate: bool, user: str, **options):
         from ml.checkpoint import CheckpointError
 
         if not path.is_file():
             raise CommandError(f"No such file: {path}")
         try:
-            version = services.model_version_register(path=path, name=name, activate=activate)
-        except (CheckpointError, ValueError) as exc:
+            version = services.model_version_register(
+                path=path, name=name, activate=activate, user=actor(user)
+            )
+        except (CheckpointError, ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None
         state = "active" if version.is_active else "registered (not active)"
         self.stdout.write(

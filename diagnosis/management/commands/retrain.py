@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnosis import selectors, services
-from diagnosis.management.operators import operator
+from diagnosis.management.operators import actor
 from diagnosis.models import TrainingJob
 from diagnosis.services.training import TRAIN_FLAGS
 
@@ -74,7 +74,7 @@ class Command(BaseCommand):
             init = "active" if selectors.model_version_active() else "imagenet"
         try:
             job = services.training_job_create(
-                user=operator(user), init=init, parameters=parameters, enqueue=enqueue
+                user=actor(user), init=init, parameters=parameters, enqueue=enqueue
             )
         except (ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None

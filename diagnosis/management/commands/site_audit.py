@@ -14,8 +14,8 @@ from pathlib import Path
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnosis import services
-from diagnosis.management.operators import operator
+from diagnosis import roles, services
+from diagnosis.management.operators import actor, operator
 from diagnosis.models import ModelVersion
 from diagnosis.services.sites import RULES
 
@@ -38,7 +38,12 @@ class Command(BaseCommand):
             help="radiologist or admin the imported labels are "
             "recorded as reviews of (needed with --data)",
         )
-        parser.add_argument("--user", default="", help="who runs the audit (audit trail)")
+        parser.add_argument(
+            "--user",
+            default="",
+            help="who runs the audit (audit trail); --activate and --promote need an admin "
+            "(without --user the command acts as the system)",
+        )
         parser.add_argument("--model", default="", help="model version (default: the active)")
         parser.add_argument(
             "--calibration-fraction",
@@ -105,7 +110,16 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         if not 0.0 < o["calibration_fraction"] < 1.0:
             raise CommandError("--calibration-fraction is within (0, 1)")
-        user = operator(o["user"])
+        user = actor(o["user"])
+        if o["activate"] or o["promote"]:  # refused before the audit, not after it
+            try:
+                roles.require(
+                    user,
+                    roles.can_promote,
+                    "Only admins may put a site threshold in force or promote a model.",
+                )
+            except PermissionDenied as exc:
+                raise CommandError(str(exc)) from None
         try:
             site = services.site_get_or_create(name=o["site"], title=o["title"])
             source = ""

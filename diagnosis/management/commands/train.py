@@ -4,10 +4,12 @@ import argparse
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from diagnosis import services
+from diagnosis import roles, services
+from diagnosis.management.operators import actor
 
 
 class Command(BaseCommand):
@@ -28,10 +30,22 @@ class Command(BaseCommand):
         parser.set_defaults(out=None)  # a dated file under VAR_DIR/models, see handle()
         parser.add_argument("--name", default="", help="Version name (default: arch-sha256).")
         parser.add_argument("--activate", action="store_true", help="Activate it at once.")
+        parser.add_argument(
+            "--user",
+            default="",
+            help="who trains (and activates: an admin); default: the system, recorded as such",
+        )
 
-    def handle(self, *args, name: str, activate: bool, **options):
+    def handle(self, *args, name: str, activate: bool, user: str, **options):
         from ml.models import PretrainedWeightsUnavailable
         from ml.train import TrainConfig, main
+
+        user = actor(user)
+        if activate:  # refused before the training, not after it
+            try:
+                roles.require(user, roles.can_promote, "Only admins may activate a model version.")
+            except PermissionDenied as exc:
+                raise CommandError(str(exc)) from None
 
         out = options["out"]
         if out is None:
@@ -43,12 +57,16 @@ class Command(BaseCommand):
             checkpoint = Path(main(config))
         except PretrainedWeightsUnavailable as exc:
             raise CommandError(str(exc)) from None
-        version = services.model_version_register(path=checkpoint, name=name, activate=activate)
+        version = services.model_version_register(
+            path=checkpoint, name=name, activate=activate, user=user
+        )
         self.stdout.write(
             f"Registered {version.name} ({'active' if version.is_active else 'not active'})"
         )
         for split in ("val", "test"):
             manifest = checkpoint.with_suffix(f".{split}.csv")
             if manifest.is_file():
-                evaluation = services.evaluation_create(version=version, data=manifest)
+                evaluation = services.evaluation_create(
+                    version=version, data=manifest, user=roles.recorded_user(user)
+                )
                 self.stdout.write(f"  {split}: {evaluation.summary}")
