@@ -10,7 +10,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt
 
 COPY . .
-RUN DEBUG=false SECRET_KEY=build-only python manage.py collectstatic --noinput -v0 \
+RUN DEBUG=false SECRET_KEY=build-only PSEUDONYM_KEY=build-only python manage.py collectstatic --noinput -v0 \
     && useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 USER app
 EXPOSE 8000

@@ -122,6 +122,7 @@ class StudyAdmin(admin.ModelAdmin):
         "uploaded_by",
         "created_at",
         "current_label",
+        "patient_key",  # a keyed hash, shown to admins only (this admin is theirs alone)
     ]
     inlines = [PredictionInline, ReviewInline]
     actions = ["relabel"]

@@ -44,6 +44,7 @@ class ImageInfo:
     facts: dict = field(default_factory=dict)  # de-identified DICOM header facts
     warnings: list = field(default_factory=list)  # intended-use warnings (guardrails)
     converted: bytes | None = None  # what to store instead of the upload (DICOM -> PNG)
+    patient_key: str = ""  # the keyed hash of the DICOM's PatientID (diagnosis.pseudonyms)
 
 
 def _sha256(file: BinaryIO) -> str:
@@ -109,6 +110,7 @@ def inspect_upload(file: BinaryIO, *, filename: str, size: int) -> ImageInfo:
 
 
 def _inspect_dicom(file: BinaryIO, *, filename: str, size: int) -> ImageInfo:
+    from diagnosis.pseudonyms import patient_key
     from ml.dicom import DicomError, read_dicom
 
     try:
@@ -125,4 +127,5 @@ def _inspect_dicom(file: BinaryIO, *, filename: str, size: int) -> ImageInfo:
     return ImageInfo(
         content_type, extension, width, height, _sha256(file), size, "DICOM",
         facts=dicom.facts, warnings=found, converted=buffer.getvalue(),
+        patient_key=patient_key(*dicom.patient),
     )  # fmt: skip

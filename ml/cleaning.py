@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ml import data, metrics
-from ml.data import CLASS_NAMES, POSITIVE_CLASS, Item, patient_id
+from ml.data import CLASS_NAMES, POSITIVE_CLASS, Item, patient_of
 from ml.models import ARCHITECTURES, build_model, default_preprocessing
 from ml.preprocessing import Preprocessing, eval_transform, open_image
 
@@ -293,7 +293,7 @@ def rank_label_issues(
             input_size=input_size,
         )
     y = np.array([int(label == POSITIVE_CLASS) for _, label in items])
-    groups = [patient_id(path) for path, _ in items]
+    groups = [patient_of(item) for item in items]
     p1 = out_of_fold_probabilities(features, y, groups, folds=folds, seed=seed)
     return rank_probabilities(items, p1)
 

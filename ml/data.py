@@ -3,7 +3,10 @@
 The data set's file names carry the patient: `person123_bacteria_456.jpeg` is patient
 `person123`, `IM-0115-0001.jpeg` is `IM-0115` and `NORMAL2-IM-1427-0001.jpeg` is
 `NORMAL2-IM-1427`. Several images can belong to one child, so validation and test patients
-must never appear in training or the figures leak.
+must never appear in training or the figures leak. Elsewhere (a hospital's DICOM, uploads
+under any name) the platform gives each Item a `patient` key (a keyed hash of the DICOM
+PatientID, or of an identifier given with the upload); splits group by it, and fall back to
+the file-name patterns only where an item has none (`patient_of`).
 
     from ml.data import read_manifest, scan_folder, split_train_val_test
     items = scan_folder("../shared/data/chest_xray")        # [Item(path, "NORMAL"), ...]
@@ -45,6 +48,7 @@ class Item:
     label: str
     weight: float = 1.0  # multiplies this image's training loss (manifest column `weight`)
     source: str = ""  # free text from the manifest, e.g. which export or site the row came from
+    patient: str = ""  # a pseudonymous patient key (manifest column `patient`); "" for none
 
     def __iter__(self) -> Iterator:
         return iter((self.path, self.label))
@@ -64,12 +68,23 @@ _PATIENT_PATTERNS = (
 
 def patient_id(filename: str | os.PathLike) -> str:
     """The patient an image belongs to; a name that fits no pattern is its own patient."""
+    return kermany_patient(filename) or Path(Path(filename).name).stem
+
+
+def kermany_patient(filename: str | os.PathLike) -> str | None:
+    """The patient a Kermany-style file name names, or None when it fits no known pattern."""
     name = Path(filename).name
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(name)
         if match:
             return match.group(1)
-    return Path(name).stem
+    return None
+
+
+def patient_of(item: Item | tuple) -> str:
+    """The patient an item is grouped by in every split: its pseudonymous key when it has one,
+    else what its file name says (patient_id). A plain (path, label) pair has no key."""
+    return getattr(item, "patient", "") or patient_id(item[0])
 
 
 def scan_folder(root: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES) -> list[Item]:
@@ -123,10 +138,11 @@ def read_manifest(
 ) -> list[Item]:
     """The images a CSV manifest lists, in file order.
 
-    Columns: path and label (required), weight (default 1), exclude (1/true/yes drops the row)
-    and source (free text); other columns are ignored. A relative path is relative to the
-    CSV's folder, so an export folder can be moved whole. Bad values raise ValueError naming
-    the line; missing image files raise FileNotFoundError before any training starts.
+    Columns: path and label (required), weight (default 1), exclude (1/true/yes drops the row),
+    source (free text) and patient (a pseudonymous key); other columns are ignored. A relative
+    path is relative to the CSV's folder, so an export folder can be moved whole. Bad values
+    raise ValueError naming the line; missing image files raise FileNotFoundError before any
+    training starts.
     """
     csv_path = Path(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -148,7 +164,8 @@ def read_manifest(
                 raise ValueError(f"{where}: label {label!r} is not one of {list(class_names)}")
             weight = _weight(row.get("weight") or "", where)
             source = (row.get("source") or "").strip()
-            items.append(Item(csv_path.parent / path, label, weight, source))  # absolute stays
+            patient = (row.get("patient") or "").strip()
+            items.append(Item(csv_path.parent / path, label, weight, source, patient))
     if not items:
         raise ValueError(f"{csv_path} lists no images (after exclusions)")
     absent = [str(it.path) for it in items if not it.path.is_file()]
@@ -166,13 +183,14 @@ def write_manifest(csv_path: str | os.PathLike, items: Sequence[Item]) -> Path:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "weight", "source"])
+        writer.writerow(["path", "label", "weight", "source", "patient"])
         for item in items:
             path, label = item
             weight = getattr(item, "weight", 1.0)
             writer.writerow(
-                [Path(path).resolve(), label, f"{weight:g}", getattr(item, "source", "")]
-            )
+                [Path(path).resolve(), label, f"{weight:g}", getattr(item, "source", ""),
+                 getattr(item, "patient", "")]
+            )  # fmt: skip
     return csv_path
 
 
@@ -196,7 +214,7 @@ def _patients_by_label(items: Sequence[Item]) -> dict[str, dict[str, list[Item]]
     """label -> patient -> items, with a patient filed under the label of its first image."""
     by_patient: dict[str, list[Item]] = defaultdict(list)
     for item in items:
-        by_patient[patient_id(item[0])].append(item)
+        by_patient[patient_of(item)].append(item)
     grouped: dict[str, dict[str, list[Item]]] = defaultdict(dict)
     for patient in sorted(by_patient):
         group = by_patient[patient]

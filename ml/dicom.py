@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
@@ -41,6 +41,10 @@ class DicomImage:
     image: Image.Image  # 8-bit grayscale, display-ready (0 black = no attenuation)
     facts: dict  # de-identified: modality, view_position, body_part, sex, age_years
     transfer_syntax: str
+    # (PatientID, IssuerOfPatientID), identifying: the caller turns it into a keyed hash at once
+    # (diagnosis.pseudonyms) and never stores, shows or logs it. repr=False keeps it out of
+    # tracebacks and log lines that print the object.
+    patient: tuple[str, str] = field(default=("", ""), repr=False)
 
 
 def is_dicom(file: BinaryIO) -> bool:
@@ -122,7 +126,9 @@ def read_dicom(file: BinaryIO, *, max_pixels: int) -> DicomImage:
         image = Image.fromarray(_to_8bit(ds, pixels), mode="L")
     except Exception as exc:  # e.g. a window or LUT the header describes wrongly
         raise DicomError(f"the DICOM image cannot be converted ({exc}).") from None
-    return DicomImage(image=image, facts=facts, transfer_syntax=str(syntax.name))
+    patient = (str(ds.get("PatientID", "") or "").strip(),
+               str(ds.get("IssuerOfPatientID", "") or "").strip())  # fmt: skip
+    return DicomImage(image=image, facts=facts, transfer_syntax=str(syntax.name), patient=patient)
 
 
 def _check_header(ds, max_pixels: int) -> dict:

@@ -74,6 +74,16 @@ if not SECRET_KEY:
     # A fixed key is acceptable only for local development, where DEBUG is on.
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
 
+# The installation secret of the pseudonymous patient keys (diagnosis.pseudonyms): a keyed
+# hash of each DICOM's PatientID groups a patient's images in every split, and cannot be
+# reversed or matched across installations without this secret. Keep it as safe as
+# SECRET_KEY, and never change it: the keys already stored would no longer match new ones.
+PSEUDONYM_KEY = os.getenv("PSEUDONYM_KEY", "")
+if not PSEUDONYM_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("PSEUDONYM_KEY must be set when DEBUG is off")
+    PSEUDONYM_KEY = "dev-only-pseudonym-key-do-not-use-in-production"
+
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 

@@ -40,6 +40,8 @@ def dicom_bytes(
     transfer_syntax=ExplicitVRLittleEndian,
     frames: int = 1,
     preamble: bool = True,
+    patient_id: str = "MRN-0042-SECRET",
+    issuer: str = "",
 ) -> bytes:
     if pixels is None:
         pixels = xray_pixels(bits=bits)
@@ -52,7 +54,9 @@ def dicom_bytes(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     # Identifying tags, which must never reach the database, the pages or the logs.
     ds.PatientName = "Doe^Jane"
-    ds.PatientID = "MRN-0042-SECRET"
+    ds.PatientID = patient_id
+    if issuer:
+        ds.IssuerOfPatientID = issuer
     ds.PatientBirthDate = "20210304"
     ds.AccessionNumber = "ACC-777"
     ds.InstitutionName = "St Example Hospital"

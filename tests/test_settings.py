@@ -61,3 +61,10 @@ def test_a_bad_throttle_rate_stops_the_load(name):
     result = load_settings(**{name: "lots"})
     assert result.returncode != 0 and f"{name} must be a rate like 60/min" in result.stderr
     assert load_settings(**{name: "5/s"}).returncode == 0
+
+
+def test_production_needs_the_pseudonym_key_like_the_secret_key():
+    production = {"DEBUG": "false", "SECRET_KEY": "s" * 50, "PSEUDONYM_KEY": ""}
+    result = load_settings(**production)
+    assert result.returncode != 0 and "PSEUDONYM_KEY must be set" in result.stderr
+    assert load_settings(**production | {"PSEUDONYM_KEY": "p" * 50}).returncode == 0

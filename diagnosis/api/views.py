@@ -69,6 +69,12 @@ class StudyListCreateApi(APIView):
             help_text="The site (hospital, scanner) the study comes from; default: the default "
             "site. Its threshold for the active model decides.",
         )  # fmt: skip
+        patient_id = serializers.CharField(
+            required=False, allow_blank=True, max_length=64, write_only=True,
+            help_text="The patient's identifier at your site (e.g. the record number), for a "
+            "JPEG or PNG: it groups a patient's images when models are trained and judged. Only "
+            "a keyed hash of it is kept; a DICOM's own PatientID is used instead.",
+        )  # fmt: skip
 
     class AcceptedSerializer(serializers.Serializer):
         id = serializers.IntegerField()
@@ -104,9 +110,11 @@ class StudyListCreateApi(APIView):
                 uploaded_by=request.user,
                 image=data.validated_data["image"],
                 site=data.validated_data.get("site"),
+                patient_id=data.validated_data.get("patient_id", ""),
             )
         except UploadRejected as exc:
-            raise serializers.ValidationError({"image": [exc.reason]}) from None
+            field = "patient_id" if exc.filename == "patient_id" else "image"
+            raise serializers.ValidationError({field: [exc.reason]}) from None
         body = StudySummarySerializer(study).data
         return Response(
             {

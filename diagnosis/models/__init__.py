@@ -131,6 +131,9 @@ class Study(models.Model):
     # What the upload was (JPEG, PNG or DICOM; a DICOM is stored as the PNG it converts to)
     # and the de-identified facts of a DICOM header: never names, IDs, dates or places.
     source_format = models.CharField(max_length=10, blank=True)
+    # The pseudonymous patient key (diagnosis.pseudonyms): a keyed hash of the DICOM's
+    # PatientID, or of an identifier given with the upload; never the identifier itself.
+    patient_key = models.CharField(max_length=64, blank=True, db_index=True)
     modality = models.CharField(max_length=16, blank=True)
     view_position = models.CharField(max_length=16, blank=True)
     body_part = models.CharField(max_length=32, blank=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from django.core.exceptions import PermissionDenied
@@ -10,6 +11,7 @@ from django.db import transaction
 
 from diagnosis import roles, selectors
 from diagnosis.models import CleaningCandidate, CleaningDecision, CleaningRun, Label, Study
+from diagnosis.pseudonyms import keyed_count, patient_group
 
 # ---------------------------------------------------------------------------- training pool
 
@@ -31,7 +33,9 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
     reviewed = Study.objects.exclude(current_label="").filter(unusable_reason="")
     for study in reviewed.order_by("pk"):
         path = Path(default_storage.path(study.image.name))
-        candidates.append(Item(path, study.current_label, source=f"study:{study.pk}"))
+        key = f"study:{study.pk}"
+        patient = patient_group(study.patient_key, study.original_filename, key)
+        candidates.append(Item(path, study.current_label, source=key, patient=patient))
 
     if exclude_held_out:
         held_out = selectors.site_evaluation_keys()
@@ -45,7 +49,7 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
         if decision is not None and decision.decision == CleaningDecision.Decision.EXCLUDE:
             continue
         if decision is not None and decision.decision == CleaningDecision.Decision.RELABEL:
-            item = Item(item.path, decision.label, source=item.source)
+            item = dataclasses.replace(item, label=decision.label)
         pool.append(item)
     return pool
 
@@ -77,6 +81,7 @@ def cleaning_run_create(
     """Rank the current training pool with out-of-fold predictions (ml.cleaning) and keep
     the ranking, so reviewers can work through it and their decisions persist."""
     from ml.cleaning import rank_label_issues
+    from ml.data import patient_of
 
     pool = training_pool(base_data=base_data)
     keys = {str(Path(item.path)): item.source for item in pool}
@@ -91,6 +96,9 @@ def cleaning_run_create(
                 "seed": seed,
                 "checkpoint": checkpoint or "",
                 "base_data": str(base_data or ""),
+                # folds are whole patients: how many, and how many known by a patient key
+                "patients": len({patient_of(item) for item in pool}),
+                "patients_keyed": keyed_count({patient_of(item) for item in pool}),
             },
             n_items=len(results),
             n_issues=sum(r.label_issue for r in results),

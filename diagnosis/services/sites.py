@@ -19,6 +19,7 @@ Activating a site threshold is an audited, admin-only action (`site_threshold_ac
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import logging
@@ -36,6 +37,7 @@ from django.utils import timezone
 
 from diagnosis import inference, roles, selectors
 from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
+from diagnosis.pseudonyms import keyed_count, patient_group
 from diagnosis.services.registry import (
     model_version_activate,
     model_version_discard,
@@ -69,18 +71,22 @@ def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
     """Import a labeled folder (Kaggle layout: NORMAL/, PNEUMONIA/) as studies of `site`, each
     label recorded as a review by `user` (who must be a radiologist or admin). Images already
     imported (same bytes) are not stored twice; their label is reviewed again only if it
-    changed. Returns counts."""
+    changed. A `patients.csv` beside the class folders (columns file, patient_id; file as in
+    NORMAL/x.jpeg) gives each image's patient, kept as a keyed hash (diagnosis.pseudonyms).
+    Returns counts."""
     from ml.evaluate import scan_eval_folder
 
     if not roles.can_review(user):
         raise PermissionDenied(f"{user} may not review: labels are imported as reviews.")
     items = scan_eval_folder(data)
+    patients = _patients_csv(Path(data), items)
     before = set(site.studies.values_list("pk", flat=True))
     touched, elsewhere = set(), 0
     for start in range(0, len(items), chunk):
         part = items[start : start + chunk]
         uploads = [SimpleUploadedFile(Path(p).name, Path(p).read_bytes()) for p, _ in part]
-        studies = study_create_many(uploaded_by=user, images=uploads, site=site)
+        ids = [patients.get(Path(p).resolve(), "") for p, _ in part]
+        studies = study_create_many(uploaded_by=user, images=uploads, site=site, patient_ids=ids)
         for study, (_, label) in zip(studies, part, strict=True):
             if study.site_id != site.pk:
                 elsewhere += 1  # the same image is a study of another site
@@ -94,7 +100,29 @@ def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
         "already_there": len(touched & before),
         "same_bytes": len(items) - elsewhere - len(touched),  # one study for several files
         "elsewhere": elsewhere,
+        "with_patient_id": sum(1 for p, _ in items if Path(p).resolve() in patients),
     }
+
+
+def _patients_csv(data: Path, items) -> dict[Path, str]:
+    """image path -> patient id from DATA/patients.csv ({} without one). A row naming an
+    image that is not in the folder, or a file without the two columns, is a ValueError
+    before anything is imported."""
+    csv_path = data / "patients.csv"
+    if not csv_path.is_file():
+        return {}
+    known = {Path(p).resolve() for p, _ in items}
+    patients = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not {"file", "patient_id"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path} needs columns file and patient_id")
+        for line, row in enumerate(reader, start=2):
+            path = (data / (row["file"] or "").strip()).resolve()
+            if path not in known:
+                raise ValueError(f"{csv_path}:{line}: no image {row['file']!r} in {data}")
+            patients[path] = (row["patient_id"] or "").strip()
+    return patients
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -155,7 +183,7 @@ def site_audit_run(
     adapted model (adapt_params["promote"]) is for admins (or roles.SYSTEM), checked before
     any work is done."""
     from ml.calibration import calibrate
-    from ml.data import Item, patient_id
+    from ml.data import Item
     from ml.evaluate import evaluate_checkpoint
 
     actor, user = user, roles.recorded_user(user)  # who acts; what the rows record
@@ -173,10 +201,15 @@ def site_audit_run(
             "of both classes (import a labeled folder with --data, or review its studies)"
         )
     items = [
-        Item(Path(default_storage.path(s.image.name)), s.current_label, source=f"study:{s.pk}")
+        Item(
+            Path(default_storage.path(s.image.name)),
+            s.current_label,
+            source=f"study:{s.pk}",
+            patient=patient_group(s.patient_key, s.original_filename, f"study:{s.pk}"),
+        )
         for s in studies
     ]
-    groups = [patient_id(s.original_filename) for s in studies]
+    groups = [item.patient for item in items]
     in_force = selectors.site_threshold_in_force(version, site)
     threshold = version.threshold if in_force is None else in_force.threshold
     say = echo or (lambda line: None)
@@ -192,6 +225,8 @@ def site_audit_run(
     )
     eval_idx, cal_idx = list(calibration.eval_idx), list(calibration.cal_idx)
     metrics["calibrated"] = calibration.to_dict() | {  # which cases did what, for review
+        "patients": len(set(groups)),
+        "patients_keyed": keyed_count(set(groups)),  # grouped by a real patient key
         "cal_studies": [studies[i].pk for i in cal_idx],
         "eval_studies": [studies[i].pk for i in eval_idx],
     }

@@ -15,6 +15,7 @@ from django.db import transaction
 
 from diagnosis import roles, selectors
 from diagnosis.models import Label, Prediction, Review, Site, Study, Unusable, default_site_pk
+from diagnosis.pseudonyms import MAX_ID_LENGTH, patient_key
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
 from diagnosis.validation import UploadRejected, inspect_upload
@@ -22,13 +23,18 @@ from diagnosis.validation import UploadRejected, inspect_upload
 # ---------------------------------------------------------------------------- studies
 
 
-def study_create(*, uploaded_by, image: UploadedFile, site: Site | None = None) -> Study:
-    return study_create_many(uploaded_by=uploaded_by, images=[image], site=site)[0]
+def study_create(
+    *, uploaded_by, image: UploadedFile, site: Site | None = None, patient_id: str = ""
+) -> Study:
+    return study_create_many(
+        uploaded_by=uploaded_by, images=[image], site=site, patient_ids=[patient_id]
+    )[0]
 
 
 def study_create_many(
-    *, uploaded_by, images: Sequence[UploadedFile], site: Site | None = None
-) -> list[Study]:
+    *, uploaded_by, images: Sequence[UploadedFile], site: Site | None = None,
+    patient_ids: Sequence[str] | None = None,
+) -> list[Study]:  # fmt: skip
     """Store the images, each as a Study of `site` (default: the default site) with a pending
     Prediction, all or nothing.
 
@@ -40,6 +46,10 @@ def study_create_many(
     predicted again: that study is returned instead, with `is_duplicate = True`. (A duplicate
     of a study the uploader may not see is stored as a new study: linking to it would reveal
     that someone else uploaded the image.)
+
+    `patient_ids` (one per image, "" for none) are identifiers the uploader gives for images
+    that carry none (JPEG, PNG); only their keyed hash is stored (diagnosis.pseudonyms). A
+    DICOM's own PatientID wins over a given one.
     """
     if not roles.can_upload(uploaded_by):
         raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
@@ -47,12 +57,20 @@ def study_create_many(
         raise UploadRejected("upload", "no file was sent.")
     if len(images) > settings.UPLOAD_MAX_FILES:
         raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    patient_ids = list(patient_ids) if patient_ids is not None else [""] * len(images)
+    if len(patient_ids) != len(images):
+        raise ValueError(f"{len(images)} images but {len(patient_ids)} patient ids")
+    for given in patient_ids:
+        if len(given or "") > MAX_ID_LENGTH or not (given or "").isprintable():
+            raise UploadRejected(
+                "patient_id", f"a patient id is at most {MAX_ID_LENGTH} printable characters."
+            )
     infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
     existing = selectors.studies_by_sha256(uploaded_by, {info.sha256 for info in infos})
 
     with atomic_files() as written, transaction.atomic():
         studies = []
-        for upload, info in zip(images, infos, strict=True):
+        for upload, info, given in zip(images, infos, patient_ids, strict=True):
             if info.sha256 in existing:
                 duplicate = existing[info.sha256]
                 duplicate.is_duplicate = True
@@ -71,6 +89,7 @@ def study_create_many(
                 height=info.height,
                 uploaded_by=uploaded_by,
                 source_format=info.source_format,
+                patient_key=info.patient_key or patient_key(given),
                 modality=info.facts.get("modality", ""),
                 view_position=info.facts.get("view_position", ""),
                 body_part=info.facts.get("body_part", ""),

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from diagnosis import inference, roles, selectors
 from diagnosis.models import Evaluation, ModelVersion, TrainingJob, ValidationSplit
+from diagnosis.pseudonyms import keyed_count
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
 from diagnosis.services.registry import (
     evaluation_create,
@@ -328,7 +329,7 @@ def training_job_run(job_id: int, *, echo=None) -> TrainingJob | None:
 
 def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     from ml.checkpoint import read_meta
-    from ml.data import manifest_hash, write_manifest
+    from ml.data import manifest_hash, patient_of, write_manifest
     from ml.models import PretrainedWeightsUnavailable
     from ml.train import TrainConfig, main
 
@@ -353,11 +354,14 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     train_csv = write_manifest(workdir / "train.csv", pool)
     selection_csv, gate_csv = validation_split_parts(split)
     data_hash = manifest_hash(pool)
+    patients = {patient_of(item) for item in pool}
     print(
         f"== 2. Training pool: {len(pool)} images (hash {data_hash[:12]}); validation split "
         f"{split.pk}: {len(split.item_keys)} images, {split.origin}, frozen "
         f"{split.created_at:%Y-%m-%d %H:%M}; training chooses on its selection part "
-        f"({split.n_selection}), the gate judges on its gate part ({split.n_gate})",
+        f"({split.n_selection}), the gate judges on its gate part ({split.n_gate}); "
+        f"{len(patients)} patients, {keyed_count(patients)} of them known by a patient key "
+        "(the others by their Kermany file name, or each image alone)",
         flush=True,
     )
 

@@ -19,6 +19,7 @@ from tests.e2e.conftest import ROOT
 PRODUCTION = {
     "DEBUG": "false",
     "SECRET_KEY": secrets.token_urlsafe(50),
+    "PSEUDONYM_KEY": secrets.token_urlsafe(50),
     "ALLOWED_HOSTS": "pneumo.example.org",
     "BEHIND_TLS_PROXY": "true",
     "SECURE_SSL_REDIRECT": "true",
