@@ -13,6 +13,9 @@ no user and a reason that starts with "system:".
 
 from __future__ import annotations
 
+import functools
+
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 
@@ -60,6 +63,22 @@ def sees_all_studies(user: User) -> bool:
 
 def has_any_role(user: User) -> bool:
     return can_upload(user)
+
+
+def role_required(allowed):
+    """A page view for signed-in users for whom `allowed(user)` holds: anonymous users go to
+    the sign-in page, others get 403. The pages' one way of saying who may see them."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def checked(request, *args, **kwargs):
+            if not allowed(request.user):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
+
+        return login_required(checked)
+
+    return decorate
 
 
 class System:

@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Case, Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, When
 from django.db.models.functions import Abs
+from django.http import Http404
 from django.utils import timezone
 
 from diagnosis import roles
@@ -78,6 +79,15 @@ def studies_by_sha256(user, digests: set[str]) -> dict[str, Study]:
 def study_get_for(user, pk: int) -> Study | None:
     """The study if `user` may see it, else None (callers answer 404, hiding its existence)."""
     return study_list_for(user).filter(pk=pk).first()
+
+
+def study_or_404(user, pk: int) -> Study:
+    """The study if `user` may see it; Http404 otherwise, whether it does not exist or is
+    someone else's (a 403 would tell that it exists). Pages and API alike."""
+    study = study_get_for(user, pk)
+    if study is None:
+        raise Http404("No such study.")
+    return study
 
 
 def prediction_heatmap_for(user, study_pk: int, prediction_pk: int) -> Prediction | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import Http404
@@ -16,19 +14,8 @@ from diagnosis import roles, selectors, services
 from diagnosis.downloads import file_response
 from diagnosis.forms import RetrainForm, ReviewForm, UploadForm
 from diagnosis.models import Label, Prediction
+from diagnosis.roles import role_required
 from diagnosis.validation import UploadRejected
-
-
-def _require(allowed: bool) -> None:
-    if not allowed:
-        raise PermissionDenied
-
-
-def _study_or_404(request, pk: int):
-    study = selectors.study_get_for(request.user, pk)
-    if study is None:
-        raise Http404("No such study.")
-    return study
 
 
 def _render_list(request, form: UploadForm, *, status: int = 200):
@@ -51,17 +38,15 @@ def _render_list(request, form: UploadForm, *, status: int = 200):
     return render(request, "diagnosis/study_list.html", context, status=status)
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def study_list(request):
-    _require(roles.has_any_role(request.user))
     return _render_list(request, UploadForm())
 
 
-@login_required
+@role_required(roles.can_upload)
 @require_POST
 def study_upload(request):
-    _require(roles.can_upload(request.user))
     form = UploadForm(request.POST, request.FILES)
     if form.is_valid():
         try:
@@ -94,11 +79,10 @@ def _order(request) -> str:
     return order if order in selectors.WORKLIST_ORDERS else ""
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def study_detail(request, pk: int):
-    _require(roles.has_any_role(request.user))
-    study = _study_or_404(request, pk)
+    study = selectors.study_or_404(request.user, pk)
     initial = {"label": study.current_label or None, "unusable_reason": study.unusable_reason}
     context = {
         "study": study,
@@ -110,20 +94,18 @@ def study_detail(request, pk: int):
     return render(request, "diagnosis/study_detail.html", context)
 
 
-@login_required
+@role_required(roles.can_review)
 @require_GET
 def worklist(request):
-    _require(roles.can_review(request.user))
     order = _order(request) or "triage"
     page = Paginator(selectors.worklist(order=order), 50).get_page(request.GET.get("page"))
     context = {"page": page, "order": order, "orders": list(selectors.WORKLIST_ORDERS)}
     return render(request, "diagnosis/worklist.html", context)
 
 
-@login_required
+@role_required(roles.can_review)
 @require_GET
 def worklist_next(request):
-    _require(roles.can_review(request.user))
     order = _order(request) or "triage"
     after = request.GET.get("after", "")
     study = selectors.worklist_next(order=order, after=int(after) if after.isdigit() else None)
@@ -133,28 +115,25 @@ def worklist_next(request):
     return redirect(f"{reverse('study-detail', args=[study.pk])}?order={order}")
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def agreement(request):
-    _require(roles.has_any_role(request.user))
     return render(request, "diagnosis/agreement.html", {"rows": selectors.agreement_by_version()})
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def study_image(request, pk: int):
-    _require(roles.has_any_role(request.user))
-    study = _study_or_404(request, pk)
+    study = selectors.study_or_404(request.user, pk)
     return file_response(
         lambda: study.image.open("rb"), content_type=study.content_type,
         what=f"the image of study {study.pk}", name=study.image.name,
     )  # fmt: skip
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def prediction_heatmap(request, pk: int, prediction_pk: int):
-    _require(roles.has_any_role(request.user))
     prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
     if prediction is None:
         raise Http404("No heatmap for this prediction.")
@@ -164,11 +143,10 @@ def prediction_heatmap(request, pk: int, prediction_pk: int):
     )  # fmt: skip
 
 
-@login_required
+@role_required(roles.can_review)
 @require_POST
 def review_create(request, pk: int):
-    _require(roles.can_review(request.user))
-    study = _study_or_404(request, pk)
+    study = selectors.study_or_404(request.user, pk)
     form = ReviewForm(request.POST)
     order = _order(request)
     if not form.is_valid():
@@ -182,10 +160,9 @@ def review_create(request, pk: int):
     return redirect("study-detail", pk=study.pk)
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def plot(request, owner: str, pk: int, plot: str):
-    _require(roles.has_any_role(request.user))
     name = selectors.plot_file(owner, pk, plot)
     if name is None:
         raise Http404("No such plot.")
@@ -195,10 +172,9 @@ def plot(request, owner: str, pk: int, plot: str):
     )  # fmt: skip
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def model_list(request):
-    _require(roles.has_any_role(request.user))
     context = {
         "versions": selectors.model_version_list(),
         "activations": selectors.model_activations(),
@@ -210,10 +186,9 @@ def model_list(request):
     return render(request, "diagnosis/model_list.html", context)
 
 
-@login_required
+@role_required(roles.can_promote)
 @require_POST
 def model_promote(request, pk: int):
-    _require(roles.can_promote(request.user))
     version = selectors.model_version(pk)
     if version is None:
         raise Http404("No such model version.")
@@ -224,10 +199,9 @@ def model_promote(request, pk: int):
     return redirect("model-list")
 
 
-@login_required
+@role_required(roles.can_promote)
 @require_POST
 def training_job_create(request):
-    _require(roles.can_promote(request.user))
     form = RetrainForm(request.POST)
     if form.is_valid():
         try:
@@ -241,20 +215,18 @@ def training_job_create(request):
     return redirect("model-list")
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def training_job(request, pk: int):
-    _require(roles.has_any_role(request.user))
     job = selectors.training_job(pk)
     if job is None:
         raise Http404("No such training job.")
     return render(request, "diagnosis/training_job.html", {"job": job})
 
 
-@login_required
+@role_required(roles.can_review)
 @require_GET
 def cleaning(request):
-    _require(roles.can_review(request.user))
     run_pk = request.GET.get("run", "")
     run = selectors.cleaning_run(int(run_pk) if run_pk.isdigit() else None)
     label = request.GET.get("label") if request.GET.get("label") in Label.values else "NORMAL"
@@ -268,10 +240,9 @@ def cleaning(request):
     return render(request, "diagnosis/cleaning.html", context)
 
 
-@login_required
+@role_required(roles.can_review)
 @require_POST
 def cleaning_decide(request):
-    _require(roles.can_review(request.user))
     decision = request.POST.get("decision", "")
     label = request.POST.get("label", "") if decision == "relabel" else ""
     try:
@@ -285,10 +256,9 @@ def cleaning_decide(request):
     return redirect(back if back.startswith("/cleaning/") else reverse("cleaning"))
 
 
-@login_required
+@role_required(roles.can_review)
 @require_GET
 def cleaning_image(request, pk: int):
-    _require(roles.can_review(request.user))
     candidate = selectors.cleaning_candidate(pk)
     if candidate is None:
         raise Http404("No such cleaning candidate.")
@@ -302,17 +272,15 @@ def cleaning_image(request, pk: int):
 # ---------------------------------------------------------------------------- sites
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def site_list(request):
-    _require(roles.has_any_role(request.user))
     return render(request, "diagnosis/site_list.html", {"sites": selectors.site_list()})
 
 
-@login_required
+@role_required(roles.has_any_role)
 @require_GET
 def site_detail(request, name: str):
-    _require(roles.has_any_role(request.user))
     site = selectors.site(name)
     if site is None:
         raise Http404("No such site.")
@@ -328,11 +296,10 @@ def site_detail(request, name: str):
     return render(request, "diagnosis/site_detail.html", context)
 
 
-@login_required
+@role_required(roles.can_promote)
 @require_POST
 def site_threshold_activate(request, name: str):
     """Activate an audit's calibrated threshold, or restore the version's own (admins)."""
-    _require(roles.can_promote(request.user))
     audit = selectors.site_audit(_int(request.POST.get("audit")))
     if audit is None or audit.site.name != name:
         raise Http404("No such audit at this site.")

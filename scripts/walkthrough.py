@@ -26,17 +26,10 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser import CHROMIUM, CHROMIUM_ARGS  # scripts/browser.py, beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
-# Flags for a closed network (as in tests/e2e/test_browser.py).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def credentials(path: Path) -> dict[str, str]:
@@ -166,7 +159,7 @@ def main() -> None:
     )
     parser.add_argument("--limit-per-class", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "var/walkthrough")
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=CHROMIUM)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     images = sorted(args.images.glob("*/*.jpeg"))

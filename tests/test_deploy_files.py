@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings_variables() -> set[str]:
     source = (ROOT / "pneumo_site" / "settings.py").read_text()
-    return set(re.findall(r'(?:getenv|envbool|envint|envfloat|envlist|envchoice|envrate)\(\s*"([A-Z_]+)"', source))
+    return set(
+        re.findall(
+            r'(?:getenv|envbool|envint|envfloat|envlist|envchoice|envrate)\(\s*"([A-Z_]+)"', source
+        )
+    )
 
 
 def example_variables() -> set[str]:

@@ -45,13 +45,6 @@ def _paginated(request, view, studies) -> Response:
     return paginator.get_paginated_response(StudySummarySerializer(page, many=True).data)
 
 
-def _study_or_404(request, pk: int):
-    study = selectors.study_get_for(request.user, pk)
-    if study is None:
-        raise Http404("No such study.")
-    return study
-
-
 class StudyListCreateApi(APIView):
     permission_classes = [IsAuthenticated, CanUpload]
     parser_classes = [MultiPartParser, FormParser]
@@ -134,7 +127,7 @@ class StudyDetailApi(APIView):
 
     @extend_schema(responses=StudyDetailSerializer, summary="A study with its predictions")
     def get(self, request, pk: int):
-        return Response(StudyDetailSerializer(_study_or_404(request, pk)).data)
+        return Response(StudyDetailSerializer(selectors.study_or_404(request.user, pk)).data)
 
 
 class StudyImageApi(APIView):
@@ -144,7 +137,7 @@ class StudyImageApi(APIView):
         responses={(200, "image/*"): bytes}, summary="The uploaded image, to authorized users"
     )
     def get(self, request, pk: int):
-        study = _study_or_404(request, pk)
+        study = selectors.study_or_404(request.user, pk)
         return file_response(
             lambda: study.image.open("rb"), content_type=study.content_type,
             what=f"the image of study {study.pk}", name=study.image.name,
@@ -191,7 +184,7 @@ class ReviewCreateApi(APIView):
         summary="Confirm or correct a study's label, or mark it unusable (radiologists)",
     )
     def post(self, request, pk: int):
-        study = _study_or_404(request, pk)
+        study = selectors.study_or_404(request.user, pk)
         data = self.ReviewInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         review = services.review_create(study=study, reviewer=request.user, **data.validated_data)

@@ -10,22 +10,11 @@ from pathlib import Path
 import pytest
 
 from diagnosis.models import Review, Study
+from scripts.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import jpeg_bytes
 from tests.e2e.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-
-CHROMIUM = os.getenv("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: without them Chromium keeps calling home and logs errors.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
