@@ -21,7 +21,7 @@ QUICK = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base") / "train"
     write_dataset(root, 40, size=64, seed=5)
@@ -44,15 +44,17 @@ def random_active(db, tmp_path):
     return services.model_version_register(path=path, name="random-v1", activate=True, user=SYSTEM)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_checkpoint(base_folder, tmp_path_factory) -> Path:
-    """A model that has learned the synthetic classes (ml.train from scratch)."""
+    """A model that has learned the synthetic classes (ml.train from scratch), trained once
+    for the whole run; its validation manifest lies beside it."""
     from ml.train import main, parse_config
 
     out = tmp_path_factory.mktemp("good") / "good.pt"
     args = parse_config(
         ["--recipe", "fastai", "--data", str(base_folder), "--img-size", "64", "--epochs", "8",
          "--lr", "1e-3",
-         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--out", str(out)]
+         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--print-freq", "0",
+         "--out", str(out)]
     )  # fmt: skip
     return main(args)

@@ -15,23 +15,12 @@ from diagnosis.models import RuntimeArtifact
 from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.e2e.conftest import ROOT, child_env
-from tests.synthetic import write_dataset
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A ResNet34 that has learned the synthetic classes, with its validation manifest."""
-    from ml.train import main, parse_config
-
-    root = tmp_path_factory.mktemp("runtime-data")
-    write_dataset(root / "train", 40, size=64, seed=8)
-    args = parse_config(
-        ["--recipe", "fastai", "--data", str(root / "train"), "--img-size", "64", "--epochs", "8",
-         "--lr", "1e-3",
-         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--print-freq", "0",
-         "--out", str(root / "m.pt")]
-    )  # fmt: skip
-    return main(args)
+@pytest.fixture(scope="session")
+def trained(trained_checkpoint) -> Path:
+    """The diagnosis tests' model that has learned the synthetic classes (conftest)."""
+    return trained_checkpoint
 
 
 @pytest.fixture
@@ -49,8 +38,10 @@ def test_an_onnx_artifact_that_matches_fp32_is_kept(version, capsys):
     assert "AUC" in out and "onnx-fp32 accepted" in out
 
 
-def test_an_int8_artifact_is_calibrated_on_training_images_and_gated(version, settings, trained):
-    settings.TRAINING_BASE_DATA = str(Path(trained).parent / "train")
+def test_an_int8_artifact_is_calibrated_on_training_images_and_gated(
+    version, settings, base_folder
+):
+    settings.TRAINING_BASE_DATA = str(base_folder)
     artifact = services.runtime_artifact_create(version=version, runtime="onnx-int8")
     # Training images only (80 in the folder, of which the validation split holds 13).
     assert artifact.comparison["n_calibration"] == 80 - artifact.comparison["n"]
