@@ -53,9 +53,9 @@ def _fast_passwords(settings):
 @pytest.fixture(autouse=True)
 def _no_loaded_model():
     """Each test starts as a fresh worker process would: with no model in memory."""
-    from diagnosis import inference
+    from diagnosis import model_loader
 
-    inference.unload()
+    model_loader.unload()
 
 
 def _user(django_user_model, username: str, group: str | None = None, *, superuser=False):

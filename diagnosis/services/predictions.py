@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from diagnosis import inference, selectors
+from diagnosis import model_loader, selectors
 from diagnosis.models import Prediction
 from pneumo_site.celery import app
 
@@ -62,7 +62,7 @@ def prediction_model_load() -> str | None:
     version = selectors.model_version_active()
     if version is None:
         return None
-    inference.predictor_for(version)
+    model_loader.predictor_for(version)
     return version.name
 
 
@@ -120,7 +120,7 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     claimed = time.perf_counter()
     runtime = ""
     try:
-        predictor = inference.predictor_for(version)
+        predictor = model_loader.predictor_for(version)
         runtime = predictor.runtime
         results = _run_batch(predictor, batch, version)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
@@ -203,7 +203,7 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
         version = batch[0].model_version  # one model per pass
         batch = [p for p in batch if p.model_version_id == version.pk]
         try:
-            predictor = inference.predictor_for(version)
+            predictor = model_loader.predictor_for(version)
             sources = []
             for prediction in batch:
                 with default_storage.open(prediction.study.image.name, "rb") as fh:
@@ -340,7 +340,7 @@ def _outcome(prediction: Prediction, version, result, runtime: str, now) -> None
     if isinstance(result, Exception):
         from ml.core import CheckpointError
 
-        model_error = isinstance(result, inference.ModelFileError | CheckpointError)
+        model_error = isinstance(result, model_loader.ModelFileError | CheckpointError)
         logger.error("Prediction %s failed: %r", prediction.pk, result)
         reason = f"{type(result).__name__}: {result}"
         if model_error:

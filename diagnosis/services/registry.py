@@ -13,7 +13,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from diagnosis import inference, roles
+from diagnosis import model_loader, roles
 from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
@@ -38,7 +38,7 @@ def model_version_register(
     """
     if activate:
         roles.require(user, roles.can_promote, "Only admins may activate a model version.")
-    meta = inference.validate_checkpoint(path)
+    meta = model_loader.validate_checkpoint(path)
     sha256 = _file_sha256(path)
     existing = ModelVersion.objects.filter(sha256=sha256).first()
     if existing is not None:
@@ -147,7 +147,7 @@ def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evalua
     from ml.plots import save_plots
 
     items = _labeled_items(data)
-    evaluation = evaluate_checkpoint(inference.model_path(version), items, source=data)
+    evaluation = evaluate_checkpoint(model_loader.model_path(version), items, source=data)
     metrics = evaluation.to_dict()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -235,7 +235,7 @@ def runtime_artifact_create(
     items = _validation_items(version, data)
     paths = [item.path for item in items]
     y_true = [int(item.label == version.positive_class) for item in items]
-    checkpoint = inference.model_path(version)
+    checkpoint = model_loader.model_path(version)
     reference = _scores(Predictor.from_checkpoint(checkpoint), paths)
     if calibration is None and runtime == "onnx-int8":
         from diagnosis.services.cleaning import training_pool

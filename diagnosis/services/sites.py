@@ -35,7 +35,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from diagnosis import inference, roles, selectors
+from diagnosis import model_loader, roles, selectors
 from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
 from diagnosis.pseudonyms import keyed_count, patient_group
 from diagnosis.services.registry import (
@@ -215,7 +215,10 @@ def site_audit_run(
     say = echo or (lambda line: None)
     say(f"Scoring {len(items)} labeled studies of {site.name} with {version.name}")
     audit_eval = evaluate_checkpoint(
-        inference.model_path(version), items, threshold=threshold, source=data_source or site.name
+        model_loader.model_path(version),
+        items,
+        threshold=threshold,
+        source=data_source or site.name,
     )
     metrics = audit_eval.to_dict()
     metrics["threshold_source"] = "version" if in_force is None else f"site:{in_force.pk}"
@@ -452,7 +455,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     from ml.evaluate import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(
-        inference.model_path(candidate), eval_items, threshold=threshold
+        model_loader.model_path(candidate), eval_items, threshold=threshold
     )
     split = validation_split_get_or_create(base_data=base_data, user=user)
     _, gate_csv = validation_split_parts(split)
@@ -481,7 +484,7 @@ def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):
         manifest=write_manifest(workdir / "train.csv", train_items),
         val_manifest=write_manifest(workdir / "tune.csv", val_items),
         out=workdir / "adapted.pt",
-        init_checkpoint=inference.model_path(version),
+        init_checkpoint=model_loader.model_path(version),
         **(RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen),
     )
     log = io.StringIO()

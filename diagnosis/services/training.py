@@ -26,7 +26,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from diagnosis import inference, roles, selectors
+from diagnosis import model_loader, roles, selectors
 from diagnosis.models import Evaluation, ModelVersion, TrainingJob, ValidationSplit
 from diagnosis.pseudonyms import keyed_count
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
@@ -367,7 +367,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
 
     chosen = RETRAIN_DEFAULTS | {k: params[k] for k in TRAIN_FLAGS if k in params}
     if job.init == TrainingJob.Init.ACTIVE:
-        chosen["init_checkpoint"] = inference.model_path(active)
+        chosen["init_checkpoint"] = model_loader.model_path(active)
     else:
         chosen["pretrained"] = job.init
     config = TrainConfig(

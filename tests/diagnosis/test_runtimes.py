@@ -117,7 +117,7 @@ def test_a_worker_on_onnx_never_imports_torch(transactional_db, trained, alice, 
 def test_the_device_is_the_gpu_only_when_there_is_one(settings, monkeypatch):
     import torch
 
-    from diagnosis.inference import torch_device
+    from diagnosis.model_loader import torch_device
 
     settings.INFERENCE_DEVICE = "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -158,7 +158,7 @@ def _cuda() -> bool:
 def test_on_a_gpu_the_worker_predicts_in_half_precision_and_draws_heatmaps(
     alice, xray_upload, active_model, settings
 ):
-    from diagnosis import inference
+    from diagnosis import model_loader
     from ml.inference import Predictor
 
     settings.INFERENCE_DEVICE, settings.PREDICTION_HEATMAPS = "auto", "inline"
@@ -166,7 +166,7 @@ def test_on_a_gpu_the_worker_predicts_in_half_precision_and_draws_heatmaps(
     prediction = services.prediction_run(study.predictions.get().pk)
 
     assert prediction.status == "done", prediction.error
-    predictor = inference.predictor_for(active_model)
+    predictor = model_loader.predictor_for(active_model)
     assert predictor.device.type == "cuda" and predictor.precision in ("bf16", "fp16")
     assert prediction.heatmap  # Grad-CAM in fp32 on the card
     on_cpu = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))

@@ -338,7 +338,7 @@ def test_a_deferred_heatmap_is_the_one_explain_draws(alice, xray_upload, active_
 def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
     alice, xray_upload, active_model, settings
 ):
-    from diagnosis import inference
+    from diagnosis import model_loader
 
     settings.PREDICTION_BATCH_SIZE = 1
     studies = [
@@ -346,7 +346,7 @@ def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
     ]
     services.prediction_run(studies[0].predictions.get().pk)  # one waits: heatmap owed
     Path(settings.MEDIA_ROOT, active_model.file).unlink()  # then the model file goes
-    inference.unload()
+    model_loader.unload()
     assert services.heatmaps_draw(quiet=0) == 0  # a prediction waits: nothing is drawn yet
     assert studies[0].predictions.get().heatmap_due
 

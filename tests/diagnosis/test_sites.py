@@ -55,10 +55,10 @@ def labeled_studies(site, reviewer, n_per_class: int = 6) -> list[Study]:
 
 
 def scores_of(version: ModelVersion, studies) -> dict[int, float]:
-    from diagnosis import inference
+    from diagnosis import model_loader
     from ml.inference import Predictor
 
-    predictor = Predictor.from_checkpoint(inference.model_path(version))
+    predictor = Predictor.from_checkpoint(model_loader.model_path(version))
     return {s.pk: predictor.predict(s.image.path).probability for s in studies}
 
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnosis import inference, selectors
+from diagnosis import model_loader, selectors
 from diagnosis.models import ModelVersion
 
 SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"
@@ -132,7 +132,7 @@ class Command(BaseCommand):
         from ml.inference import Predictor
         from ml.runtimes import OnnxPredictor, build_artifact
 
-        checkpoint = inference.model_path(version)
+        checkpoint = model_loader.model_path(version)
         if runtime in ("torch", "torch-bf16"):
             precision = "bf16" if runtime == "torch-bf16" else "fp32"
             gated = runtime == "torch" or version.runtimes.filter(runtime=runtime).exists()
