@@ -29,8 +29,6 @@ from diagnosis.services.sites import (
     site_audit_run,
     site_get_or_create,
     site_import,
-    site_threshold_activate,
-    site_threshold_from_audit,
 )
 from diagnosis.services.studies import (
     review_create,
@@ -38,6 +36,7 @@ from diagnosis.services.studies import (
     study_create,
     study_create_many,
 )
+from diagnosis.services.thresholds import site_threshold_activate, site_threshold_from_audit
 from diagnosis.services.training import (
     gate_decide,
     model_version_promote,
