@@ -18,6 +18,7 @@ from diagnosis.services.predictions import (
 from diagnosis.services.registry import (
     RuntimeRejected,
     evaluation_create,
+    model_train,
     model_version_activate,
     model_version_discard,
     model_version_register,
@@ -29,6 +30,7 @@ from diagnosis.services.sites import (
     site_audit_run,
     site_get_or_create,
     site_import,
+    site_onboard,
 )
 from diagnosis.services.studies import (
     review_create,
@@ -56,6 +58,7 @@ __all__ = [
     "evaluation_create",
     "gate_decide",
     "heatmaps_draw",
+    "model_train",
     "model_version_activate",
     "model_version_discard",
     "model_version_promote",
@@ -70,6 +73,7 @@ __all__ = [
     "site_audit_run",
     "site_get_or_create",
     "site_import",
+    "site_onboard",
     "site_threshold_activate",
     "site_threshold_from_audit",
     "studies_relabel",

@@ -137,6 +137,32 @@ def model_version_rollback(*, user=None, reason: str = "") -> ModelVersion:
     )
 
 
+def model_train(*, config, name: str = "", activate: bool = False, user=None):
+    """`manage.py train`'s workflow: ml.train with `config` (an ml.train.TrainConfig), the
+    checkpoint registered (and activated: admins or roles.SYSTEM, refused before training),
+    then evaluated on the validation and held-out test splits ml.train wrote beside it.
+    Returns (version, {split: evaluation}). ValueError when the pretrained weights asked for
+    are not on this machine."""
+    from ml.models import PretrainedWeightsUnavailable
+    from ml.train import main
+
+    if activate:
+        roles.require(user, roles.can_promote, "Only admins may activate a model version.")
+    try:
+        checkpoint = Path(main(config))
+    except PretrainedWeightsUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    version = model_version_register(path=checkpoint, name=name, activate=activate, user=user)
+    evaluations = {}
+    for split in ("val", "test"):
+        manifest = checkpoint.with_suffix(f".{split}.csv")
+        if manifest.is_file():
+            evaluations[split] = evaluation_create(
+                version=version, data=manifest, user=roles.recorded_user(user)
+            )
+    return version, evaluations
+
+
 # ---------------------------------------------------------------------------- evaluations
 
 

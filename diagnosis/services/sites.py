@@ -33,12 +33,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
 from diagnosis import model_loader, roles, selectors
-from diagnosis.models import ModelVersion, Site, SiteAudit
+from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
 from diagnosis.pseudonyms import keyed_count, patient_group
 from diagnosis.services.adaptation import audit_figures, site_adapt
 from diagnosis.services.registry import model_version_activate, model_version_discard
 from diagnosis.services.storage import atomic_files
 from diagnosis.services.studies import review_create, study_create_many
+from diagnosis.services.thresholds import site_threshold_from_audit
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,47 @@ def site_audit_run(
     ):
         model_version_activate(version=candidate, user=actor, reason=f"adapted to {site.name}")
     return audit
+
+
+def site_onboard(
+    *, site_name: str, title: str = "", data: Path | None = None, import_user=None, user,
+    version_name: str = "", activate: bool = False, echo=None, **audit,
+) -> tuple[SiteAudit, dict | None, SiteThreshold | None]:  # fmt: skip
+    """`manage.py site_audit`'s workflow: the site (made if new), its labeled folder imported
+    (labels as reviews by `import_user`), the audit (site_audit_run with `audit`'s arguments)
+    and, with `activate`, its calibrated threshold put in force. Putting a threshold in force
+    or promoting the adapted model is for admins (or roles.SYSTEM), refused before any work.
+    Returns (audit, import counts or None, the threshold row or None)."""
+    if activate or (audit.get("adapt") and (audit.get("adapt_params") or {}).get("promote")):
+        roles.require(
+            user, roles.can_promote,
+            "Only admins may put a site threshold in force or promote a model.",
+        )  # fmt: skip
+    version = None
+    if version_name:
+        version = ModelVersion.objects.filter(name=version_name).first()
+        if version is None:
+            raise ValueError(f"No model version named {version_name!r}.")
+    site = site_get_or_create(name=site_name, title=title)
+    counts = None
+    if data is not None:
+        if not Path(data).is_dir():
+            raise ValueError(f"{data} is not a folder")
+        if import_user is None:
+            raise ValueError("importing a folder needs a user: its labels are recorded as reviews")
+        counts = site_import(site=site, data=Path(data), user=import_user)
+        if echo:
+            echo(
+                f"Imported {counts['imported']} studies from {counts['images']} images into "
+                f"{site.name} ({counts['already_there']} already there, {counts['same_bytes']} "
+                f"files repeating another's bytes, {counts['elsewhere']} studies of another site "
+                f"left there, {counts['with_patient_id']} with a patient id from patients.csv)"
+            )
+    result = site_audit_run(
+        site=site, user=user, version=version, data_source=str(data or ""), echo=echo, **audit
+    )
+    row = site_threshold_from_audit(audit=result, user=user) if activate else None
+    return result, counts, row
 
 
 def _evaluate_part(y: list, scores: list, idx: list, threshold: float):

@@ -14,9 +14,8 @@ from pathlib import Path
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnosis import roles, services
+from diagnosis import services
 from diagnosis.management.operators import actor, operator
-from diagnosis.models import ModelVersion
 from diagnosis.services.sites import RULES
 
 
@@ -110,73 +109,32 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         if not 0.0 < o["calibration_fraction"] < 1.0:
             raise CommandError("--calibration-fraction is within (0, 1)")
-        user = actor(o["user"])
-        if o["activate"] or o["promote"]:  # refused before the audit, not after it
-            try:
-                roles.require(
-                    user,
-                    roles.can_promote,
-                    "Only admins may put a site threshold in force or promote a model.",
-                )
-            except PermissionDenied as exc:
-                raise CommandError(str(exc)) from None
+        if o["data"] is not None and not o["import_user"]:
+            raise CommandError("--data needs --import-user: its labels are recorded as reviews")
+        adapt_params = {
+            k: o[k]
+            for k in ("freeze_epochs", "epochs", "img_size", "limit_per_class", "site_weight")
+            if o[k] is not None
+        } | {
+            "base_data": o["base_data"],
+            "promote": o["promote"],
+            "seed": o["seed"],
+            "crossfit": o["crossfit"],
+        }
         try:
-            site = services.site_get_or_create(name=o["site"], title=o["title"])
-            source = ""
-            if o["data"] is not None:
-                source = self._import(site, o["data"], o["import_user"])
-            version = self._version(o["model"])
-            adapt_params = {
-                k: o[k]
-                for k in ("freeze_epochs", "epochs", "img_size", "limit_per_class", "site_weight")
-                if o[k] is not None
-            } | {
-                "base_data": o["base_data"],
-                "promote": o["promote"],
-                "seed": o["seed"],
-                "crossfit": o["crossfit"],
-            }
-            audit = services.site_audit_run(
-                site=site,
-                user=user,
-                version=version,
-                data_source=source,
-                fraction=o["calibration_fraction"],
-                rule=o["rule"],
-                target=o["target"],
-                repeats=o["repeats"],
-                seed=o["seed"],
-                adapt=o["adapt"],
+            audit, _, row = services.site_onboard(
+                site_name=o["site"], title=o["title"], data=o["data"],
+                import_user=operator(o["import_user"]) if o["import_user"] else None,
+                user=actor(o["user"]), version_name=o["model"], activate=o["activate"],
+                echo=self.stdout.write, fraction=o["calibration_fraction"], rule=o["rule"],
+                target=o["target"], repeats=o["repeats"], seed=o["seed"], adapt=o["adapt"],
                 adapt_params=adapt_params,
-                echo=self.stdout.write,
-            )
-            if o["activate"]:
-                row = services.site_threshold_from_audit(audit=audit, user=user)
-                self.stdout.write(f"Threshold {row.threshold:.4f} is in force at {site.name}.")
+            )  # fmt: skip
         except (ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
+        if row is not None:
+            self.stdout.write(f"Threshold {row.threshold:.4f} is in force at {audit.site.name}.")
         if o["json"] is not None:
             o["json"].parent.mkdir(parents=True, exist_ok=True)
             o["json"].write_text(services.audit_json(audit) + "\n")
-        self.stdout.write(f"Audit {audit.pk} stored; see /sites/{site.name}/")
-
-    def _import(self, site, data: Path, import_user: str) -> str:
-        if not data.is_dir():
-            raise CommandError(f"{data} is not a folder")
-        if not import_user:
-            raise CommandError("--data needs --import-user: its labels are recorded as reviews")
-        counts = services.site_import(site=site, data=data, user=operator(import_user))
-        self.stdout.write(
-            f"Imported {counts['imported']} studies from {counts['images']} images into "
-            f"{site.name} ({counts['already_there']} already there, {counts['same_bytes']} files "
-            f"repeating another's bytes, {counts['elsewhere']} studies of another site left there)"
-        )
-        return str(data)
-
-    def _version(self, name: str) -> ModelVersion | None:
-        if not name:
-            return None
-        version = ModelVersion.objects.filter(name=name).first()
-        if version is None:
-            raise CommandError(f"No model version named {name!r}.")
-        return version
+        self.stdout.write(f"Audit {audit.pk} stored; see /sites/{audit.site.name}/")

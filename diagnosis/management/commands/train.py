@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from diagnosis import roles, services
+from diagnosis import services
 from diagnosis.management.operators import actor
 
 
@@ -37,15 +37,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, name: str, activate: bool, user: str, **options):
-        from ml.models import PretrainedWeightsUnavailable
-        from ml.train import TrainConfig, main
-
-        user = actor(user)
-        if activate:  # refused before the training, not after it
-            try:
-                roles.require(user, roles.can_promote, "Only admins may activate a model version.")
-            except PermissionDenied as exc:
-                raise CommandError(str(exc)) from None
+        from ml.train import TrainConfig
 
         out = options["out"]
         if out is None:
@@ -54,19 +46,13 @@ class Command(BaseCommand):
         # The options that are ml.train's flags become its config; the rest are this command's.
         config = TrainConfig.from_args(argparse.Namespace(**options), out=out)
         try:
-            checkpoint = Path(main(config))
-        except PretrainedWeightsUnavailable as exc:
+            version, evaluations = services.model_train(
+                config=config, name=name, activate=activate, user=actor(user)
+            )
+        except (ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None
-        version = services.model_version_register(
-            path=checkpoint, name=name, activate=activate, user=user
-        )
         self.stdout.write(
             f"Registered {version.name} ({'active' if version.is_active else 'not active'})"
         )
-        for split in ("val", "test"):
-            manifest = checkpoint.with_suffix(f".{split}.csv")
-            if manifest.is_file():
-                evaluation = services.evaluation_create(
-                    version=version, data=manifest, user=roles.recorded_user(user)
-                )
-                self.stdout.write(f"  {split}: {evaluation.summary}")
+        for split, evaluation in evaluations.items():
+            self.stdout.write(f"  {split}: {evaluation.summary}")
