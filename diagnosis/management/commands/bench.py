@@ -1,33 +1,15 @@
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import random
-import tempfile
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnosis import model_loader, selectors
+from diagnosis import selectors
 from diagnosis.models import ModelVersion
 
-SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"
-# What the table's platform row reports of the worker's configuration (see settings.py).
-WORKER_VARIABLES = (
-    "INFERENCE_RUNTIME", "INFERENCE_DEVICE", "INFERENCE_THREADS", "PREDICTION_BATCH_SIZE",
-    "PREDICTION_HEATMAPS",
-)  # fmt: skip
-
-
-def _median_seconds(fn, *, warmup: int = 2, repeats: int = 7) -> float:
-    from ml.bench import median_seconds
-
-    return median_seconds(fn, warmup=warmup, repeats=repeats)
+SHARED = Path(settings.BASE_DIR).parent / "shared" / "data"  # the real data, beside the checkout
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -88,6 +70,8 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def handle(self, *args, model, runtimes, url, no_platform, worker_env, **options):
+        from bench import speed
+
         if worker_env and (url or no_platform):
             raise CommandError("--worker-env is for the platform this command starts.")
         version = (
@@ -98,7 +82,7 @@ class Command(BaseCommand):
         if version is None:
             raise CommandError("No such model version, and none is active.")
         if not no_platform:
-            _refuse_a_backlog()
+            speed.refuse_a_backlog()
         images, n, n_idle = options["images"], options["n"], options["idle"]
         n_backlog = 0 if url else options["backlog"]
         paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
@@ -106,313 +90,19 @@ class Command(BaseCommand):
             raise CommandError(f"need {n + n_backlog + n_idle} images under {images}")
         size = version.preprocessing["input_size"]
         rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
-        throughput = self._model_rows(version, runtimes.split(","), paths, rows)
-        self._preprocessing_rows(version, options["full_resolution"], rows)
+        throughput = speed.model_rows(version, runtimes.split(","), paths, rows)
+        speed.preprocessing_rows(version, options["full_resolution"], rows)
         e2e = (n_idle, n, n_backlog, options["c"], paths, throughput, rows)
         if url:
             from bench.load import peak_rss_mb
 
             rows.append(("platform", f"{url}, started separately"))
             # As scripts/up.sh names them: gunicorn, and the prediction worker predict@.
-            self._platform_rows(
+            speed.platform_rows(
                 url, *e2e, rss=lambda: (peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0])
             )
         elif not no_platform:
-            self._own_platform_rows(dict(worker_env), e2e, rows)
+            speed.own_platform_rows(dict(worker_env), e2e, rows, say=self.stderr.write)
         from bench.load import table
 
         self.stdout.write(table(rows))
-
-    # ------------------------------------------------------------------ model only
-
-    def _predictors(self, version, runtime: str, paths: list[Path], tmp: str):
-        """(predictor, note) for `runtime`: the accepted artifact when there is one, else one
-        built here for timing (its accuracy not gated: note says so)."""
-        from ml.core import Preprocessing
-        from ml.inference import Predictor
-        from ml.runtimes import OnnxPredictor, build_artifact
-
-        checkpoint = model_loader.model_path(version)
-        if runtime in ("torch", "torch-bf16"):
-            precision = "bf16" if runtime == "torch-bf16" else "fp32"
-            gated = runtime == "torch" or version.runtimes.filter(runtime=runtime).exists()
-            note = "" if gated else " (not gated)"
-            return Predictor.from_checkpoint(checkpoint, precision=precision), note
-        artifact = version.runtimes.filter(runtime=runtime).first()
-        if artifact is not None:
-            path, note = Path(default_storage.path(artifact.file)), ""
-        else:
-            calibration = random.Random(0).sample(paths, min(128, len(paths)))
-            path = build_artifact(
-                checkpoint, runtime, Path(tmp) / f"{runtime}.onnx", calibration=calibration
-            )
-            note = " (not gated)"
-        pre = Preprocessing.from_dict(version.preprocessing)
-        predictor = OnnxPredictor(
-            path, pre, version.threshold, version.class_names, version.positive_class,
-            threads=settings.INFERENCE_THREADS,
-        )  # fmt: skip
-        return predictor, note
-
-    def _model_rows(self, version, runtimes, paths: list[Path], rows) -> dict:
-        """`paths`: the --images JPEGs (int8 calibration, the decode + model rows)."""
-        import numpy as np
-
-        size = version.preprocessing["input_size"]
-        throughput: dict[str, float] = {}
-        reference: dict[int, float] = {}
-        # What the platform rows upload: is decoding worth overlapping with the forward pass?
-        uploads = [path.read_bytes() for path in paths[:64]] if len(paths) >= 16 else []
-        with tempfile.TemporaryDirectory() as tmp:
-            for runtime in runtimes:
-                predictor, note = self._predictors(version, runtime, paths, tmp)
-                figures = []
-                for batch in (1, 16):
-                    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
-                    if runtime.startswith("torch"):
-                        import torch
-
-                        tensor = torch.from_numpy(x)
-                        seconds = _median_seconds(
-                            lambda t=tensor, p=predictor: p.positive_probabilities(t)
-                        )
-                    else:
-                        seconds = _median_seconds(
-                            lambda a=x, p=predictor: p.positive_probabilities(a)
-                        )
-                    rate = batch / seconds
-                    reference.setdefault(batch, rate)  # the first runtime: torch fp32
-                    figures.append(f"b{batch} {rate:.1f} img/s ({rate / reference[batch]:.2f}x)")
-                    if batch == 16:
-                        throughput[runtime] = rate
-                rows.append((f"model only, {runtime}{note}", "; ".join(figures)))
-                if uploads:
-                    serial, overlapped = _decode_rates(predictor, uploads)
-                    rows.append((
-                        f"decode + model, {runtime}, b16 ({len(uploads)} of --images)",
-                        f"one after the other {serial:.1f} img/s "
-                        f"({serial / throughput[runtime]:.2f}x model only); next batch decoded "
-                        f"on a second thread meanwhile {overlapped:.1f} img/s",
-                    ))  # fmt: skip
-        return throughput
-
-    # ------------------------------------------------------------------ preprocessing
-
-    def _preprocessing_rows(self, version, folder: Path, rows) -> None:
-        from ml.core import Preprocessing, image_to_array, open_image
-        from ml.dicom import read_dicom
-
-        pre = Preprocessing.from_dict(version.preprocessing)
-        jpegs = sorted(folder.rglob("*.jpeg")) if folder.is_dir() else []
-        if not jpegs:
-            rows.append(("preprocessing", f"skipped: no JPEGs under {folder}"))
-            return
-        datas = [p.read_bytes() for p in jpegs]
-
-        def jpeg_all():
-            for data in datas:
-                image_to_array(open_image(data, size=pre.input_size), pre)
-
-        ms = _median_seconds(jpeg_all, warmup=1, repeats=3) * 1000 / len(datas)
-        rows.append(
-            (f"preprocessing, full-resolution JPEG ({len(datas)} images)", f"{ms:.1f} ms/img")
-        )
-        dicom = _dicom_from(jpegs[0])
-
-        def dicom_one():
-            image_to_array(read_dicom(io.BytesIO(dicom), max_pixels=10**9).image, pre)
-
-        ms = _median_seconds(dicom_one, warmup=1, repeats=5) * 1000
-        rows.append(("preprocessing, 16-bit DICOM of the same size", f"{ms:.1f} ms/img"))
-
-    # ------------------------------------------------------------------ the platform
-
-    def _own_platform_rows(self, worker_env: dict[str, str], e2e: tuple, rows) -> None:
-        """The end-to-end rows on a platform started here, as children sharing this command's
-        database, media folder and broker; stopped however the measurement ends."""
-        from django.db import connection
-
-        from bench.launch import PlatformError, database_url, platform
-
-        env = {
-            # The benchmark measures the platform, not its throttles: the idle rows poll a
-            # study many times a second and one account uploads a client's whole share.
-            "API_USER_RATE": "100000/min",
-            "UPLOAD_RATE": "100000/min",
-            **os.environ,
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "VAR_DIR": str(settings.VAR_DIR),
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        }
-        queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-bench-{os.getpid()}"
-        logs = Path(settings.VAR_DIR) / "log"
-        config = {k: os.environ[k] for k in WORKER_VARIABLES if k in os.environ} | worker_env
-        self.stderr.write(f"Starting the platform (queue {queue}, logs {logs}/bench-*.log)")
-        try:
-            with platform(env, queue=queue, log_dir=logs, worker_env=worker_env) as running:
-                self.stderr.write(
-                    f"Web server pid {running.web.proc.pid} at {running.url}, "
-                    f"worker pid {running.worker.proc.pid}: ready"
-                )
-                web = f"gunicorn {running.web_workers} x {running.web_threads} threads"
-                described = ", ".join(f"{k}={v}" for k, v in config.items()) or "the defaults"
-                rows.append(("platform", f"started here: {web}, one worker ({described})"))
-                held = partial(_held, running.worker_name, queue)
-                self._platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
-        except PlatformError as exc:
-            raise CommandError(f"The platform did not start: {exc}") from exc
-        finally:
-            _delete_queue(queue)
-
-    def _platform_rows(
-        self, url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None
-    ) -> None:
-        from bench.load import backlog as held_backlog
-        from bench.load import bench_tokens, burst, idle, ps
-
-        tokens = bench_tokens(c + 1)
-        # One upload first, not measured: the worker loads the model on its first task.
-        try:
-            warm = idle(url, tokens.pop(), paths[:1], timeout=180)
-        except OSError as exc:  # an HTTP error too
-            raise CommandError(f"The first upload to {url} failed: {exc}") from exc
-        if not warm:
-            raise CommandError(f"The first upload to {url} got no prediction within 180 s.")
-        latencies = idle(url, tokens[0], paths[len(paths) - n_idle :])
-        rows.append(("upload -> prediction at idle p50 / p95 (s)", ps(latencies, (50, 95), ".3f")))
-        r = burst(url, tokens, paths[:n])
-        runtime = ",".join(r["runtimes"]) or "?"
-        rows += [
-            (f"burst: {n} uploads from {c} clients, accepted",
-             f"{r['accepted']} ({r['uploads_per_s']:.1f}/s)"),
-            ("burst: upload latency p50 / p95 (s)", ps(r["upload_latency"], (50, 95), ".3f")),
-            (f"burst: drained (worker runtime {runtime})",
-             _against(r["drain_per_s"], runtime, throughput)),
-            ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
-            ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
-        ]  # fmt: skip
-        if n_backlog and held is not None:
-            b = held_backlog(url, tokens, paths[n : n + n_backlog], held=held)
-            runtime = ",".join(b["runtimes"]) or "?"
-            rows.append((
-                f"worker drain: {n_backlog} uploads queued, worker held, then released",
-                f"{_against(b['drain_per_s'], runtime, throughput)} ({runtime}); "
-                f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
-            ))  # fmt: skip
-        else:  # the worker's pace, roughly, without a held backlog to measure it on (--url)
-            rate = r["backlog_per_s"]
-            rows.append((
-                "burst: backlog drained after the last upload",
-                "no backlog: the worker kept pace with the uploads"
-                if rate is None else _against(rate, runtime, throughput),
-            ))  # fmt: skip
-        web, worker = rss()
-        rows.append(("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"))
-
-
-def _refuse_a_backlog() -> None:
-    """A worker's batch claims the oldest pending predictions of any study, so predictions
-    already waiting in this database would be measured with the bench's own."""
-    from diagnosis.models import Prediction
-
-    waiting = Prediction.objects.filter(
-        status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
-    ).count()
-    if waiting:
-        raise CommandError(
-            f"{waiting} predictions are pending or running in this database, and the worker "
-            "would run them during the measurement. Let a worker finish them, or run the bench "
-            "in a database of its own (VAR_DIR=/tmp/benchvar: migrate, then register_model)."
-        )
-
-
-def _decode_rates(predictor, sources: list[bytes], batch: int = 16) -> tuple[float, float]:
-    """img/s of decoding and predicting `sources` a batch at a time: one step after the other
-    (what the worker does), and with the next batch decoded on a second thread during each
-    forward pass (a pipeline)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = [sources[k : k + batch] for k in range(0, len(sources) - batch + 1, batch)]
-
-    def serial() -> None:
-        for images in batches:
-            predictor.positive_probabilities(predictor.inputs(images))
-
-    def overlapped() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            upcoming = pool.submit(predictor.inputs, batches[0])
-            for following in [*batches[1:], None]:
-                x = upcoming.result()
-                if following is not None:
-                    upcoming = pool.submit(predictor.inputs, following)
-                predictor.positive_probabilities(x)
-
-    n = batch * len(batches)
-    return tuple(n / _median_seconds(fn, warmup=1, repeats=3) for fn in (serial, overlapped))
-
-
-def _against(rate: float, runtime: str, throughput: dict[str, float]) -> str:
-    """A drain rate and its ratio to the runtime's model-only batch-16 throughput."""
-    ratio = rate / throughput[runtime] if runtime in throughput else float("nan")
-    return f"{rate:.2f} predictions/s = {ratio:.2f} x model-only b16"
-
-
-@contextmanager
-def _held(worker: str, queue: str):
-    """The worker stops taking tasks from `queue` while the block runs (Celery's remote
-    control: cancel_consumer, then add_consumer); what is sent meanwhile waits in the broker."""
-    from pneumo_site.celery import app
-
-    replies = app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=10)
-    if not replies:
-        raise CommandError(f"The worker {worker} did not answer the request to hold it.")
-    try:
-        yield
-    finally:
-        app.control.add_consumer(queue, destination=[worker], reply=True, timeout=10)
-
-
-def _delete_queue(name: str) -> None:
-    """Delete the platform's own queue and the tasks still in it: those of predictions that
-    another task's batch already made (they would do nothing), or those of a run cut short.
-    No worker reads that queue again."""
-    from kombu import Exchange, Queue
-
-    from pneumo_site.celery import app
-
-    with app.connection_for_write() as connection:
-        # Declared first: the transport deletes only the bindings its channel knows of.
-        queue = Queue(name, Exchange(name), routing_key=name, channel=connection.default_channel)
-        queue.declare()
-        queue.delete()
-
-
-def _dicom_from(jpeg: Path) -> bytes:
-    """A 16-bit MONOCHROME2 DICOM with the pixels of `jpeg` (what a DR system would send)."""
-    import numpy as np
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
-
-    pixels = (np.asarray(Image.open(jpeg).convert("L"), np.uint16) * 257).astype(np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        DigitalXRayImageStorageForPresentation,
-        ds.file_meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.Rows, ds.Columns = "DX", *pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
