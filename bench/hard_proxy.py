@@ -143,6 +143,8 @@ def judge(
 
     families = {f: setting(f, v) for f, v in chosen.items() if v is not None}
     rows: list[dict] = []
+    rules: dict[str, dict[str, float]] = {}  # checkpoint -> rule -> threshold
+    judged: dict[str, dict] = {}  # checkpoint -> family -> (truth, scores) on the proxy
     for checkpoint in args.judge:
         predictor = Predictor.from_checkpoint(checkpoint)
         stored = predictor.meta.threshold
@@ -162,10 +164,15 @@ def judge(
             if families
             else stored
         )
+        if families:
+            rules[checkpoint.name] = threshold_rules(
+                stored, np.concatenate(pooled_y), np.concatenate(pooled_p)
+            )
         for family, shift in {"none": NEUTRAL, **families}.items():
             y, p = shifted_scores(
                 predictor, proxy, shift, cache_path(args.out, checkpoint, "proxy", shift)
             )
+            judged.setdefault(checkpoint.name, {})[family] = (y, p)
             low, high = metrics.bootstrap_auc_ci(y, p, n=1000, seed=0)
             rows.append({
                 "checkpoint": checkpoint.name, "family": family, "auc": metrics.roc_auc(y, p),
@@ -199,7 +206,43 @@ def judge(
             f"| {name} | {auc:.3f} | {stored[0]:.3f} / {stored[1]:.3f} | "
             f"{aware[0]:.3f} / {aware[1]:.3f} |"
         )
-    return rows, lines
+    return rows, lines + rules_table(rules, judged)
+
+
+def threshold_rules(stored: float, y_val, p_val) -> dict[str, float]:
+    """Candidate rules for a threshold that travels, each chosen on validation images pooled
+    over the calibrated families (the stored one: on the unshifted validation split)."""
+    return {
+        "stored (sensitivity >= 0.95, validation)": stored,
+        "sensitivity >= 0.95, shifted validation": metrics.choose_threshold(
+            y_val, p_val, min_sensitivity=RULE_SENSITIVITY
+        ),
+        "Youden, shifted validation": metrics.youden_threshold(y_val, p_val),
+        "specificity >= 0.90, shifted validation": metrics.choose_threshold_for_specificity(
+            y_val, p_val, min_specificity=0.90
+        ),
+    }
+
+
+def rules_table(rules: dict, judged: dict) -> list[str]:
+    """Each rule's sensitivity / specificity on the shifted proxy, mean and worst over the
+    families, and in how many families it met both goals (0.95 and 0.90)."""
+    lines = ["", "| checkpoint | threshold rule | thr | mean sens / spec over families | "
+             "worst sens / worst spec | families meeting sens >= 0.95 and spec >= 0.90 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, by_rule in rules.items():
+        shifted = [yp for family, yp in judged[name].items() if family != "none"]
+        for rule, threshold in by_rule.items():
+            figures = np.array(
+                [metrics.sensitivity_specificity(y, p, threshold) for y, p in shifted]
+            )
+            met = int(((figures[:, 0] >= 0.95) & (figures[:, 1] >= 0.90)).sum())
+            lines.append(
+                f"| {name} | {rule} | {threshold:.3f} | {figures[:, 0].mean():.3f} / "
+                f"{figures[:, 1].mean():.3f} | {figures[:, 0].min():.3f} / "
+                f"{figures[:, 1].min():.3f} | {met} of {len(shifted)} |"
+            )
+    return lines
 
 
 def main(args: argparse.Namespace) -> str:

@@ -45,6 +45,7 @@ def test_the_mildest_hard_enough_setting_is_chosen_on_validation_only(run: Path)
         assert cache_path(args.out, run, "val", setting(family, values[0])).is_file()
         assert not cache_path(args.out, run, "val", setting(family, values[1])).is_file()
     rows = [line for line in table.splitlines() if line.startswith("| model.pt |")]
+    rows = [line for line in rows if " of " not in line]  # the rules table comes last
     assert len(rows) == 1 + len(FAMILIES) + 1  # unshifted, each family, the mean
 
     # The shift-aware threshold: the sensitivity rule on the validation images of every
@@ -60,6 +61,14 @@ def test_the_mildest_hard_enough_setting_is_chosen_on_validation_only(run: Path)
     proxy_none = np.load(cache_path(args.out, run, "proxy", NEUTRAL))
     sens, spec = metrics.sensitivity_specificity(proxy_none["y"], proxy_none["p"], aware)
     assert f"{sens:.3f} / {spec:.3f} ({aware:.3f})" in rows[0]
+
+    # Every rule for a threshold that travels, judged on the shifted proxy families.
+    rules = [line for line in table.splitlines() if line.startswith("| model.pt | ")]
+    rules = [line for line in rules if line.endswith(f" of {len(FAMILIES)} |")]
+    assert len(rules) == 4
+    assert f"| {aware:.3f} |" in next(
+        line for line in rules if "sensitivity >= 0.95, shifted" in line
+    )
 
     before = {p: p.stat().st_mtime_ns for p in (args.out / "scores").iterdir()}
     assert main(args) == table  # a second run reads its scores back
