@@ -84,7 +84,8 @@ has_model=$("$PY" manage.py shell -v 0 -c \
   "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
 if [ "$has_model" = 0 ]; then
   if [ -f "$DEMO_MODEL" ]; then
-    "$PY" manage.py register_model "$DEMO_MODEL" --name demo --activate || true
+    "$PY" manage.py register_model "$DEMO_MODEL" --name demo --activate \
+      --note "A demo model (var/models/demo.pt); not validated at any site." || true
   elif [ -d "$DEMO_DATA" ]; then
     # ml.train's default recipe, short, fine-tuned from ImageNet weights that load offline
     # (ResNet34 when torch.hub's cache has them, else EfficientNet-Lite0's packaged ones);
@@ -101,7 +102,9 @@ if [ "$has_model" = 0 ]; then
     echo "    (log: var/log/train-demo.log, about 5 minutes); uploads wait until it is active."
     ( "$PY" -m ml.train --data "$DEMO_DATA" "${flags[@]}" --img-size 160 \
         --test-split acquisition --out "$DEMO_MODEL" \
-      && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate
+      && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate \
+           --note "A demo, trained in minutes on the public training set by make up; not \
+validated at any site. Calibrate it with site_audit before trusting its calls (README)."
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)
   else

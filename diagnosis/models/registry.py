@@ -21,6 +21,9 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     train_args = models.JSONField(default=dict, blank=True)
     data_hash = models.CharField(max_length=64, blank=True)
+    # What whoever registered it wants every user to know (e.g. "a demo model, not validated
+    # at any site"): shown on the models page and, while it is active, on every page.
+    note = models.TextField(blank=True)
     # Plot name -> file under MEDIA_ROOT, e.g. {"lr_find": "models/plots/NAME-lr_find.png"}.
     plots = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=False)

@@ -27,7 +27,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def model_version_register(
-    *, path: Path, name: str = "", activate: bool = False, user=None
+    *, path: Path, name: str = "", activate: bool = False, user=None, note: str = ""
 ) -> ModelVersion:
     """Record a checkpoint made by the `ml` package as a ModelVersion; with `activate`, make
     it active too (an admin, or roles.SYSTEM).
@@ -72,6 +72,7 @@ def model_version_register(
             train_args=meta.train_args,
             data_hash=meta.data_hash or "",
             registered_by=roles.recorded_user(user),
+            note=note.strip(),
         )
         if activate:
             model_version_activate(version=version, user=user)

@@ -150,3 +150,26 @@ def test_it_lets_a_radiologist_correct_the_label(rita, alices_study):
     assert "patchy opacity" in page
     alices_study.refresh_from_db()
     assert alices_study.current_label == "PNEUMONIA"
+
+
+def test_a_models_note_is_on_the_models_page_and_on_every_page_while_it_is_active(
+    alice, checkpoint_path, tmp_path
+):
+    from django.core.management import call_command
+
+    from tests.conftest import make_checkpoint
+
+    note = "A demo, trained in minutes; not validated at any site."
+    call_command(
+        "register_model", str(checkpoint_path), "--name", "demo", "--activate", "--note", note
+    )
+    client = client_for(alice)
+    for name in ("study-list", "model-list", "agreement"):
+        html = client.get(reverse(name)).content.decode()
+        assert f"Active model demo: {note}" in html
+    assert '<small class="note">' + note in client.get(reverse("model-list")).content.decode()
+    # Once another version is active, the banner goes; the models page keeps the note.
+    other = make_checkpoint(tmp_path / "other.pt", seed=4)
+    call_command("register_model", str(other), "--name", "real", "--activate")
+    assert "model-note-banner" not in client.get(reverse("study-list")).content.decode()
+    assert note in client.get(reverse("model-list")).content.decode()

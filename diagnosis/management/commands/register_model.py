@@ -19,19 +19,23 @@ class Command(BaseCommand):
             "--activate", action="store_true", help="Make it the active model at once."
         )
         parser.add_argument(
+            "--note", default="", help="shown with the version on every page while it is active "
+            "(e.g. that it is a demo)",
+        )  # fmt: skip
+        parser.add_argument(
             "--user",
             default="",
             help="who registers (and activates: an admin); default: the system, recorded as such",
         )
 
-    def handle(self, *args, path: Path, name: str, activate: bool, user: str, **options):
+    def handle(self, *args, path: Path, name: str, activate: bool, user: str, note: str, **options):
         from ml.checkpoint import CheckpointError
 
         if not path.is_file():
             raise CommandError(f"No such file: {path}")
         try:
             version = services.model_version_register(
-                path=path, name=name, activate=activate, user=actor(user)
+                path=path, name=name, activate=activate, user=actor(user), note=note
             )
         except (CheckpointError, ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None
