@@ -20,6 +20,7 @@ institution and dates are never read into `facts`; the age is reduced to whole y
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -103,7 +104,16 @@ def read_dicom(file: BinaryIO, *, max_pixels: int) -> DicomImage:
         with warnings.catch_warnings():  # a damaged header is refused below, not warned about
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(file)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    # struct.error: a header cut short inside an element (pydicom unpacks a missing length).
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        struct.error,
+    ) as exc:
         raise DicomError(f"the DICOM file cannot be read ({exc}).") from None
     finally:
         file.seek(0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from diagnosis.validation import ImageInfo, UploadRejected, inspect_upload
@@ -55,5 +55,6 @@ def test_damaged_images_are_accepted_or_refused_cleanly(kind, edits, cut):
 
 @FUZZ
 @given(st.binary(min_size=1, max_size=512))
+@example(tail=b"\x02\x01B\x10OB\x02\x10\x01\x01")  # cut inside an element: struct.error once
 def test_garbage_after_a_dicom_marker_is_refused_cleanly(tail):
     check(b"\0" * 128 + b"DICM" + tail, "scan")
