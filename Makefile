@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint format
+.PHONY: install up test test-unit lint format
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ up:
 
 test: install
 	$(BIN)/python -m pytest
+
+# The fast lane: no training, no other process, no browser (CI still runs everything).
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not e2e and not browser and not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

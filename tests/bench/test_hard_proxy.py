@@ -14,6 +14,8 @@ from ml.data import write_manifest
 from tests.conftest import make_checkpoint
 from tests.synthetic import write_dataset
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 SIZE = 64
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.recipes import get_args_parser, main
 from ml.checkpoint import read_meta
 from tests.synthetic import write_dataset
+
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
 
 
 def test_it_trains_each_run_once_and_tables_the_proxy_figures(tmp_path: Path):

@@ -44,17 +44,21 @@ def random_active(db, tmp_path):
     return services.model_version_register(path=path, name="random-v1", activate=True, user=SYSTEM)
 
 
+def train_synthetic(data: Path, out: Path) -> Path:
+    """ml.train from scratch on a synthetic folder, the quick schedule that learns it (the one
+    definition the tests' trained models share)."""
+    from ml.train import main, parse_config
+
+    args = parse_config(
+        ["--recipe", "fastai", "--data", str(data), "--img-size", "64", "--epochs", "8",
+         "--lr", "1e-3", "--batch-size", "8", "--test-fraction", "0", "--threads", "2",
+         "--print-freq", "0", "--out", str(out)]
+    )  # fmt: skip
+    return main(args)
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(base_folder, tmp_path_factory) -> Path:
     """A model that has learned the synthetic classes (ml.train from scratch), trained once
     for the whole run; its validation manifest lies beside it."""
-    from ml.train import main, parse_config
-
-    out = tmp_path_factory.mktemp("good") / "good.pt"
-    args = parse_config(
-        ["--recipe", "fastai", "--data", str(base_folder), "--img-size", "64", "--epochs", "8",
-         "--lr", "1e-3",
-         "--batch-size", "8", "--test-fraction", "0", "--threads", "2", "--print-freq", "0",
-         "--out", str(out)]
-    )  # fmt: skip
-    return main(args)
+    return train_synthetic(base_folder, tmp_path_factory.mktemp("good") / "good.pt")

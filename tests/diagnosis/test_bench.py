@@ -11,6 +11,8 @@ from diagnosis.models import Prediction, Study
 from diagnosis.roles import SYSTEM
 from tests.synthetic import write_dataset
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 
 def test_the_bench_prints_one_table_for_each_runtime_and_preprocessing(
     db, tmp_path, checkpoint_path, capsys

@@ -114,6 +114,7 @@ def test_it_has_a_migration_for_every_model_change(db):
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
 
 
+@pytest.mark.slow
 def test_it_trains_registers_and_evaluates_a_model(tmp_path, capsys, alice, settings):
     from django.test import Client
     from django.urls import reverse

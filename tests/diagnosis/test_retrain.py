@@ -24,6 +24,8 @@ from tests.conftest import make_checkpoint
 from tests.diagnosis.conftest import QUICK
 from tests.synthetic import make_xray
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 
 def manifest_rows(path: Path) -> dict[str, str]:
     with open(path, newline="") as f:

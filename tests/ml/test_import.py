@@ -14,6 +14,8 @@ ALL_MODULES = ", ".join(
     )
 )
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 
 def loaded_after(imports: str, roots: tuple[str, ...]) -> list[str]:
     """Top-level packages among `roots` that importing `imports` loads in a fresh

@@ -14,6 +14,8 @@ from ml.metrics import choose_threshold, roc_auc
 from ml.train import get_args_parser, main, parse_config
 from tests.synthetic import make_xray, write_dataset
 
+pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
+
 
 def _args(data: Path, out: Path, *extra: str):
     return parse_config(["--data", str(data), "--out", str(out), "--print-freq", "0", *extra])
