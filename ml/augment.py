@@ -81,10 +81,14 @@ RECIPES: dict[str, Recipe] = {
         description="the prototype's aug_transforms(): flip, rotate, zoom, warp, lighting",
     ),
 }
-# The default is the recipe that measured best on every proxy for another population that
-# we have (ml/README.md "Recipes on the proxy"); `robust` stays one flag away until a proxy
-# as hard as the official test split can decide between them.
-DEFAULT_RECIPE = "fastai"
+# The default is `crops`: on the proxy as hard as the official test split (bench.hard_proxy,
+# ml/README.md "A proxy as hard as the official split"), its family that fails the `fastai`
+# model the way the official split did (tighter collimation: AUC kept, specificity 0.56)
+# leaves `crops` at AUC 0.992, sensitivity 0.985, specificity 0.907, while it keeps AUC 0.996
+# on the acquisition proxy (fastai 0.998, robust 0.992). `robust` holds up better on the
+# other constructed families (noise, JPEG, resolution: shifts its own augmentations make)
+# and `fastai` stays the prototype's recipe; both are one flag away.
+DEFAULT_RECIPE = "crops"
 
 
 class RandomGamma(v2.Transform):

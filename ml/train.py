@@ -1,8 +1,8 @@
 """Fine-tune a NORMAL / PNEUMONIA classifier and write a self-describing checkpoint.
 
     python -m ml.train --data ../shared/data/chest_xray --arch efficientnet_lite0 \
-        --pretrained imagenet --out var/models/effl0-full.pt        # the fastai recipe
-    python -m ml.train ... --recipe robust                          # heavier augmentation
+        --pretrained imagenet --out var/models/effl0-full.pt        # the crops recipe
+    python -m ml.train ... --recipe robust      # heavier; --recipe fastai: the prototype's
 
 From code, build the frozen config directly (services do):
 
@@ -23,10 +23,10 @@ Recipe, fastai's `fine_tune` made explicit (the loop itself is ml.engine):
 5. Keep the epoch with the best validation ROC AUC; its threshold is the highest one whose
    validation sensitivity is >= --min-sensitivity. The checkpoint records the rule and the
    images it was chosen on (`metrics["threshold_rule"]`).
-The augmentations and the label smoothing are the --recipe's (ml.augment: `fastai`, the
-prototype's and the default, or `robust`). Retraining (`manage.py retrain`) passes --val-manifest,
-the selection part of a validation split frozen once (no test split is carved then), and
---init-checkpoint to continue from the active model instead of ImageNet weights.
+The augmentations and the label smoothing are the --recipe's (ml.augment: `crops`, the
+default; `robust`; `fastai`, the prototype's). Retraining (`manage.py retrain`) passes
+--val-manifest, the selection part of a validation split frozen once (no test split is
+carved then), and --init-checkpoint to continue from the active model instead of ImageNet weights.
 The class imbalance (about 1 normal to 3 pneumonia) is handled with a weighted cross-entropy
 (class weights n_train / (n_classes * n_class), so each class contributes equally), times the
 per-image `weight` of a manifest row. The same --seed gives the same split and result on CPU.
