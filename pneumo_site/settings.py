@@ -323,7 +323,7 @@ TRAINING_MAX_ATTEMPTS = envint("TRAINING_MAX_ATTEMPTS", "3")
 # The promotion gate: a candidate is promoted only if, on the frozen validation split, its
 # gate metric is at least the active model's minus the margin, and its sensitivity at its
 # own threshold is at least the floor.
-# (the names are diagnosis.services.training.GATE_METRICS; a test keeps the two lists equal)
+# (the names are diagnosis.services.gate.GATE_METRICS; a test keeps the two lists equal)
 RETRAIN_GATE_METRIC = envchoice(
     "RETRAIN_GATE_METRIC", "auc", ("auc", "sensitivity", "specificity", "accuracy")
 )

@@ -42,7 +42,7 @@ def _allowed(stderr: str) -> list[str]:
     ("name", "allowed"),
     [
         ("INFERENCE_RUNTIME", "ml.runtimes.RUNTIMES"),
-        ("RETRAIN_GATE_METRIC", "diagnosis.services.training.GATE_METRICS"),
+        ("RETRAIN_GATE_METRIC", "diagnosis.services.gate.GATE_METRICS"),
         ("INFERENCE_DEVICE", ["auto", "cpu", "cuda"]),
         ("PREDICTION_HEATMAPS", ["deferred", "inline", "off", "true", "false"]),
         ("LOG_LEVEL", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),

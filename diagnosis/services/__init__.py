@@ -8,6 +8,11 @@ service function and format the answer.
 from __future__ import annotations
 
 from diagnosis.services.cleaning import cleaning_decide, cleaning_run_create, training_pool
+from diagnosis.services.gate import (
+    gate_decide,
+    validation_split_get_or_create,
+    validation_split_parts,
+)
 from diagnosis.services.predictions import (
     heatmaps_draw,
     prediction_enqueue,
@@ -40,14 +45,11 @@ from diagnosis.services.studies import (
 )
 from diagnosis.services.thresholds import site_threshold_activate, site_threshold_from_audit
 from diagnosis.services.training import (
-    gate_decide,
     model_version_promote,
     training_job_create,
     training_job_enqueue,
     training_job_run,
     training_jobs_sweep,
-    validation_split_get_or_create,
-    validation_split_parts,
 )
 
 __all__ = [

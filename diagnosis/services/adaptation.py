@@ -149,14 +149,14 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     threshold is then set for the site. The gate is the one any retrain goes through, on the
     gate part of the frozen validation split of the base population (the adaptation chose its
     epoch on site images and its threshold by cross-fitting on the calibration part)."""
-    from diagnosis.services.registry import evaluation_create
-    from diagnosis.services.training import (
+    from diagnosis.services.gate import (
         evaluation_on_split,
         gate_decide,
         gate_images,
         validation_split_get_or_create,
         validation_split_parts,
     )
+    from diagnosis.services.registry import evaluation_create
     from ml.evaluate import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(

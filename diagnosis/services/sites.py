@@ -11,7 +11,7 @@ An audit (`site_audit_run`) scores the site's labeled studies with a model versi
   half of the calibration part weighted up, its threshold chosen by cross-fitting (a second
   fine-tune on the other half scores the first half, so every calibration case is scored by
   a model that did not see it), and the evaluation part's figures before and after. The
-  candidate is registered and goes through the retraining gate (services.training.gate_decide)
+  candidate is registered and goes through the retraining gate (services.gate.gate_decide)
   on the frozen validation split.
 Adaptation is in adaptation.py; activating a site threshold (thresholds.py) is an audited,
 admin-only action.

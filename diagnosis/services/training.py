@@ -1,4 +1,5 @@
-"""Retraining: the frozen validation split, training jobs, and the promotion gate.
+"""Retraining: training jobs, from the request to the gate's verdict (the gate and the frozen
+validation split are in gate.py).
 
 A job runs, in order: a cleaning ranking of the pool (unless skipped), the export of the
 training pool as a manifest (the frozen validation images left out), ml.train (LR finder,
@@ -13,35 +14,37 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import model_loader, roles, selectors
-from diagnosis.models import Evaluation, ModelVersion, TrainingJob, ValidationSplit
+from diagnosis.models import ModelVersion, TrainingJob
 from diagnosis.pseudonyms import keyed_count
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
+from diagnosis.services.gate import (
+    evaluation_on_split,
+    gate_decide,
+    gate_images,
+    validation_split_get_or_create,
+    validation_split_parts,
+)
 from diagnosis.services.registry import (
     evaluation_create,
     model_version_activate,
     model_version_discard,
     model_version_register,
 )
-from diagnosis.services.storage import atomic_files
 from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
 
-GATE_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
 # ml.train flags a job may set; the rest are the retraining defaults below or ml.train's.
 TRAIN_FLAGS = (
     "recipe", "arch", "img_size", "freeze_epochs", "epochs", "batch_size", "lr", "lr_mult",
@@ -51,150 +54,6 @@ TRAIN_FLAGS = (
 # Continuing from the active model needs less than a fresh fit: one frozen epoch re-fits the
 # head to the new pool (the fastai order), three unfrozen ones adapt the body.
 RETRAIN_DEFAULTS = {"freeze_epochs": 1, "epochs": 3}
-
-# ---------------------------------------------------------------------------- the gate
-
-
-def gate_decide(candidate: dict, active: dict | None) -> dict:
-    """The promotion verdict from two ml.evaluate results on the same validation split.
-
-    Passed when the candidate's sensitivity (at its own threshold) reaches
-    RETRAIN_MIN_SENSITIVITY and its RETRAIN_GATE_METRIC is at least the active model's minus
-    RETRAIN_GATE_MARGIN. With no active model, only the floor applies."""
-    metric, margin = settings.RETRAIN_GATE_METRIC, settings.RETRAIN_GATE_MARGIN
-    floor = settings.RETRAIN_MIN_SENSITIVITY
-    if metric not in GATE_METRICS:
-        raise ValueError(f"RETRAIN_GATE_METRIC must be one of {', '.join(GATE_METRICS)}")
-    if active is not None and active.get("data", {}).get("manifest_hash") != candidate.get(
-        "data", {}
-    ).get("manifest_hash"):
-        raise ValueError("the two evaluations are not on the same validation split")
-    keys = (*GATE_METRICS, "threshold")
-    verdict = {
-        "metric": metric,
-        "margin": margin,
-        "min_sensitivity": floor,
-        "candidate": {k: candidate.get(k) for k in keys},
-        "active": None if active is None else {k: active.get(k) for k in keys},
-    }
-    ours, sensitivity = candidate.get(metric), candidate.get("sensitivity")
-    reasons = []
-    if sensitivity is None or sensitivity < floor:
-        reasons.append(f"sensitivity {_fmt(sensitivity)} is below the floor {floor:.3f}")
-    if active is not None:
-        theirs = active.get(metric)
-        if ours is None or (theirs is not None and ours < theirs - margin):
-            reasons.append(
-                f"{metric} {_fmt(ours)} is worse than the active model's {_fmt(theirs)} "
-                f"by more than the margin {margin:.3f}"
-            )
-    if reasons:
-        return verdict | {"passed": False, "reason": "; ".join(reasons)}
-    if active is None:
-        reason = f"no active model; sensitivity {_fmt(sensitivity)} >= {floor:.3f}"
-    else:
-        reason = (
-            f"{metric} {_fmt(ours)} vs active {_fmt(active.get(metric))} (margin {margin:.3f}); "
-            f"sensitivity {_fmt(sensitivity)} >= {floor:.3f}"
-        )
-    return verdict | {"passed": True, "reason": reason}
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------- validation split
-
-
-# A frozen validation split takes VALIDATION_FRACTION of the training pool, by patient, and
-# is cut in two: GATE_FRACTION of it is the gate part, which the gate judges on, the rest the
-# selection part, on which ml.train chooses the epoch and the threshold. Each part is then as
-# large as ml.train's own validation split (15%).
-VALIDATION_FRACTION = 0.3
-GATE_FRACTION = 0.5
-
-
-def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, user=None):
-    """The validation split in force, frozen now if there is none yet.
-
-    The first time, the active model's own validation images are adopted when ml.train's
-    manifest of them is still on disk and they are in the pool: the active model never
-    trained on them, so comparing it with a candidate there is fair (its own epoch and
-    threshold were chosen on them, which can only favour it). Otherwise VALIDATION_FRACTION
-    of the pool, whole patients at a time. Either way the split is cut once more, by patient,
-    into the selection part and the gate part (GATE_FRACTION); a split frozen before the
-    parts existed is cut the first time it is asked for."""
-    from ml.data import read_manifest, split_by_patient
-
-    current = selectors.validation_split_current()
-    if current is not None:
-        return current if current.gate_manifest else _validation_split_cut(current, seed=seed)
-    pool = training_pool(base_data=base_data, exclude_held_out=False)
-    if len(pool) < 4:
-        raise ValueError(f"the training pool has {len(pool)} images; retraining needs more")
-    val, origin = [], ""
-    active = selectors.model_version_active()
-    manifest = Path(str((active.train_args if active else {}).get("val_manifest") or ""))
-    if manifest.name and manifest.is_file():
-        held = {item.path.resolve() for item in read_manifest(manifest)}
-        val = [item for item in pool if Path(item.path).resolve() in held]
-        origin = f"the validation images of {active.name} ({manifest.name})"
-    if len({item.label for item in val}) < 2 or len(val) < 10:
-        _, val = split_by_patient(pool, val_fraction=VALIDATION_FRACTION, seed=seed)
-        origin = f"a patient split of the training pool ({VALIDATION_FRACTION:.0%})"
-    with atomic_files() as written, transaction.atomic():
-        manifest, manifest_hash = _manifest_save("training/validation.csv", val, written)
-        return ValidationSplit.objects.create(
-            created_by=user,
-            manifest=manifest,
-            manifest_hash=manifest_hash,
-            item_keys=[item.source for item in val],
-            origin=origin,
-            **_parts(val, seed, written),
-        )
-
-
-def _validation_split_cut(split: ValidationSplit, *, seed: int) -> ValidationSplit:
-    from ml.data import read_manifest
-
-    val = read_manifest(default_storage.path(split.manifest))
-    with atomic_files() as written, transaction.atomic():
-        ValidationSplit.objects.filter(pk=split.pk).update(**_parts(val, seed, written))
-    split.refresh_from_db()
-    logger.info("Validation split %s cut into selection and gate parts.", split.pk)
-    return split
-
-
-def _parts(val: list, seed: int, written: list) -> dict:
-    """The ValidationSplit fields of `val` cut by patient into selection and gate parts, their
-    manifests saved (and recorded in `written`, deleted if the transaction fails)."""
-    from ml.data import split_by_patient
-
-    selection, gate = split_by_patient(val, val_fraction=GATE_FRACTION, seed=seed)
-    selection_manifest, selection_hash = _manifest_save(
-        "training/validation-selection.csv", selection, written
-    )
-    gate_manifest, gate_hash = _manifest_save("training/validation-gate.csv", gate, written)
-    return {
-        "selection_manifest": selection_manifest,
-        "selection_hash": selection_hash,
-        "gate_manifest": gate_manifest,
-        "gate_hash": gate_hash,
-        "gate_item_keys": [item.source for item in gate],
-    }
-
-
-def _manifest_save(name: str, items: list, written: list) -> tuple[str, str]:
-    """(stored name, manifest hash) of `items` written as a CSV manifest to the storage."""
-    from ml.data import manifest_hash, write_manifest
-
-    with tempfile.TemporaryDirectory() as tmp:
-        csv_path = write_manifest(Path(tmp) / Path(name).name, items)
-        stored = default_storage.save(name, ContentFile(csv_path.read_bytes()))
-    written.append(stored)
-    return stored, manifest_hash(items)
-
 
 # ---------------------------------------------------------------------------- jobs
 
@@ -421,27 +280,6 @@ def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> 
                 reason=f"retrain job {job.pk}: gate passed",
             )
     return verdict
-
-
-def validation_split_parts(split: ValidationSplit) -> tuple[Path, Path]:
-    """(selection part, gate part) of the split as CSV manifest paths."""
-    return Path(default_storage.path(split.selection_manifest)), Path(
-        default_storage.path(split.gate_manifest)
-    )
-
-
-def gate_images(split: ValidationSplit) -> dict:
-    """What a verdict records about its images: which chose, which judged."""
-    return {
-        "validation_split": split.pk,
-        "chosen_on": {"part": "selection", "n": split.n_selection, "hash": split.selection_hash},
-        "judged_on": {"part": "gate", "n": split.n_gate, "hash": split.gate_hash},
-    }
-
-
-def evaluation_on_split(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
-    """An evaluation of `version` on exactly this split's gate part, if one was stored."""
-    return version.evaluations.filter(data_hash=split.gate_hash).order_by("-created_at").first()
 
 
 def limit_base_images(pool: list, n: int | None, *, seed: int) -> list:

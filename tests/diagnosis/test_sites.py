@@ -341,7 +341,7 @@ def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
     import shutil
 
     from diagnosis.models import Evaluation, ValidationSplit
-    from diagnosis.services import adaptation, sites, training
+    from diagnosis.services import adaptation, gate, sites
 
     labeled_studies(site_b, rita, n_per_class=8)
     made = make_checkpoint(tmp_path / "adapted.pt", fc_scale=3.0)
@@ -362,7 +362,7 @@ def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
 
     monkeypatch.setattr(adaptation, "_fine_tune", fine_tune)
     if where == "gate":
-        monkeypatch.setattr(training, "gate_decide", broken)
+        monkeypatch.setattr(gate, "gate_decide", broken)
     if where == "storing the audit":
         monkeypatch.setattr(sites, "_store_audit", broken)
     media = Path(settings.MEDIA_ROOT)
