@@ -38,7 +38,7 @@ import argparse
 import dataclasses
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ml.augment import DEFAULT_RECIPE, RECIPES, train_transform
+from ml.augment import RECIPES, train_transform
 from ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
+from ml.config import TrainConfig
 from ml.data import (
     CLASS_NAMES,
     POSITIVE_CLASS,
@@ -62,7 +63,7 @@ from ml.data import (
     split_train_val_test,
     write_manifest,
 )
-from ml.engine import Best, Run, Schedule, WeightedCrossEntropy, class_weights, fine_tune
+from ml.engine import Best, Run, WeightedCrossEntropy, class_weights, fine_tune
 from ml.metrics import choose_threshold, sensitivity_specificity
 from ml.models import (
     ARCHITECTURES,
@@ -72,112 +73,6 @@ from ml.models import (
     default_preprocessing,
 )
 from ml.preprocessing import Preprocessing, eval_transform
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run is told. The CLI parses into it; services build it.
-
-    None means "the recipe decides": freeze_epochs and lr_mult depend on whether the weights
-    are pretrained, label_smoothing on the recipe. `resolved()` fills them in."""
-
-    data: Path | None = None  # a Kaggle-layout folder, or
-    manifest: Path | None = None  # a CSV manifest (exactly one of the two)
-    out: Path = Path("var/models/model.pt")
-    recipe: str = DEFAULT_RECIPE
-    arch: str = "resnet34"
-    pretrained: str = "none"
-    weights: Path | None = None
-    init_checkpoint: Path | None = None
-    val_manifest: Path | None = None
-    freeze_epochs: int | None = None
-    epochs: int = 4
-    batch_size: int = 16
-    lr: float | None = None
-    lr_mult: float | None = None
-    lr_find_iters: int = 100
-    lr_find_start: float = 1e-7
-    lr_find_end: float = 10.0
-    weight_decay: float = 0.01
-    label_smoothing: float | None = None
-    img_size: int = 160
-    limit_per_class: int | None = None
-    test_fraction: float = 0.15
-    test_split: str = "random"
-    val_fraction: float = 0.15
-    min_sensitivity: float = 0.95
-    seed: int = 0
-    threads: int = 0
-    workers: int = 0
-    device: str = "cpu"
-    print_freq: int = 10
-
-    def __post_init__(self) -> None:
-        if (self.data is None) == (self.manifest is None):
-            raise ValueError("give exactly one of data (a folder) and manifest (a CSV)")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
-        if self.pretrained not in PRETRAINED_CHOICES:
-            raise ValueError(
-                f"pretrained must be one of {', '.join(PRETRAINED_CHOICES)}, got "
-                f"{self.pretrained!r}"
-            )
-        for name in ("data", "manifest", "out", "weights", "init_checkpoint", "val_manifest"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides) -> TrainConfig:
-        """The config of a parsed command line (other attributes of `args` are ignored)."""
-        given = {
-            f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
-        }
-        return cls(**(given | overrides))
-
-    @property
-    def starts_pretrained(self) -> bool:
-        return (
-            self.pretrained == "imagenet"
-            or self.weights is not None
-            or self.init_checkpoint is not None
-        )
-
-    def resolved(self) -> TrainConfig:
-        """The same run with every "the recipe decides" field filled in."""
-        # Freezing a random body, or slowing its early layers, only makes sense for pretrained
-        # weights: from scratch every layer trains at one rate from the start.
-        pretrained = self.starts_pretrained
-        return dataclasses.replace(
-            self,
-            freeze_epochs=(6 if pretrained else 0)
-            if self.freeze_epochs is None
-            else self.freeze_epochs,
-            lr_mult=(100.0 if pretrained else 1.0) if self.lr_mult is None else self.lr_mult,
-            label_smoothing=RECIPES[self.recipe].label_smoothing
-            if self.label_smoothing is None
-            else self.label_smoothing,
-        )
-
-    def schedule(self) -> Schedule:
-        return Schedule(
-            arch=self.arch,
-            freeze_epochs=self.freeze_epochs,
-            epochs=self.epochs,
-            lr=self.lr,
-            lr_mult=self.lr_mult,
-            weight_decay=self.weight_decay,
-            lr_find_start=self.lr_find_start,
-            lr_find_end=self.lr_find_end,
-            lr_find_iters=self.lr_find_iters,
-            print_freq=self.print_freq,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-ready (paths as strings): what the checkpoint keeps as `train_args`."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def _describe(name: str, items: list[Item]) -> str:
