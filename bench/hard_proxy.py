@@ -51,6 +51,7 @@ FAMILIES: dict[str, tuple[str, tuple[float, ...]]] = {
     "JPEG": ("jpeg_quality", (40, 25, 15, 8, 4)),
 }
 RULE_SENSITIVITY = 0.95
+AWARE_RULE = "sensitivity >= 0.95, shifted validation"
 
 
 def setting(family: str, value: float) -> Shift:
@@ -157,17 +158,12 @@ def judge(
             )
             pooled_y.append(y)
             pooled_p.append(p)
-        aware = (
-            metrics.choose_threshold(
-                np.concatenate(pooled_y), np.concatenate(pooled_p), min_sensitivity=RULE_SENSITIVITY
-            )
-            if families
-            else stored
-        )
+        aware = stored
         if families:
             rules[checkpoint.name] = threshold_rules(
                 stored, np.concatenate(pooled_y), np.concatenate(pooled_p)
             )
+            aware = rules[checkpoint.name][AWARE_RULE]  # the table's shift-aware column
         for family, shift in {"none": NEUTRAL, **families}.items():
             y, p = shifted_scores(
                 predictor, proxy, shift, cache_path(args.out, checkpoint, "proxy", shift)
@@ -214,9 +210,7 @@ def threshold_rules(stored: float, y_val, p_val) -> dict[str, float]:
     over the calibrated families (the stored one: on the unshifted validation split)."""
     return {
         "stored (sensitivity >= 0.95, validation)": stored,
-        "sensitivity >= 0.95, shifted validation": metrics.choose_threshold(
-            y_val, p_val, min_sensitivity=RULE_SENSITIVITY
-        ),
+        AWARE_RULE: metrics.choose_threshold(y_val, p_val, min_sensitivity=RULE_SENSITIVITY),
         "Youden, shifted validation": metrics.youden_threshold(y_val, p_val),
         "specificity >= 0.90, shifted validation": metrics.choose_threshold_for_specificity(
             y_val, p_val, min_specificity=0.90

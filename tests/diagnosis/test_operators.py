@@ -11,13 +11,12 @@ from django.core.management import CommandError, call_command
 from diagnosis import services
 from diagnosis.models import ModelActivation, ModelVersion, SiteAudit, SiteThreshold
 from diagnosis.roles import SYSTEM
+from tests.conftest import make_checkpoint
 from tests.diagnosis.test_sites import labeled_studies
 
 
 @pytest.fixture
 def candidate(db, tmp_path):
-    from tests.conftest import make_checkpoint
-
     return services.model_version_register(path=make_checkpoint(tmp_path / "c.pt"), name="c")
 
 
@@ -32,7 +31,7 @@ def test_activation_refuses_a_non_admin_and_no_one(who, request, candidate):
     assert not ModelActivation.objects.exists()
 
 
-def test_a_system_action_is_allowed_and_recorded_as_the_system(candidate, ada):
+def test_a_system_action_is_allowed_and_recorded_as_the_system(candidate, ada, tmp_path):
     services.model_version_activate(version=candidate, user=SYSTEM, reason="first model")
     row = ModelActivation.objects.get()
     assert row.user is None and row.reason == "system: first model"
@@ -40,18 +39,10 @@ def test_a_system_action_is_allowed_and_recorded_as_the_system(candidate, ada):
     assert candidate.is_active and candidate.activated_by is None
     # An admin's action stays theirs.
     other = services.model_version_register(
-        path=_copy_with_new_weights(candidate), name="d", activate=True, user=ada
+        path=make_checkpoint(tmp_path / "d.pt", seed=7), name="d", activate=True, user=ada
     )
     assert ModelActivation.objects.first().user == ada and other.registered_by == ada
     assert not ModelActivation.objects.first().reason.startswith("system")
-
-
-def _copy_with_new_weights(version):
-    from django.conf import settings
-
-    from tests.conftest import make_checkpoint
-
-    return make_checkpoint(settings.MEDIA_ROOT / f"{version.name}-other.pt", seed=7)
 
 
 @pytest.mark.parametrize(
@@ -69,8 +60,6 @@ def test_commands_act_as_their_user_and_refuse_a_non_admin(command, candidate, r
 
 
 def test_register_model_activates_as_the_system_or_refuses_a_non_admin(tmp_path, db, rita, capsys):
-    from tests.conftest import make_checkpoint
-
     path = make_checkpoint(tmp_path / "m.pt")
     with pytest.raises(CommandError, match="Only admins"):
         call_command("register_model", str(path), "--activate", "--user", "rita")
