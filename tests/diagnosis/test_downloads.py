@@ -57,3 +57,10 @@ def test_a_file_missing_from_storage_is_a_404_that_says_so(kind, name, lost, rit
     assert "is missing from storage" in text
     (record,) = [r for r in caplog.records if r.name == "diagnosis.downloads"]
     assert record.levelno == logging.ERROR and "missing from storage" in record.getMessage()
+
+
+def test_an_unknown_address_says_so_in_words(rita):
+    response = client_for(rita).get("/no/such/page/")
+    assert response.status_code == 404
+    text = response.content.decode()
+    assert "The page you asked for does not exist." in text and "Resolver404" not in text
