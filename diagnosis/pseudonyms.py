@@ -44,6 +44,27 @@ def patient_group(key: str, original_filename: str, fallback: str) -> str:
     return f"name:{named}" if named else fallback
 
 
-def keyed_count(groups) -> int:
-    """How many of these split groups come from a real patient key (for split summaries)."""
-    return sum(1 for group in groups if str(group).startswith("key:"))
+def key_counts(groups) -> dict[str, int]:
+    """What a split's summary says about its patients, from each image's group (one entry per
+    image): how many images and patients, and how many of each are known by a real patient key
+    (the rest by a Kermany file name, or each image alone)."""
+    groups = [str(group) for group in groups]
+    keyed = [group for group in groups if group.startswith("key:")]
+    return {
+        "images": len(groups),
+        "images_keyed": len(keyed),
+        "patients": len(set(groups)),
+        "patients_keyed": len(set(keyed)),
+    }
+
+
+def key_counts_text(counts: dict) -> str:
+    """One line of a split summary, e.g. "120 images of 60 patients; 80 images (40 patients)
+    known by a patient key, the others by a Kermany file name or each image alone"."""
+    if not counts:
+        return "patient keys not recorded (frozen before they were counted)"
+    return (
+        f"{counts['images']} images of {counts['patients']} patients; {counts['images_keyed']} "
+        f"images ({counts['patients_keyed']} patients) known by a patient key, the others by a "
+        "Kermany file name or each image alone"
+    )

@@ -150,7 +150,7 @@ class ValidationSplitOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = ValidationSplit
         fields = ["id", "created_at", "origin", "n", "n_selection", "n_gate", "manifest_hash",
-                  "selection_hash", "gate_hash"]  # fmt: skip
+                  "selection_hash", "gate_hash", "key_counts"]  # fmt: skip
 
     def get_n(self, split: ValidationSplit) -> int:
         return len(split.item_keys)

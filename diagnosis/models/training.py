@@ -7,6 +7,7 @@ from django.db import models
 
 from diagnosis.models.registry import ModelVersion
 from diagnosis.models.studies import Label
+from diagnosis.pseudonyms import key_counts_text
 
 
 class CleaningRun(models.Model):
@@ -97,12 +98,19 @@ class ValidationSplit(models.Model):
     )
     gate_hash = models.CharField(max_length=64, blank=True)
     gate_item_keys = models.JSONField(default=list)
+    # diagnosis.pseudonyms.key_counts of its images: how many are known by a real patient key
+    # ({} for a split frozen before they were counted).
+    key_counts = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"Validation split {self.pk} ({len(self.item_keys)} images)"
+
+    @property
+    def key_summary(self) -> str:
+        return key_counts_text(self.key_counts)
 
     @property
     def n_gate(self) -> int:

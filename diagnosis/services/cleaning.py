@@ -11,7 +11,7 @@ from django.db import transaction
 
 from diagnosis import roles, selectors
 from diagnosis.models import CleaningCandidate, CleaningDecision, CleaningRun, Label, Study
-from diagnosis.pseudonyms import keyed_count, patient_group
+from diagnosis.pseudonyms import key_counts, patient_group
 
 # ---------------------------------------------------------------------------- training pool
 
@@ -96,9 +96,9 @@ def cleaning_run_create(
                 "seed": seed,
                 "checkpoint": checkpoint or "",
                 "base_data": str(base_data or ""),
-                # folds are whole patients: how many, and how many known by a patient key
-                "patients": len({patient_of(item) for item in pool}),
-                "patients_keyed": keyed_count({patient_of(item) for item in pool}),
+                # folds are whole patients: how many images and patients, and how many of
+                # each known by a real patient key
+                **key_counts(patient_of(item) for item in pool),
             },
             n_items=len(results),
             n_issues=sum(r.label_issue for r in results),

@@ -19,6 +19,7 @@ from django.db import transaction
 
 from diagnosis import selectors
 from diagnosis.models import Evaluation, ModelVersion, ValidationSplit
+from diagnosis.pseudonyms import key_counts
 from diagnosis.services.cleaning import training_pool
 from diagnosis.services.storage import atomic_files
 
@@ -99,7 +100,7 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
     of the pool, whole patients at a time. Either way the split is cut once more, by patient,
     into the selection part and the gate part (GATE_FRACTION); a split frozen before the
     parts existed is cut the first time it is asked for."""
-    from ml.data import read_manifest, split_by_patient
+    from ml.data import patient_of, read_manifest, split_by_patient
 
     current = selectors.validation_split_current()
     if current is not None:
@@ -125,16 +126,20 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
             manifest_hash=manifest_hash,
             item_keys=[item.source for item in val],
             origin=origin,
+            key_counts=key_counts(patient_of(item) for item in val),
             **_parts(val, seed, written),
         )
 
 
 def _validation_split_cut(split: ValidationSplit, *, seed: int) -> ValidationSplit:
-    from ml.data import read_manifest
+    from ml.data import patient_of, read_manifest
 
     val = read_manifest(default_storage.path(split.manifest))
+    counts = key_counts(patient_of(item) for item in val)
     with atomic_files() as written, transaction.atomic():
-        ValidationSplit.objects.filter(pk=split.pk).update(**_parts(val, seed, written))
+        ValidationSplit.objects.filter(pk=split.pk).update(
+            **_parts(val, seed, written), key_counts=counts
+        )
     split.refresh_from_db()
     logger.info("Validation split %s cut into selection and gate parts.", split.pk)
     return split

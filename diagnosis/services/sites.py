@@ -34,7 +34,7 @@ from django.db import transaction
 
 from diagnosis import model_loader, roles, selectors
 from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
-from diagnosis.pseudonyms import keyed_count, patient_group
+from diagnosis.pseudonyms import key_counts, patient_group
 from diagnosis.services.adaptation import audit_figures, site_adapt
 from diagnosis.services.registry import model_version_activate, model_version_discard
 from diagnosis.services.storage import atomic_files
@@ -173,8 +173,7 @@ def site_audit_run(
     )
     eval_idx, cal_idx = list(calibration.eval_idx), list(calibration.cal_idx)
     metrics["calibrated"] = calibration.to_dict() | {  # which cases did what, for review
-        "patients": len(set(groups)),
-        "patients_keyed": keyed_count(set(groups)),  # grouped by a real patient key
+        **key_counts(groups),  # images and patients, and how many known by a real key
         "cal_studies": [studies[i].pk for i in cal_idx],
         "eval_studies": [studies[i].pk for i in eval_idx],
     }

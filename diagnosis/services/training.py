@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from diagnosis import model_loader, roles, selectors
 from diagnosis.models import ModelVersion, TrainingJob
-from diagnosis.pseudonyms import keyed_count
+from diagnosis.pseudonyms import key_counts, key_counts_text
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
 from diagnosis.services.gate import (
     evaluation_on_split,
@@ -213,14 +213,13 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     train_csv = write_manifest(workdir / "train.csv", pool)
     selection_csv, gate_csv = validation_split_parts(split)
     data_hash = manifest_hash(pool)
-    patients = {patient_of(item) for item in pool}
+    keys = key_counts(patient_of(item) for item in pool)
     print(
         f"== 2. Training pool: {len(pool)} images (hash {data_hash[:12]}); validation split "
         f"{split.pk}: {len(split.item_keys)} images, {split.origin}, frozen "
         f"{split.created_at:%Y-%m-%d %H:%M}; training chooses on its selection part "
         f"({split.n_selection}), the gate judges on its gate part ({split.n_gate}); "
-        f"{len(patients)} patients, {keyed_count(patients)} of them known by a patient key "
-        "(the others by their Kermany file name, or each image alone)",
+        f"{key_counts_text(keys)}; validation split: {split.key_summary}",
         flush=True,
     )
 

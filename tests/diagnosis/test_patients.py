@@ -59,6 +59,32 @@ def test_two_dicoms_of_one_patient_under_unrelated_names_land_in_the_same_split_
     assert RAW not in (tmp_path / "pool.csv").read_text()
 
 
+def test_the_validation_split_counts_the_images_known_by_a_patient_key(alice, rita, ada):
+    keyed = [_dicom(alice, f"k{i}.dcm", f"MRN-{i // 2}", seed=i) for i in range(8)]
+    unkeyed = [
+        services.study_create(
+            uploaded_by=alice, image=SimpleUploadedFile(f"u{i}.jpg", jpeg_bytes(seed=20 + i))
+        )
+        for i in range(4)
+    ]
+    for i, study in enumerate(keyed + unkeyed):
+        services.review_create(study=study, reviewer=rita, label=["NORMAL", "PNEUMONIA"][i % 2])
+    split = services.validation_split_get_or_create(base_data=None, user=ada)
+    in_split = set(split.item_keys)
+    keyed_in = sum(f"study:{s.pk}" in in_split for s in keyed)
+    assert split.key_counts["images"] == len(in_split) > 0
+    assert split.key_counts["images_keyed"] == keyed_in
+    assert split.key_counts["patients_keyed"] == len(
+        {Study.objects.get(pk=s.pk).patient_key for s in keyed if f"study:{s.pk}" in in_split}
+    )
+    client = Client()
+    client.force_login(ada)
+    page = client.get(reverse("model-list")).content.decode()
+    assert f"{keyed_in} images (" in page and "known by a patient key" in page
+    api = api_client_for(ada).get(reverse("api:model-list")).json()
+    assert api["validation_split"]["key_counts"] == split.key_counts
+
+
 def test_a_jpeg_takes_its_patient_id_from_the_api_and_a_bad_one_is_refused(alice, settings):
     client = api_client_for(alice)
     url = reverse("api:study-list")
@@ -95,6 +121,7 @@ def test_an_imported_folder_takes_patients_from_its_csv_and_the_audit_counts_the
     audit = services.site_audit_run(site=site, user=ada)
     calibrated = audit.metrics["calibrated"]
     assert calibrated["patients"] == 6 and calibrated["patients_keyed"] == 6
+    assert calibrated["images"] == calibrated["images_keyed"] == 12
     # Whole patients: each patient's two studies are on one side of the calibration split.
     side = {pk: "cal" for pk in calibrated["cal_studies"]}
     side |= {pk: "eval" for pk in calibrated["eval_studies"]}

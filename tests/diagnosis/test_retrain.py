@@ -188,6 +188,10 @@ def test_the_validation_split_is_frozen_across_runs_and_never_cleaned(base, rand
     }
     run = services.cleaning_run_create(base_data=base, folds=3)
     assert not {c.item_key for c in run.candidates.all()} & set(split.item_keys)
+    # Kermany file names, no patient key: the summary counts images, none of them keyed
+    assert run.parameters["images"] == run.n_items and run.parameters["images_keyed"] == 0
+    assert split.key_counts["images"] == len(split.item_keys)
+    assert split.key_counts["images_keyed"] == 0
 
 
 @pytest.mark.parametrize(
