@@ -21,6 +21,11 @@ Which images choose and which judge:
   pooled over every calibrated family ("shift-aware": it knows shifts come, not which one).
 
 Scores are kept per (checkpoint, images, shift) in --out, so a second run only tables.
+A calibration done once can be reused without its checkpoint: `--families` gives each family's
+setting as that run's hard_proxy.json recorded it (the calibration table is then left out):
+
+    .venv/bin/python -m bench.hard_proxy --families "tighter collimation=0.75,\
+wider collimation=0.2,lower resolution=0.18,noise=12,JPEG=8" --judge var/recipes/crops-s1.pt
 """
 
 from __future__ import annotations
@@ -239,13 +244,40 @@ def rules_table(rules: dict, judged: dict) -> list[str]:
     return lines
 
 
+def parse_families(text: str) -> dict[str, float]:
+    """ "family=value,..." (each family FAMILIES names, its value a setting it tries) as a
+    dict; a typo or an untried value is refused rather than judged."""
+    chosen: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        family, _, value = part.partition("=")
+        family = family.strip()
+        if family not in FAMILIES:
+            raise argparse.ArgumentTypeError(
+                f"unknown family {family!r}; known: {', '.join(FAMILIES)}"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{family}: {value!r} is not a number") from None
+        if number not in FAMILIES[family][1]:
+            raise argparse.ArgumentTypeError(
+                f"{family}: {number:g} is not one of its settings {FAMILIES[family][1]}"
+            )
+        chosen[family] = number
+    return chosen
+
+
 def main(args: argparse.Namespace) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
-    chosen, lines = calibrate(args)
+    if args.families is not None:
+        chosen = {family: args.families.get(family) for family in FAMILIES}
+        lines = [f"Families as given (--families): {args.families}"]
+    else:
+        chosen, lines = calibrate(args)
     rows, judged = judge(args, chosen)
     (args.out / "hard_proxy.json").write_text(
-        json.dumps({"calibrated_on": str(args.calibrate), "families": chosen, "rows": rows},
-                   indent=2, default=float) + "\n"
+        json.dumps({"calibrated_on": str(args.calibrate or "--families"), "families": chosen,
+                    "rows": rows}, indent=2, default=float) + "\n"
     )  # fmt: skip
     table = "\n".join([*lines, "", *judged])
     print(table, flush=True)
@@ -255,7 +287,11 @@ def main(args: argparse.Namespace) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--calibrate", type=Path, required=True, help="checkpoint the families are tuned on")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--calibrate", type=Path, help="checkpoint the families are tuned on")
+    which.add_argument(
+        "--families", type=parse_families, help="'family=value,...': an earlier calibration"
+    )
     add("--judge", type=lambda s: [Path(x) for x in s.split(",")], required=True, help="a,b")
     add("--out", type=Path, default=Path("var/hard_proxy"), help="scores and hard_proxy.json")
     add("--target-auc", type=float, default=0.962, help="as hard as: AUC at most this")

@@ -3,12 +3,21 @@ proxy under them, with the stored and a shift-aware threshold."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.hard_proxy import FAMILIES, NEUTRAL, cache_path, get_args_parser, main, setting
+from bench.hard_proxy import (
+    FAMILIES,
+    NEUTRAL,
+    cache_path,
+    get_args_parser,
+    main,
+    parse_families,
+    setting,
+)
 from ml import metrics
 from ml.data import write_manifest
 from tests.conftest import make_checkpoint
@@ -84,3 +93,22 @@ def test_a_family_never_as_hard_as_the_target_is_left_out(run: Path):
     assert table.count("| no |") == sum(len(v) for _, v in FAMILIES.values())
     rows = [line for line in table.splitlines() if line.startswith("| model.pt |")]
     assert len(rows) == 1 and "| none |" in rows[0]  # judged unshifted only
+
+
+def test_an_earlier_calibration_is_reused_without_its_checkpoint(run: Path):
+    argv = ["--judge", str(run), "--out", str(run.parent / "out")]
+    args = get_args_parser().parse_args([*argv, "--families", "noise=12,JPEG=8"])
+    table = main(args)
+    assert "Calibration on" not in table  # nothing calibrated
+    assert not [p for p in (args.out / "scores").iterdir() if ".val." in p.name and
+                not any(p == cache_path(args.out, run, "val", setting(f, v))
+                        for f, v in (("noise", 12), ("JPEG", 8)))]  # fmt: skip
+    rows = [line for line in table.splitlines() if line.startswith("| model.pt |")]
+    assert [r.split(" | ")[1] for r in rows[:3]] == ["none", "noise", "JPEG"]
+
+    for bad, why in [("nois=12", "unknown family 'nois'"), ("noise=13", "not one of its"),
+                     ("noise=x", "is not a number")]:  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            parse_families(bad)
+    with pytest.raises(SystemExit):  # one or the other, not both
+        get_args_parser().parse_args([*argv, "--families", "noise=12", "--calibrate", str(run)])
