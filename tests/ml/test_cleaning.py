@@ -15,16 +15,18 @@ from ml.checkpoint import load_checkpoint
 from ml.cleaning import (
     CSV_COLUMNS,
     extract_features,
-    find_label_issues,
-    fit_logistic,
     get_args_parser,
     main,
-    out_of_fold_probabilities,
-    patient_folds,
     rank_label_issues,
     rank_probabilities,
 )
 from ml.data import Item
+from ml.label_issues import (
+    find_label_issues,
+    fit_logistic,
+    out_of_fold_probabilities,
+    patient_folds,
+)
 from ml.metrics import roc_auc
 from ml.preprocessing import image_to_tensor, open_image
 from tests.synthetic import write_dataset

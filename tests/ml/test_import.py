@@ -54,3 +54,8 @@ def test_it_lists_every_ml_module():
 def test_it_computes_figures_from_stored_scores_without_loading_torch():
     # A gate or a site audit that already has the probabilities needs no torch (~800 MB).
     assert loaded_after("ml.scores, ml.metrics", ("torch", "torchvision", "PIL")) == []
+
+
+def test_it_finds_label_issues_from_features_without_loading_torch():
+    # Ranking stored features (e.g. several seeds of one extraction) needs only numpy.
+    assert loaded_after("ml.label_issues", ("torch", "torchvision", "PIL")) == []
