@@ -12,6 +12,7 @@ exposure and noise) but the classes stay easy to learn, even for a small model a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
 
 
-def make_xray(label: str, *, seed: int, size: int = 224) -> Image.Image:
-    """One synthetic radiograph of class `label` ('NORMAL' or 'PNEUMONIA')."""
+def make_xray(label: str, *, seed: int, size: int = 224, opacity: float = 1.0) -> Image.Image:
+    """One synthetic radiograph of class `label` ('NORMAL' or 'PNEUMONIA'); `opacity` scales
+    the consolidations' brightness (below 1: subtler pneumonia, same random draws)."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     rng = np.random.default_rng([seed, LABELS.index(label)])
@@ -54,7 +56,7 @@ def make_xray(label: str, *, seed: int, size: int = 224) -> Image.Image:
             cy, cx = 0.5 + rng.uniform(-0.15, 0.2), 0.5 + side * 0.19 + rng.uniform(-0.05, 0.05)
             sigma = rng.uniform(0.05, 0.09)
             blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-            img += rng.uniform(0.35, 0.5) * blob
+            img += opacity * rng.uniform(0.35, 0.5) * blob
 
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0.0, 0.03, size=img.shape)
     pixels = np.clip(img * 255.0, 0, 255).astype(np.uint8)
@@ -81,9 +83,16 @@ def _file_names(label: str, n: int, rng: np.random.Generator) -> list[str]:
 
 
 def write_dataset(
-    root: str | os.PathLike, n_per_class: int, *, size: int = 224, seed: int = 0
+    root: str | os.PathLike,
+    n_per_class: int,
+    *,
+    size: int = 224,
+    seed: int = 0,
+    opacity: float = 1.0,
+    transform: Callable[[Image.Image, str], Image.Image] | None = None,
 ) -> list[tuple[Path, str]]:
-    """Write ROOT/{NORMAL,PNEUMONIA}/<patient-style names>.jpeg; return [(path, label)]."""
+    """Write ROOT/{NORMAL,PNEUMONIA}/<patient-style names>.jpeg; return [(path, label)].
+    `transform(image, label)`, if given, changes each image before it is saved."""
     root = Path(root)
     items = []
     for label in LABELS:
@@ -92,6 +101,7 @@ def write_dataset(
         rng = np.random.default_rng([seed, LABELS.index(label), 7])
         for i, name in enumerate(_file_names(label, n_per_class, rng)):
             path = folder / name
-            make_xray(label, seed=seed * 100_003 + i, size=size).save(path, quality=92)
+            image = make_xray(label, seed=seed * 100_003 + i, size=size, opacity=opacity)
+            (transform(image, label) if transform else image).save(path, quality=92)
             items.append((path, label))
     return items
