@@ -9,12 +9,13 @@ Three steps, each usable on its own:
 
 1. `extract_features`: pooled penultimate features (the classifier's input) of a frozen body,
    computed once: the ImageNet EfficientNet-Lite0 by default, or a checkpoint's body.
-2. `out_of_fold_probabilities` (ml.label_issues, numpy only): k folds, stratified by class and grouped by patient; per fold a
-   class-balanced L2 logistic regression on the other folds' standardised features predicts
-   the held-out fold. No image is scored by a head that saw it or its patient's other images.
-3. `find_label_issues` (ml.label_issues; confident learning, Northcutt et al. 2021) and `rank_label_issues`
-   (`rank_probabilities` for stored probabilities): label issues first, then by cross-entropy
-   of the given label, highest first.
+2. `out_of_fold_probabilities` (ml.label_issues, numpy only): k folds, stratified by class
+   and grouped by patient; per fold a class-balanced L2 logistic regression on the other
+   folds' standardised features predicts the held-out fold. No image is scored by a head that
+   saw it or its patient's other images.
+3. `find_label_issues` (ml.label_issues; confident learning, Northcutt et al. 2021) and
+   `rank_label_issues` (`rank_probabilities` for stored probabilities): label issues first,
+   then by cross-entropy of the given label, highest first.
 
     from ml.cleaning import rank_label_issues
     results = rank_label_issues(items)  # [CleaningResult(path, label, probability, ...), ...]

@@ -13,6 +13,9 @@ the file-name patterns only where an item has none (`patient_of`).
     items = read_manifest("export/manifest.csv")            # path,label[,weight][,exclude][,source]
     train, val, test = split_train_val_test(items, val_fraction=0.15, test_fraction=0.15, seed=0)
     path, label = items[0]                                  # an Item unpacks as a pair
+
+No torch here (a test checks): the platform reads and writes manifests and splits by patient
+without loading it; the torch Dataset over Items is ml.dataset.ImageDataset.
 """
 
 from __future__ import annotations
@@ -25,13 +28,9 @@ import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch.utils.data import Dataset
-
-from ml.preprocessing import open_image
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 POSITIVE_CLASS = "PNEUMONIA"
@@ -362,39 +361,7 @@ def split_by_acquisition(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset
-
-
-class ImageDataset(Dataset):
-    """Items -> (transform(image), class index), plus the item's weight with
-    `return_weight=True`. Images decode as 8-bit gray."""
-
-    def __init__(
-        self,
-        items: Sequence[Item],
-        transform: Callable,
-        *,
-        class_names: Sequence[str] = CLASS_NAMES,
-        decode_size: int | None = None,
-        return_weight: bool = False,
-    ) -> None:
-        self.items = list(items)
-        self.transform = transform
-        self.class_to_index = {name: i for i, name in enumerate(class_names)}
-        self.decode_size = decode_size  # lets large JPEGs decode at a reduced scale
-        self.targets = [self.class_to_index[label] for _, label in self.items]
-        self.weights = [float(getattr(item, "weight", 1.0)) for item in self.items]
-        self.return_weight = return_weight
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple:
-        path, _ = self.items[index]
-        x = self.transform(open_image(path, size=self.decode_size))  # (3, S, S)
-        if self.return_weight:
-            return x, self.targets[index], self.weights[index]
-        return x, self.targets[index]
+# Command-line sources
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,7 +53,6 @@ from ml.data import (
     CLASS_NAMES,
     POSITIVE_CLASS,
     TEST_SPLITS,
-    ImageDataset,
     Item,
     add_source_arguments,
     limit_per_class,
@@ -63,6 +62,7 @@ from ml.data import (
     split_train_val_test,
     write_manifest,
 )
+from ml.dataset import ImageDataset
 from ml.engine import Best, Run, WeightedCrossEntropy, class_weights, fine_tune
 from ml.metrics import choose_threshold, sensitivity_specificity
 from ml.models import (

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from ml.data import (
-    ImageDataset,
     Item,
     acquisition_key,
     limit_per_class,
@@ -20,6 +19,7 @@ from ml.data import (
     split_train_val_test,
     write_manifest,
 )
+from ml.dataset import ImageDataset
 from ml.preprocessing import Preprocessing, eval_transform
 from tests.synthetic import write_dataset
 

@@ -59,3 +59,8 @@ def test_it_computes_figures_from_stored_scores_without_loading_torch():
 def test_it_finds_label_issues_from_features_without_loading_torch():
     # Ranking stored features (e.g. several seeds of one extraction) needs only numpy.
     assert loaded_after("ml.label_issues", ("torch", "torchvision", "PIL")) == []
+
+
+def test_it_reads_manifests_and_splits_by_patient_without_loading_torch():
+    # The platform's services read manifests and split by patient; only training needs torch.
+    assert loaded_after("ml.data", ("torch", "torchvision")) == []
