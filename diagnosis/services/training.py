@@ -46,6 +46,8 @@ from pneumo_site.celery import app
 logger = logging.getLogger(__name__)
 
 # ml.train flags a job may set; the rest are the retraining defaults below or ml.train's.
+# The ml.train settings a retrain may be given (a test checks each is a TrainConfig field and
+# a flag of `manage.py retrain`); the rest (data, manifests, output) the service decides.
 TRAIN_FLAGS = (
     "recipe", "arch", "img_size", "freeze_epochs", "epochs", "batch_size", "lr", "lr_mult",
     "lr_find_iters", "weight_decay", "label_smoothing", "min_sensitivity", "seed", "threads",

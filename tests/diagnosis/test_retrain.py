@@ -319,3 +319,16 @@ def test_the_sweeper_resends_lost_jobs_and_gives_up_on_dead_ones(db, broker, set
     assert lost.enqueued_at is not None and silent.enqueued_at is not None
     assert fresh.status == "queued" and silent.status == "running"
     assert dead.status == "failed" and "stopped answering 2 times" in dead.error
+
+
+def test_every_retrain_flag_is_a_training_setting_and_a_flag_of_the_command():
+    from dataclasses import fields
+
+    from diagnosis.management.commands.retrain import Command
+    from diagnosis.services.training import TRAIN_FLAGS
+    from ml.config import TrainConfig
+
+    assert set(TRAIN_FLAGS) <= {f.name for f in fields(TrainConfig)}
+    parser = Command().create_parser("manage.py", "retrain")
+    dests = {action.dest for action in parser._actions}
+    assert set(TRAIN_FLAGS) <= dests

@@ -125,5 +125,6 @@ def test_the_models_page_and_api_show_the_sizes_of_the_selection_and_gate_parts(
         "id": split.pk, "created_at": None, "origin": split.origin, "n": len(split.item_keys),
         "n_selection": split.n_selection, "n_gate": split.n_gate,
         "manifest_hash": split.manifest_hash, "selection_hash": split.selection_hash,
-        "gate_hash": split.gate_hash,
+        "gate_hash": split.gate_hash, "key_counts": split.key_counts,
     }  # fmt: skip
+    assert split.key_counts["images"] == len(split.item_keys)
