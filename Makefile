@@ -17,9 +17,10 @@ up:
 test: install
 	$(BIN)/python -m pytest
 
-# The fast lane: no training, no other process, no browser (CI still runs everything).
+# The fast lane: no training, no other process, no browser (CI still runs everything), one
+# pytest-xdist worker per core (tests/pytest_env.py gives each its own folders and queue).
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not e2e and not browser and not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not e2e and not browser and not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
