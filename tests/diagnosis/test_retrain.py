@@ -118,7 +118,7 @@ def test_a_candidate_whose_threshold_misses_the_floor_on_the_gate_part_is_reject
     # The gate part's pneumonias are replaced, on disk, by images that look normal: a candidate
     # whose threshold was chosen on the selection part (and that never saw these files) calls
     # them normal, so its sensitivity on the gate part falls below the floor.
-    import ml.data
+    import ml.dataset
 
     shutil.copytree(base, tmp_path / "base")
     settings.TRAINING_BASE_DATA = str(tmp_path / "base")
@@ -129,9 +129,9 @@ def test_a_candidate_whose_threshold_misses_the_floor_on_the_gate_part_is_reject
     for i, item in enumerate(it for it in gate if it.label == "PNEUMONIA"):
         make_xray("NORMAL", seed=900 + i, size=64).save(item.path)
     read = []
-    original = ml.data.open_image
+    original = ml.dataset.open_image
     monkeypatch.setattr(
-        ml.data,
+        ml.dataset,
         "open_image",
         lambda path, **kw: read.append(Path(path).resolve()) or original(path, **kw),
     )
