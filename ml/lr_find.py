@@ -94,7 +94,7 @@ def lr_find(
         optimizer.load_state_dict(optimizer_state)
         model.train(was_training)
 
-    valley, steepest = _suggestions(lrs, losses)
+    valley, steepest = lr_suggestions(lrs, losses)
     return LRFindResult(tuple(lrs), tuple(losses), valley, steepest, valley, stopped_early)
 
 
@@ -109,7 +109,7 @@ def _cycle(batches: Iterable) -> Iterable:
             raise ValueError("lr_find got no batches")
 
 
-def _suggestions(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+def lr_suggestions(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     """(valley, steepest) over the finite points, skipping the first tenth as fastai does:
     the smoothed loss there is still mostly its own start-up."""
     points = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]

@@ -66,7 +66,7 @@ def prediction_model_load() -> str | None:
     return version.name
 
 
-def _claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
+def predictions_claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
     """Take predictions for this worker with conditional UPDATEs under one claim token: this
     task's own (unless another worker has it), then up to batch_size - 1 other pending ones,
     oldest first. A duplicate delivery, or a second worker, finds nothing to claim. A running
@@ -114,7 +114,7 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
         return None
     start = time.perf_counter()
-    batch = _claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
+    batch = predictions_claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
     if not batch:
         return None
     claimed = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ml.lr_find import LRFindResult, _suggestions, lr_find, save_lr_plot
+from ml.lr_find import LRFindResult, lr_find, lr_suggestions, save_lr_plot
 
 
 def _problem(seed: int = 0) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -108,7 +108,7 @@ def test_it_puts_the_valley_inside_the_longest_fall_and_finds_the_steepest_point
     # Flat up to 20, a sigmoid fall to 60 that is steepest at 35, then a climb (divergence).
     fall = 1.0 - 0.5 / (1.0 + np.exp(-(x - 35.0) / 4.0))
     losses = np.where(x < 20, 1.0, np.where(x <= 60, fall, fall[60] + 0.05 * (x - 60)))
-    valley, steepest = _suggestions(lrs, list(losses))
+    valley, steepest = lr_suggestions(lrs, list(losses))
     assert lrs[30] <= valley <= lrs[50]  # about halfway along the fall (index ~40)
     assert steepest == pytest.approx(lrs[35])
 
@@ -130,5 +130,5 @@ def test_it_keeps_the_valley_out_of_a_noisy_flat_start():
     flat = 1.0 + 0.01 * (-1.0) ** i - 0.0002 * i
     fall = 0.98 - 0.012 * (i - 50)
     losses = np.where(i < 50, flat, np.where(i <= 90, fall, fall[90] + 0.1 * (i - 90)))
-    valley, _ = _suggestions(lrs, list(losses))
+    valley, _ = lr_suggestions(lrs, list(losses))
     assert lrs[55] <= valley <= lrs[85]
