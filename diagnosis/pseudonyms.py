@@ -59,9 +59,10 @@ def key_counts(groups) -> dict[str, int]:
 
 
 def key_counts_text(counts: dict) -> str:
-    """One line of a split summary, e.g. "120 images of 60 patients; 80 images (40 patients)
-    known by a patient key, the others by a Kermany file name or each image alone"."""
-    if not counts:
+    """One line of a split summary, from `key_counts` (or a dict holding its keys), e.g.
+    "120 images of 60 patients; 80 images (40 patients) known by a patient key, the others by
+    a Kermany file name or each image alone"."""
+    if not counts or "images" not in counts:
         return "patient keys not recorded (frozen before they were counted)"
     return (
         f"{counts['images']} images of {counts['patients']} patients; {counts['images_keyed']} "

@@ -7,7 +7,6 @@ from django.db import models
 
 from diagnosis.models.registry import ModelVersion
 from diagnosis.models.studies import Label
-from diagnosis.pseudonyms import key_counts_text
 
 
 class CleaningRun(models.Model):
@@ -107,10 +106,6 @@ class ValidationSplit(models.Model):
 
     def __str__(self) -> str:
         return f"Validation split {self.pk} ({len(self.item_keys)} images)"
-
-    @property
-    def key_summary(self) -> str:
-        return key_counts_text(self.key_counts)
 
     @property
     def n_gate(self) -> int:

@@ -45,7 +45,7 @@ from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
 
-# ml.train flags a job may set; the rest are the retraining defaults below or ml.train's.
+
 # The ml.train settings a retrain may be given (a test checks each is a TrainConfig field and
 # a flag of `manage.py retrain`); the rest (data, manifests, output) the service decides.
 TRAIN_FLAGS = (
@@ -221,7 +221,7 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
         f"{split.pk}: {len(split.item_keys)} images, {split.origin}, frozen "
         f"{split.created_at:%Y-%m-%d %H:%M}; training chooses on its selection part "
         f"({split.n_selection}), the gate judges on its gate part ({split.n_gate}); "
-        f"{key_counts_text(keys)}; validation split: {split.key_summary}",
+        f"{key_counts_text(keys)}; validation split: {key_counts_text(split.key_counts)}",
         flush=True,
     )
 

@@ -100,9 +100,10 @@ def test_an_earlier_calibration_is_reused_without_its_checkpoint(run: Path):
     args = get_args_parser().parse_args([*argv, "--families", "noise=12,JPEG=8"])
     table = main(args)
     assert "Calibration on" not in table  # nothing calibrated
-    assert not [p for p in (args.out / "scores").iterdir() if ".val." in p.name and
-                not any(p == cache_path(args.out, run, "val", setting(f, v))
-                        for f, v in (("noise", 12), ("JPEG", 8)))]  # fmt: skip
+    val = {p for p in (args.out / "scores").iterdir() if ".val." in p.name}
+    assert val == {
+        cache_path(args.out, run, "val", setting(f, v)) for f, v in [("noise", 12), ("JPEG", 8)]
+    }
     rows = [line for line in table.splitlines() if line.startswith("| model.pt |")]
     assert [r.split(" | ")[1] for r in rows[:3]] == ["none", "noise", "JPEG"]
 

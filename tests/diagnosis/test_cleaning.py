@@ -80,6 +80,9 @@ def test_it_ranks_and_stores_the_pool_then_reviewers_decide_on_the_page(
     assert page.status_code == 200
     first = run.candidates.filter(given_label="PNEUMONIA").order_by("rank").first()
     assert f'data-item="{first.item_key}"' in page.content.decode()
+    # Kermany names, no patient key: the folds' summary says so
+    assert f"folds are whole patients: {run.n_items} images of " in page.content.decode()
+    assert "; 0 images (0 patients) known by a patient key" in page.content.decode()
     image = client.get(reverse("cleaning-image", args=[first.pk]))
     assert image.status_code == 200
     last = run.candidates.order_by("rank").last()

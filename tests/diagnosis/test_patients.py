@@ -122,6 +122,10 @@ def test_an_imported_folder_takes_patients_from_its_csv_and_the_audit_counts_the
     calibrated = audit.metrics["calibrated"]
     assert calibrated["patients"] == 6 and calibrated["patients_keyed"] == 6
     assert calibrated["images"] == calibrated["images_keyed"] == 12
+    client = Client()
+    client.force_login(ada)
+    page = client.get(reverse("site-detail", args=[site.name])).content.decode()
+    assert "12 images of 6 patients; 12 images (6 patients) known by a patient key" in page
     # Whole patients: each patient's two studies are on one side of the calibration split.
     side = {pk: "cal" for pk in calibrated["cal_studies"]}
     side |= {pk: "eval" for pk in calibrated["eval_studies"]}
