@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml.core import CheckpointError, Preprocessing
+from ml.core import CheckpointError, Preprocessing, SubtypeQuestion
+from ml.heads import n_outputs
 from ml.models import ARCHITECTURES, build_model
 
 FORMAT_VERSION = 1
@@ -40,6 +41,9 @@ class CheckpointMeta:
     train_args: dict
     data_hash: str | None
     created_at: str  # ISO 8601 UTC
+    # The second question, bacterial or viral (ml.heads), or None: the model answers only
+    # the first. Checkpoints written before it existed lack the key and load as None.
+    subtype: SubtypeQuestion | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -52,24 +56,36 @@ class CheckpointMeta:
     def positive_index(self) -> int:
         return self.class_names.index(self.positive_class)
 
+    @property
+    def questions(self) -> tuple[str, ...]:
+        """Which questions the model answers: ("pneumonia",) or ("pneumonia", "subtype")."""
+        return ("pneumonia",) if self.subtype is None else ("pneumonia", "subtype")
+
+    @property
+    def n_outputs(self) -> int:
+        return n_outputs(None if self.subtype is None else self.subtype.head)
+
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["class_names"] = list(self.class_names)
         d["preprocessing"] = self.preprocessing.to_dict()
+        d["subtype"] = None if self.subtype is None else self.subtype.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> CheckpointMeta:
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n != "subtype"]
         if missing:
             raise CheckpointError(f"checkpoint meta is missing keys: {missing}")
         try:
-            values = {n: d[n] for n in names}
+            values = {n: d[n] for n in names if n in d}
             values["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
             values["threshold"] = float(d["threshold"])
+            if d.get("subtype") is not None:
+                values["subtype"] = SubtypeQuestion.from_dict(d["subtype"])
             return cls(**values)
-        except (TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid checkpoint meta: {exc}") from exc
 
 
@@ -142,7 +158,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} names unknown architecture {meta.arch!r}; known: {', '.join(ARCHITECTURES)}"
         )
-    model = build_model(meta.arch, num_classes=len(meta.class_names), pretrained="none")
+    model = build_model(meta.arch, num_classes=meta.n_outputs, pretrained="none")
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except Exception as exc:  # missing / unexpected keys, shape mismatch, non-tensor values

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from ml.augment import DEFAULT_RECIPE, RECIPES
 from ml.engine import Schedule
+from ml.heads import HEADS
 from ml.models import ARCHITECTURES, PRETRAINED_CHOICES
+
+# --subtype-head: "auto" is DEFAULT_SUBTYPE_HEAD when the training and validation splits both
+# hold bacterial and viral images (ml.data.subtype_of), else a binary model; "none" is always
+# binary. The choice of default is measured in ml/README.md "Bacterial or viral".
+DEFAULT_SUBTYPE_HEAD = "two_heads"
+SUBTYPE_HEAD_CHOICES = ("auto", "none", *HEADS)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class TrainConfig:
     test_split: str = "random"
     val_fraction: float = 0.15
     min_sensitivity: float = 0.95
+    subtype_head: str = "none"
     seed: int = 0
     threads: int = 0
     workers: int = 0
@@ -58,6 +66,11 @@ class TrainConfig:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.subtype_head not in SUBTYPE_HEAD_CHOICES:
+            raise ValueError(
+                f"subtype_head must be one of {', '.join(SUBTYPE_HEAD_CHOICES)}, got "
+                f"{self.subtype_head!r}"
+            )
         if self.pretrained not in PRETRAINED_CHOICES:
             raise ValueError(
                 f"pretrained must be one of {', '.join(PRETRAINED_CHOICES)}, got "

@@ -28,6 +28,112 @@ class Prediction:
     probability: float  # P(positive class)
     threshold: float  # the threshold the label was decided with
     elapsed_ms: float  # decode + preprocess + forward for this image
+    # The second question, for a model that answers it (None otherwise): P(bacterial |
+    # pneumonia), the subtype it calls at the model's subtype threshold, and that threshold.
+    # Given for every image: it reads "if this is pneumonia, it is more likely bacterial".
+    p_bacterial: float | None = None
+    subtype: str | None = None
+    subtype_threshold: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The subtype question: bacterial or viral, given pneumonia
+
+SUBTYPES = ("bacterial", "viral")  # the model gives P(SUBTYPES[0] | pneumonia)
+# How one network answers both questions (ml.heads has the torch side):
+#   two_heads    3 outputs: the two pneumonia logits as a binary model has them, plus one
+#                logit of bacterial against viral
+#   three_class  3 outputs: NORMAL, BACTERIAL, VIRAL logits of one softmax; P(pneumonia) is
+#                p_bacterial + p_viral
+HEAD_OUTPUTS = {"two_heads": 3, "three_class": 3}
+
+
+@dataclass(frozen=True)
+class SubtypeQuestion:
+    """What a checkpoint that also answers "bacterial or viral?" records about it."""
+
+    head: str  # a HEAD_OUTPUTS key
+    threshold: float  # on P(bacterial | pneumonia): at or above it, "bacterial"
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_OUTPUTS:
+            raise ValueError(
+                f"subtype head must be one of {', '.join(HEAD_OUTPUTS)}, got {self.head!r}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"subtype threshold must be within [0, 1], got {self.threshold}")
+
+    def label(self, p_bacterial: float, threshold: float | None = None) -> str:
+        t = self.threshold if threshold is None else threshold
+        return SUBTYPES[0] if p_bacterial >= t else SUBTYPES[1]
+
+    def to_dict(self) -> dict:
+        return {"head": self.head, "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SubtypeQuestion:
+        return cls(head=d["head"], threshold=float(d["threshold"]))
+
+
+def answer_probabilities(
+    logits: np.ndarray, positive: int, subtype: SubtypeQuestion | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A network's raw outputs (B, C) -> (P(positive class) (B,), P(bacterial | pneumonia)
+    (B,) or None), in numpy: what ONNX Runtime workers compute. ml.heads.answers is the same
+    in torch, and a test holds the two together."""
+    z = logits.astype(np.float64)  # (B, C)
+    if subtype is None:
+        return _softmax(z)[:, positive], None
+    if subtype.head == "two_heads":
+        return _softmax(z[:, :2])[:, positive], _sigmoid(z[:, 2])
+    # three_class: (NORMAL, BACTERIAL, VIRAL); the two-class positive index is PNEUMONIA's.
+    p = _softmax(z)
+    p_pneumonia = p[:, 1] + p[:, 2]
+    return (p_pneumonia if positive == 1 else 1.0 - p_pneumonia), _sigmoid(z[:, 1] - z[:, 2])
+
+
+def make_predictions(
+    probabilities: Sequence[float],
+    bacterial: Sequence[float] | None,
+    *,
+    threshold: float,
+    labels: tuple[str, str],
+    elapsed_ms: float,
+    subtype: SubtypeQuestion | None,
+) -> list[Prediction]:
+    """Predictions from both answers: labels = (negative, positive) class; the subtype
+    fields are filled when the model answers the subtype question."""
+    negative, positive = labels
+    if bacterial is None or subtype is None:
+        bacterial = [None] * len(probabilities)
+    out = []
+    for p, b in zip(probabilities, bacterial, strict=True):
+        label = positive if p >= threshold else negative
+        if b is None:
+            out.append(Prediction(label, p, threshold, elapsed_ms))
+        else:
+            out.append(
+                Prediction(
+                    label,
+                    p,
+                    threshold,
+                    elapsed_ms,
+                    p_bacterial=b,
+                    subtype=subtype.label(b),
+                    subtype_threshold=subtype.threshold,
+                )
+            )
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(750) is inf, and 1 / inf is the right 0
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

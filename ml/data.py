@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml.core import SUBTYPES  # noqa: F401 - re-exported: "bacterial", "viral"
+
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 POSITIVE_CLASS = "PNEUMONIA"
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
@@ -48,6 +50,9 @@ class Item:
     weight: float = 1.0  # multiplies this image's training loss (manifest column `weight`)
     source: str = ""  # free text from the manifest, e.g. which export or site the row came from
     patient: str = ""  # a pseudonymous patient key (manifest column `patient`); "" for none
+    subtype: str = (
+        ""  # "bacterial" / "viral" for PNEUMONIA (manifest column `subtype`); "": unknown
+    )
 
     def __iter__(self) -> Iterator:
         return iter((self.path, self.label))
@@ -78,6 +83,27 @@ def kermany_patient(filename: str | os.PathLike) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+_SUBTYPE_IN_NAME = re.compile(r"^person\d+_(bacteria|virus)_", re.IGNORECASE)
+
+
+def kermany_subtype(filename: str | os.PathLike) -> str:
+    """ "bacterial" or "viral" as a Kermany pneumonia file name says (`person1_bacteria_1`,
+    `person1_virus_6`), "" for any other name."""
+    match = _SUBTYPE_IN_NAME.match(Path(filename).name)
+    if match is None:
+        return ""
+    return "bacterial" if match.group(1).lower() == "bacteria" else "viral"
+
+
+def subtype_of(item: Item | tuple) -> str:
+    """The subtype training learns for an item: "" for NORMAL; for PNEUMONIA its own
+    `subtype` (a manifest's column, a radiologist's review), else what a Kermany file name
+    says, else "" (unknown: the item then teaches the pneumonia question only)."""
+    if item[1] != POSITIVE_CLASS:
+        return ""
+    return getattr(item, "subtype", "") or kermany_subtype(item[0])
 
 
 def patient_of(item: Item | tuple) -> str:
@@ -132,13 +158,33 @@ def _weight(value: str, where: str) -> float:
     return w
 
 
+_SUBTYPE_SPELLINGS = {
+    "bacterial": "bacterial", "bacteria": "bacterial", "viral": "viral", "virus": "viral",
+    "": "", "undetermined": "", "normal": "",
+}  # fmt: skip
+
+
+def _subtype(value: str, label: str, where: str) -> str:
+    v = value.strip().lower()
+    if v not in _SUBTYPE_SPELLINGS:
+        raise ValueError(
+            f"{where}: subtype must be bacterial, viral, undetermined or empty, got {value!r}"
+        )
+    subtype = _SUBTYPE_SPELLINGS[v]
+    if subtype and label != POSITIVE_CLASS:
+        raise ValueError(f"{where}: a {label} image cannot have subtype {value!r}")
+    return subtype
+
+
 def read_manifest(
     csv_path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES
 ) -> list[Item]:
     """The images a CSV manifest lists, in file order.
 
     Columns: path and label (required), weight (default 1), exclude (1/true/yes drops the row),
-    source (free text) and patient (a pseudonymous key); other columns are ignored. A relative
+    source (free text), patient (a pseudonymous key) and subtype (bacterial / viral for a
+    PNEUMONIA row, or bacteria / virus as Kermany's names spell them; empty, "undetermined" or
+    "normal" for none); other columns are ignored. A relative
     path is relative to the CSV's folder, so an export folder can be moved whole. Bad values
     raise ValueError naming the line; missing image files raise FileNotFoundError before any
     training starts.
@@ -164,7 +210,8 @@ def read_manifest(
             weight = _weight(row.get("weight") or "", where)
             source = (row.get("source") or "").strip()
             patient = (row.get("patient") or "").strip()
-            items.append(Item(csv_path.parent / path, label, weight, source, patient))
+            subtype = _subtype(row.get("subtype") or "", label, where)
+            items.append(Item(csv_path.parent / path, label, weight, source, patient, subtype))
     if not items:
         raise ValueError(f"{csv_path} lists no images (after exclusions)")
     absent = [str(it.path) for it in items if not it.path.is_file()]
@@ -182,26 +229,31 @@ def write_manifest(csv_path: str | os.PathLike, items: Sequence[Item]) -> Path:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "weight", "source", "patient"])
+        writer.writerow(["path", "label", "weight", "source", "patient", "subtype"])
         for item in items:
             path, label = item
             weight = getattr(item, "weight", 1.0)
             writer.writerow(
                 [Path(path).resolve(), label, f"{weight:g}", getattr(item, "source", ""),
-                 getattr(item, "patient", "")]
+                 getattr(item, "patient", ""), getattr(item, "subtype", "")]
             )  # fmt: skip
     return csv_path
 
 
 def manifest_hash(items: Sequence[Item]) -> str:
-    """sha256 over the sorted 'LABEL/filename' lines (plus the weight where it is not 1): the
+    """sha256 over the sorted 'LABEL/filename' lines (plus the weight where it is not 1, and
+    the subtype where an item carries one of its own, e.g. from a review): the
     same image list gives the same hash wherever the folder lives. File contents are not read,
     so this is cheap but trusts names."""
     lines = []
     for item in items:
         path, label = item
-        weight = getattr(item, "weight", 1.0)
-        lines.append(f"{label}/{Path(path).name}" + (f"\t{weight:g}" if weight != 1.0 else ""))
+        weight, subtype = getattr(item, "weight", 1.0), getattr(item, "subtype", "")
+        lines.append(
+            f"{label}/{Path(path).name}"
+            + (f"\t{weight:g}" if weight != 1.0 else "")
+            + (f"\t{subtype}" if subtype else "")
+        )
     return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ml.core import SubtypeQuestion
 from ml.data import CLASS_NAMES, POSITIVE_CLASS
+from ml.heads import NO_SUBTYPE, QuestionsLoss, answers
 from ml.lr_find import lr_find, save_lr_plot
 from ml.metrics import roc_auc
 from ml.models import freeze, unfreeze
@@ -42,51 +44,24 @@ class Schedule:
     print_freq: int = 10
 
 
-class WeightedCrossEntropy(nn.Module):
-    """Class-weighted cross-entropy with an optional weight per image and label smoothing.
-
-    Normalised like nn.CrossEntropyLoss(weight=...): divided by the summed class weights of
-    the batch, not by the image weights, so an image of weight 0.5 really counts half.
-    `label_smoothing` (0.1 in the robust recipe) moves each target that much of the way to
-    uniform, so the network is never pushed to probabilities of exactly 0 or 1.
-    """
-
-    def __init__(self, class_weights: torch.Tensor, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be within [0, 1), got {label_smoothing}")
-        self.register_buffer("class_weights", class_weights.float())
-        self.label_smoothing = label_smoothing
-
-    def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        nll = nn.functional.cross_entropy(
-            logits.float(), targets, reduction="none", label_smoothing=self.label_smoothing
-        )  # (B,)
-        w = self.class_weights[targets]  # (B,)
-        per_image = w * nll if weights is None else w * weights.float() * nll
-        return per_image.sum() / w.sum()
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
-    criterion: WeightedCrossEntropy,
+    criterion: QuestionsLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     epoch: int,
     print_freq: int = 10,
 ) -> float:
-    """One pass over (images, targets, weights) batches, stepping the scheduler every batch.
-    Returns the mean loss."""
+    """One pass over (images, targets, weights, subtypes) batches, stepping the scheduler
+    every batch. Returns the mean loss."""
     model.train()
     total_loss, n_seen, start = 0.0, 0, time.perf_counter()
-    for i, (images, targets, weights) in enumerate(loader, start=1):
+    for i, (images, targets, weights, subtypes) in enumerate(loader, start=1):
         images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
         targets, weights = targets.to(device), weights.to(device)  # (B,), (B,)
-        loss = criterion(model(images), targets, weights)  # logits (B, C)
+        loss = criterion(model(images), targets, weights, subtypes.to(device))  # logits (B, C)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -104,6 +79,31 @@ def train_one_epoch(
     return total_loss / max(n_seen, 1)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One pass over a validation loader, in loader order."""
+
+    loss: float
+    y_true: list[int]  # 1 = pneumonia
+    p: list[float]  # P(pneumonia)
+    subtypes: list[int]  # 1 bacterial, 0 viral, NO_SUBTYPE (normal, or subtype unknown)
+    p_bacterial: list[float] | None  # P(bacterial | pneumonia); None for a binary model
+
+    def subtype_pairs(self) -> tuple[list[int], list[float]]:
+        """(1 = bacterial truth, P(bacterial | pneumonia)) of the images of known subtype."""
+        if self.p_bacterial is None:
+            return [], []
+        known = [i for i, s in enumerate(self.subtypes) if s != NO_SUBTYPE]
+        return [self.subtypes[i] for i in known], [self.p_bacterial[i] for i in known]
+
+    def subtype_auc(self) -> float | None:
+        """ROC AUC of bacterial vs viral on the pneumonia images of known subtype (None for a
+        binary model; NaN when one subtype is missing)."""
+        if self.p_bacterial is None:
+            return None
+        return roc_auc(*self.subtype_pairs())
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -111,18 +111,24 @@ def evaluate(
     criterion: nn.Module,
     device: torch.device,
     positive_index: int,
-) -> tuple[float, list[int], list[float]]:
-    """(mean loss, 0/1 truth, P(positive)) over (images, targets) batches, in loader order."""
+    subtype: SubtypeQuestion | None = None,
+) -> Scores:
+    """Loss and both answers over (images, targets, subtypes) batches."""
     model.eval()
-    total_loss, y_true, scores = 0.0, [], []
-    for images, targets in loader:
+    total_loss, y_true, scores, subtypes, bacterial = 0.0, [], [], [], []
+    for images, targets, batch_subtypes in loader:
         images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        targets = targets.to(device)
+        targets, batch_subtypes = targets.to(device), batch_subtypes.to(device)
         logits = model(images)  # (B, C)
-        total_loss += criterion(logits, targets).item() * len(targets)
-        scores += logits.float().softmax(dim=1)[:, positive_index].tolist()
+        total_loss += criterion(logits, targets, None, batch_subtypes).item() * len(targets)
+        p, p_bacterial = answers(logits, subtype=subtype, positive=positive_index)
+        scores += p.tolist()
         y_true += (targets == positive_index).int().tolist()
-    return total_loss / max(len(y_true), 1), y_true, scores
+        subtypes += batch_subtypes.tolist()
+        if p_bacterial is not None:
+            bacterial += p_bacterial.tolist()
+    loss = total_loss / max(len(y_true), 1)
+    return Scores(loss, y_true, scores, subtypes, bacterial if subtype is not None else None)
 
 
 @dataclass(frozen=True)
@@ -133,14 +139,14 @@ class EpochResult:
     val_loss: float
     val_auc: float
     seconds: float
+    val_subtype_auc: float | None = None  # bacterial vs viral, for a model with a subtype head
 
 
 @dataclass(frozen=True)
 class Best:
     epoch: int
-    auc: float
-    y_val: list[int]
-    p_val: list[float]
+    auc: float  # of the pneumonia question, which picks the epoch
+    val: Scores
     state_dict: dict[str, torch.Tensor]
 
 
@@ -152,10 +158,13 @@ class Run:
     model: nn.Module
     train_loader: DataLoader
     val_loader: DataLoader
-    criterion: WeightedCrossEntropy
+    criterion: QuestionsLoss
     device: torch.device
     history: list[EpochResult]
     best: Best | None = None
+    # The subtype question the model answers (its threshold is chosen after training; the
+    # head is what matters here), or None for a binary model.
+    subtype: SubtypeQuestion | None = None
 
 
 def fit_one_cycle(
@@ -192,21 +201,33 @@ def fit_one_cycle(
             epoch,
             run.schedule.print_freq,
         )
-        val_loss, y_val, p_val = evaluate(
-            run.model, run.val_loader, run.criterion, run.device, positive_index
+        val = evaluate(
+            run.model, run.val_loader, run.criterion, run.device, positive_index, run.subtype
         )
-        auc = roc_auc(y_val, p_val)
-        result = EpochResult(epoch, phase, train_loss, val_loss, auc, time.perf_counter() - start)
+        auc, subtype_auc = roc_auc(val.y_true, val.p), val.subtype_auc()
+        seconds = time.perf_counter() - start
+        result = EpochResult(epoch, phase, train_loss, val.loss, auc, seconds, subtype_auc)
         run.history.append(result)
+        subtype_text = "" if subtype_auc is None else f" val_subtype_auc {subtype_auc:.4f}"
         print(
-            f"epoch {epoch} ({phase}) train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"val_auc {auc:.4f} time {result.seconds:.0f}s",
+            f"epoch {epoch} ({phase}) train_loss {train_loss:.4f} val_loss {val.loss:.4f} "
+            f"val_auc {auc:.4f}{subtype_text} time {result.seconds:.0f}s",
             flush=True,
         )
-        # A NaN AUC (one-class validation set) never compares greater: the first epoch stays.
-        if run.best is None or auc > run.best.auc:
+        if run.best is None or better(auc, subtype_auc, run.best):
             state = copy.deepcopy(run.model.state_dict())
-            run.best = Best(epoch, auc, y_val, p_val, state)
+            run.best = Best(epoch, auc, val, state)
+
+
+def better(auc: float, subtype_auc: float | None, best: Best) -> bool:
+    """Whether an epoch beats the best so far. The pneumonia question picks the epoch: it is
+    the one a missed call costs most on; among epochs equal on it (a saturated validation
+    AUC), the subtype AUC decides. A NaN AUC (a one-class validation set) never compares
+    greater: the first epoch stays."""
+    if auc != best.auc:
+        return auc > best.auc
+    theirs = best.val.subtype_auc()
+    return subtype_auc is not None and theirs is not None and subtype_auc > theirs
 
 
 def class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
@@ -222,9 +243,9 @@ def find_lr(run: Run, plot_path: Path) -> tuple[float, dict]:
     optimizer = torch.optim.AdamW(trainable, lr=1e-7, weight_decay=run.schedule.weight_decay)
 
     def loss_fn(model: nn.Module, batch: tuple) -> torch.Tensor:
-        images, targets, weights = batch
-        images = images.to(run.device, memory_format=torch.channels_last)  # (B, 3, S, S)
-        return run.criterion(model(images), targets.to(run.device), weights.to(run.device))
+        images, targets, weights, subtypes = (t.to(run.device) for t in batch)
+        images = images.to(memory_format=torch.channels_last)  # (B, 3, S, S)
+        return run.criterion(model(images), targets, weights, subtypes)
 
     start = time.perf_counter()
     result = lr_find(

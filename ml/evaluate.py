@@ -8,7 +8,12 @@ calibration, a table on stdout, a JSON file and optional plots.
 --data takes the Kaggle layout (DIR/{NORMAL,PNEUMONIA}, or DIR/test/... which is preferred
 over DIR/train/... so a data set root is never scored on its training split); --data-manifest
 takes a CSV with path,label columns. The decision threshold is the checkpoint's unless
---threshold is given. Figures from stored probabilities, without torch: ml.scores.
+--threshold is given. A model that also answers bacterial vs viral (ml.heads) gets a
+`subtype` report beside it (AUC with CI on the pneumonia images of known subtype, sensitivity,
+specificity and accuracy at its subtype threshold, the 3 x 3 normal / bacterial / viral
+matrix; plots subtype_roc.png and subtype_confusion.png), the subtype read from Kermany file
+names or a manifest's `subtype` column exactly as ml.train reads it. Figures from stored
+probabilities, without torch: ml.scores.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from ml.data import CLASS_NAMES, Item, manifest_hash, read_manifest, scan_folder
+from ml.data import CLASS_NAMES, Item, manifest_hash, read_manifest, scan_folder, subtype_of
 from ml.inference import Predictor
 from ml.scores import (  # noqa: F401 - re-exported: the figures live in the torch-free half
     ECE_BINS,
     N_BOOTSTRAP,
     Evaluation,
     evaluate_scores,
+    evaluate_subtype,
     format_table,
 )
 
@@ -53,14 +59,26 @@ def evaluate_checkpoint(
     if unknown:
         raise ValueError(f"labels {unknown} are not among the model's classes {meta.class_names}")
     scores: list[float] = []
+    bacterial: list[float | None] = []
     for start in range(0, len(items), batch_size):
         batch = [image for image, _ in items[start : start + batch_size]]
-        scores += [p.probability for p in predictor.predict_batch(batch)]
+        predictions = predictor.predict_batch(batch)
+        scores += [p.probability for p in predictions]
+        bacterial += [p.p_bacterial for p in predictions]
     negative = meta.class_names[1 - meta.positive_index]
+    y_true = [int(label == meta.positive_class) for _, label in items]
+    threshold = meta.threshold if threshold is None else threshold
+    subtype = None
+    if meta.subtype is not None:  # the subtype as training reads it: names, manifests
+        subtype = evaluate_subtype(
+            y_true, [subtype_of(item) for item in items], scores, bacterial,
+            threshold=threshold, subtype_threshold=meta.subtype.threshold,
+        )  # fmt: skip
     return evaluate_scores(
-        [int(label == meta.positive_class) for _, label in items],
+        y_true,
         scores,
-        meta.threshold if threshold is None else threshold,
+        threshold,
+        subtype=subtype,
         labels=(negative, meta.positive_class),
         model={
             "arch": meta.arch,

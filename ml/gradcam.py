@@ -11,6 +11,8 @@ It shows what drove this model, not where the disease is; a radiologist still re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,10 +30,17 @@ def grad_cam(
 
 
 def grad_cams(
-    model: nn.Module, x: torch.Tensor, *, target_layer: nn.Module, class_index: int
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    target_layer: nn.Module,
+    class_index: int | None = None,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Grad-CAM of `class_index` for a batch x (B, 3, H, W) -> float32 (B, H, W) in [0, 1],
-    with one forward and one backward pass for the whole batch.
+    with one forward and one backward pass for the whole batch. Instead of a class, `score`
+    maps the raw outputs (B, C) to the per-image score to explain (ml.heads.cam_score: the
+    pneumonia or the subtype question of a model with a subtype head).
 
     The class score is the logit's margin over the other classes, z_c - logsumexp(z_other),
     which for two classes is log(p / (1 - p)): the map then shows evidence for pneumonia
@@ -46,6 +55,8 @@ def grad_cams(
     """
     if x.ndim != 4:
         raise ValueError(f"grad_cams takes images shaped (B, C, H, W), got {tuple(x.shape)}")
+    if (class_index is None) == (score is None):
+        raise ValueError("give exactly one of class_index and score")
     captured: list[torch.Tensor] = []
 
     def keep_activation(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -65,9 +76,12 @@ def grad_cams(
             if not captured:
                 raise ValueError("target_layer did not run in the model's forward pass")
             activation = captured[-1]  # (B, K, h, w)
-            others = torch.cat([logits[:, :class_index], logits[:, class_index + 1 :]], dim=1)
-            score = logits[:, class_index] - torch.logsumexp(others, dim=1)  # (B,)
-            (gradient,) = torch.autograd.grad(score.sum(), activation)  # (B, K, h, w)
+            if score is not None:
+                explained = score(logits)  # (B,)
+            else:
+                others = torch.cat([logits[:, :class_index], logits[:, class_index + 1 :]], dim=1)
+                explained = logits[:, class_index] - torch.logsumexp(others, dim=1)  # (B,)
+            (gradient,) = torch.autograd.grad(explained.sum(), activation)  # (B, K, h, w)
         weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1) per-channel importance
         cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
     finally:

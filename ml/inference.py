@@ -4,6 +4,10 @@
     predictor = Predictor.from_checkpoint("var/models/demo.pt")  # load once per process
     predictor.predict("upload.jpeg")  # Prediction(label='PNEUMONIA', probability=0.97, ...)
     prediction, heatmap = predictor.explain("upload.jpeg")  # plus a Grad-CAM overlay (RGB)
+    predictor.heatmaps(["upload.jpeg"], question="subtype")  # what drove bacterial vs viral
+
+A model with a subtype head (ml.heads) also fills Prediction.p_bacterial, .subtype and
+.subtype_threshold; a binary one leaves them None.
 
 The checkpoint carries the preprocessing and the decision threshold chosen on validation, so
 callers pass only the image; `threshold=` overrides the stored one for a single call.
@@ -22,8 +26,9 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
-from ml.core import Prediction, load_each
+from ml.core import Prediction, load_each, make_predictions
 from ml.gradcam import grad_cams, overlay
+from ml.heads import answers, cam_score
 from ml.models import target_layer
 from ml.preprocessing import ImageSource, image_to_tensor, open_image
 
@@ -73,28 +78,39 @@ class Predictor:
             raise ValueError(f"threshold must be within [0, 1], got {t}")
         return t
 
-    def _label(self, probability: float, threshold: float) -> str:
-        return self.meta.positive_class if probability >= threshold else self._negative_label
-
     def _load(self, source: ImageSource) -> torch.Tensor:
         pre = self.meta.preprocessing
         return image_to_tensor(open_image(source, size=pre.input_size), pre)  # (3, S, S)
 
     @torch.inference_mode()
-    def positive_probabilities(self, x: torch.Tensor) -> list[float]:
+    def answers(self, x: torch.Tensor) -> tuple[list[float], list[float] | None]:
+        """(P(positive) per image, P(bacterial | pneumonia) per image or None for a binary
+        model) for inputs x (B, 3, S, S)."""
         x = x.to(self.device, memory_format=torch.channels_last)  # (B, 3, S, S)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, half or torch.bfloat16, enabled=half is not None):
             logits = self.model(x)  # (B, C)
-        return logits.float().softmax(dim=1)[:, self._positive].tolist()
+        p, p_bacterial = answers(logits, subtype=self.meta.subtype, positive=self._positive)
+        return p.tolist(), None if p_bacterial is None else p_bacterial.tolist()
+
+    def positive_probabilities(self, x: torch.Tensor) -> list[float]:
+        return self.answers(x)[0]
+
+    def _predictions(self, x: torch.Tensor, threshold: float, start: float) -> list[Prediction]:
+        """Predictions of inputs x; each elapsed_ms an equal share of the time since start."""
+        probabilities, bacterial = self.answers(x)
+        return make_predictions(
+            probabilities, bacterial, threshold=threshold,
+            labels=(self._negative_label, self.meta.positive_class),
+            elapsed_ms=(time.perf_counter() - start) * 1000.0 / len(probabilities),
+            subtype=self.meta.subtype,
+        )  # fmt: skip
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:
         """`source` is anything `open_image` takes: a path, bytes or a binary file object."""
         t = self._threshold(threshold)
         start = time.perf_counter()
-        (probability,) = self.positive_probabilities(self._load(source).unsqueeze(0))
-        elapsed_ms = (time.perf_counter() - start) * 1000.0
-        return Prediction(self._label(probability, t), probability, t, elapsed_ms)
+        return self._predictions(self._load(source).unsqueeze(0), t, start)[0]
 
     def inputs(self, sources: Sequence[ImageSource]) -> torch.Tensor:
         """Decoded and preprocessed images, (B, 3, S, S) float32 (ml.core.load_each)."""
@@ -109,9 +125,7 @@ class Predictor:
         if not sources:
             return []
         start = time.perf_counter()
-        probabilities = self.positive_probabilities(self.inputs(sources))
-        each_ms = (time.perf_counter() - start) * 1000.0 / len(sources)
-        return [Prediction(self._label(p, t), p, t, each_ms) for p in probabilities]
+        return self._predictions(self.inputs(sources), t, start)
 
     def explain(
         self, source: ImageSource, *, threshold: float | None = None
@@ -137,34 +151,37 @@ class Predictor:
         data = _bytes_or_paths(sources)
         start = time.perf_counter()
         x = self.inputs(data)  # (B, 3, S, S)
-        probabilities = self.positive_probabilities(x)
-        elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(data)
-        return [
-            (Prediction(self._label(probability, t), probability, t, elapsed_ms), image)
-            for probability, image in zip(probabilities, self._overlays(data, x), strict=True)
-        ]
+        predictions = self._predictions(x, t, start)
+        return list(zip(predictions, self._overlays(data, x), strict=True))
 
-    def heatmaps(self, sources: Sequence[ImageSource]) -> list[Image.Image]:
+    def heatmaps(
+        self, sources: Sequence[ImageSource], *, question: str = "pneumonia"
+    ) -> list[Image.Image]:
         """The Grad-CAM overlays of explain_batch() without its inference pass: for a heatmap
-        made after the prediction itself was recorded."""
+        made after the prediction itself was recorded. question="subtype" explains bacterial
+        vs viral instead (a model with a subtype head only)."""
         if not sources:
             return []
         data = _bytes_or_paths(sources)
-        return self._overlays(data, self.inputs(data))
+        return self._overlays(data, self.inputs(data), question)
 
-    def cams(self, x: torch.Tensor) -> np.ndarray:
-        """The Grad-CAM maps of the positive class for model inputs x (B, 3, S, S) ->
-        (B, S, S) in [0, 1], one forward and one backward pass (ml.gradcam.grad_cams)."""
+    def cams(self, x: torch.Tensor, question: str = "pneumonia") -> np.ndarray:
+        """The Grad-CAM maps of `question` ("pneumonia": evidence for the positive class,
+        "subtype": for bacterial against viral) for model inputs x (B, 3, S, S) -> (B, S, S)
+        in [0, 1], one forward and one backward pass (ml.gradcam.grad_cams)."""
+        score = cam_score(question, subtype=self.meta.subtype, positive=self._positive)
         with self._explain_lock:
             return grad_cams(
                 self.model,
                 x.to(self.device, memory_format=torch.channels_last),
                 target_layer=target_layer(self.model, self.meta.arch),
-                class_index=self._positive,
+                score=score,
             )
 
-    def _overlays(self, data: list, x: torch.Tensor) -> list[Image.Image]:
-        cams = self.cams(x)  # (B, S, S) in [0, 1]
+    def _overlays(
+        self, data: list, x: torch.Tensor, question: str = "pneumonia"
+    ) -> list[Image.Image]:
+        cams = self.cams(x, question)  # (B, S, S) in [0, 1]
         results = []
         for source, cam in zip(data, cams, strict=True):
             image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for JPEGs

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ml import metrics
-from ml.scores import ECE_BINS, Evaluation
+from ml.scores import ECE_BINS, THREE_WAY, Evaluation, SubtypeEvaluation
 
 DPI = 120
 
@@ -101,12 +101,62 @@ def plot_reliability(evaluation: Evaluation, path: str | os.PathLike) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_subtype_roc(subtype: SubtypeEvaluation, path: str | os.PathLike) -> Path:
+    """Bacterial vs viral ROC on the pneumonia images of known subtype, with the operating
+    point at the subtype threshold."""
+    t = subtype
+    fpr, tpr, _ = metrics.roc_curve(t.y_true, t.scores)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    low, high = t.auc_ci
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {t.auc:.3f} (95% CI {low:.3f}-{high:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.plot(
+        1.0 - t.specificity, t.sensitivity, "o", color="crimson",
+        label=f"subtype threshold {t.threshold:.3f}",
+    )  # fmt: skip
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="viral called bacterial (1 - specificity)",
+        ylabel="bacterial called bacterial (sensitivity)",
+        title=f"bacterial vs viral, {t.n['bacterial']} + {t.n['viral']} images",
+    )
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_subtype_confusion(subtype: SubtypeEvaluation, path: str | os.PathLike) -> Path:
+    """The 3 x 3 normal / bacterial / viral counts, shaded by share of the row."""
+    counts = np.array([[subtype.confusion[r][c] for c in THREE_WAY] for r in THREE_WAY])
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), count in np.ndenumerate(counts):
+        colour = "white" if shares[i, j] > 0.6 else "black"
+        ax.text(j, i, f"{count}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour)
+    ax.set_xticks([0, 1, 2], labels=list(THREE_WAY))
+    ax.set_yticks([0, 1, 2], labels=list(THREE_WAY))
+    ax.set(xlabel="predicted", ylabel="truth", title=f"subtype threshold {subtype.threshold:.3f}")
+    return _save(fig, Path(path))
+
+
 def save_plots(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Path]:
-    """roc.png, confusion.png and reliability.png in out_dir (created if missing)."""
+    """roc.png, confusion.png and reliability.png in out_dir (created if missing), plus
+    subtype_roc.png and subtype_confusion.png for a model that answers the subtype."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         plot_roc(evaluation, out / "roc.png"),
         plot_confusion(evaluation, out / "confusion.png"),
         plot_reliability(evaluation, out / "reliability.png"),
     ]
+    t = evaluation.subtype
+    if t is not None and len(set(t.y_true)) == 2:
+        paths.append(plot_subtype_roc(t, out / "subtype_roc.png"))
+    if t is not None:
+        paths.append(plot_subtype_confusion(t, out / "subtype_confusion.png"))
+    return paths

@@ -9,7 +9,11 @@
 
     from ml.runtimes import build_artifact, OnnxPredictor
     build_artifact("var/models/m.pt", "onnx-int8", "m.int8.onnx", calibration=[paths...])
-    OnnxPredictor("m.int8.onnx", preprocessing, threshold, class_names, positive_class)
+    OnnxPredictor("m.int8.onnx", preprocessing, threshold, class_names, positive_class,
+                  subtype=meta.subtype)  # a model with a subtype head: P(bacterial) too
+
+The artifact's one output is the network's raw logits, (B, C); OnnxPredictor reads both
+answers out of them as ml.heads does in torch (ml.core.answer_probabilities).
 
 An OnnxPredictor imports only ml.core, numpy, Pillow and onnxruntime: a worker using it never
 imports torch. It gives probabilities, not Grad-CAM heatmaps (those need gradients).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +33,16 @@ from ml.core import (
     ImageSource,
     Prediction,
     Preprocessing,
+    SubtypeQuestion,
+    answer_probabilities,
     image_to_array,
     load_each,
+    make_predictions,
     open_image,
 )
 
 RUNTIMES = ("torch", "torch-bf16", "onnx-fp32", "onnx-int8")
 ONNX_RUNTIMES = ("onnx-fp32", "onnx-int8")
-
-
-def _softmax_positive(logits: np.ndarray, positive: int) -> np.ndarray:
-    z = logits.astype(np.float64)  # (B, C)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z[:, positive] / z.sum(axis=1)
 
 
 class OnnxPredictor:
@@ -55,6 +57,7 @@ class OnnxPredictor:
         class_names: Sequence[str],
         positive_class: str,
         *,
+        subtype: SubtypeQuestion | None = None,
         threads: int = 0,
     ) -> None:
         import onnxruntime as ort
@@ -67,24 +70,24 @@ class OnnxPredictor:
         self.class_names = list(class_names)
         self.positive_class = positive_class
         self._positive = self.class_names.index(positive_class)
+        self._labels = (self.class_names[1 - self._positive], positive_class)
+        self.subtype = subtype
         self._input = self.session.get_inputs()[0].name
-
-    def _label(self, probability: float, threshold: float) -> str:
-        return (
-            self.positive_class
-            if probability >= threshold
-            else self.class_names[1 - self._positive]
-        )
 
     def inputs(self, sources: Sequence[ImageSource]) -> np.ndarray:
         """Decoded and preprocessed images, (B, 3, S, S) float32 (ml.core.load_each)."""
         size, pre = self.preprocessing.input_size, self.preprocessing
         return np.stack(load_each(sources, lambda s: image_to_array(open_image(s, size=size), pre)))
 
-    def positive_probabilities(self, x: np.ndarray) -> list[float]:
-        """(B, 3, S, S) float32 inputs -> P(positive) per image."""
+    def answers(self, x: np.ndarray) -> tuple[list[float], list[float] | None]:
+        """(B, 3, S, S) float32 inputs -> (P(positive) per image, P(bacterial | pneumonia) per
+        image or None for a binary model)."""
         (logits,) = self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})
-        return _softmax_positive(logits, self._positive).tolist()
+        p, p_bacterial = answer_probabilities(logits, self._positive, self.subtype)
+        return p.tolist(), None if p_bacterial is None else p_bacterial.tolist()
+
+    def positive_probabilities(self, x: np.ndarray) -> list[float]:
+        return self.answers(x)[0]
 
     def predict_batch(
         self, sources: Sequence[ImageSource], *, threshold: float | None = None
@@ -93,9 +96,12 @@ class OnnxPredictor:
         if not sources:
             return []
         start = time.perf_counter()
-        probabilities = self.positive_probabilities(self.inputs(sources))
-        each_ms = (time.perf_counter() - start) * 1000.0 / len(sources)
-        return [Prediction(self._label(p, t), p, t, each_ms) for p in probabilities]
+        probabilities, bacterial = self.answers(self.inputs(sources))
+        return make_predictions(
+            probabilities, bacterial, threshold=t, labels=self._labels,
+            elapsed_ms=(time.perf_counter() - start) * 1000.0 / len(sources),
+            subtype=self.subtype,
+        )  # fmt: skip
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:
         return self.predict_batch([source], threshold=threshold)[0]
@@ -203,11 +209,14 @@ def accuracy_gate(
     *,
     max_auc_drop: float = 0.005,
     max_sensitivity_drop: float = 0.005,
+    subtype: SubtypeScores | None = None,
 ) -> dict:
     """Compare a runtime's scores with the fp32 reference's on the same labeled images:
     AUC, and sensitivity / specificity at the stored threshold. `accepted` is False when the
     AUC drops by more than max_auc_drop or the sensitivity by more than max_sensitivity_drop
-    (0.005 = 0.5 points)."""
+    (0.005 = 0.5 points). For a model with a subtype head, `subtype` holds both runtimes'
+    P(bacterial | pneumonia) on the pneumonia images of known subtype, and the subtype AUC
+    may drop by no more than max_auc_drop either."""
     from ml.metrics import roc_auc, sensitivity_specificity
 
     ref_auc, cand_auc = roc_auc(y_true, reference), roc_auc(y_true, candidate)
@@ -222,7 +231,7 @@ def accuracy_gate(
             f"sensitivity drops by {100 * sens_drop:.2f} points "
             f"(> {100 * max_sensitivity_drop:.1f})"
         )
-    return {
+    result = {
         "n": len(y_true),
         "threshold": threshold,
         "reference": {"auc": ref_auc, "sensitivity": ref_sens, "specificity": ref_spec},
@@ -230,6 +239,40 @@ def accuracy_gate(
         "auc_drop": auc_drop,
         "sensitivity_drop": sens_drop,
         "max_abs_difference": float(np.max(np.abs(np.subtract(reference, candidate)))),
-        "accepted": not reasons,
-        "reason": "; ".join(reasons) or "within the gate",
     }
+    if subtype is not None:
+        result["subtype"] = subtype.compare()
+        drop = result["subtype"]["auc_drop"]
+        if not drop <= max_auc_drop:
+            reasons.append(f"subtype AUC drops by {drop:.4f} (> {max_auc_drop})")
+    return result | {"accepted": not reasons, "reason": "; ".join(reasons) or "within the gate"}
+
+
+@dataclass(frozen=True)
+class SubtypeScores:
+    """Both runtimes' P(bacterial | pneumonia) on the pneumonia images of known subtype."""
+
+    y_true: Sequence[int]  # 1 bacterial, 0 viral
+    reference: Sequence[float]
+    candidate: Sequence[float]
+    threshold: float  # the model's subtype threshold
+
+    def compare(self) -> dict:
+        from ml.metrics import roc_auc, sensitivity_specificity
+
+        ref_auc, cand_auc = (
+            roc_auc(self.y_true, self.reference),
+            roc_auc(self.y_true, self.candidate),
+        )
+        ref = sensitivity_specificity(self.y_true, self.reference, self.threshold)
+        cand = sensitivity_specificity(self.y_true, self.candidate, self.threshold)
+        return {
+            "n": len(self.y_true),
+            "threshold": self.threshold,
+            "reference": {"auc": ref_auc, "sensitivity": ref[0], "specificity": ref[1]},
+            "candidate": {"auc": cand_auc, "sensitivity": cand[0], "specificity": cand[1]},
+            "auc_drop": ref_auc - cand_auc,
+            "max_abs_difference": float(
+                np.max(np.abs(np.subtract(self.reference, self.candidate)), initial=0.0)
+            ),
+        }

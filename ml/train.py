@@ -23,6 +23,10 @@ Recipe, fastai's `fine_tune` made explicit (the loop itself is ml.engine):
 5. Keep the epoch with the best validation ROC AUC; its threshold is the highest one whose
    validation sensitivity is >= --min-sensitivity. The checkpoint records the rule and the
    images it was chosen on (`metrics["threshold_rule"]`).
+6. A model that also answers bacterial vs viral (--subtype-head, ml.heads; learnt from
+   Kermany file names, a manifest's `subtype` column or reviewed studies) stores a second
+   threshold on P(bacterial | pneumonia): Youden's on the validation pneumonia images of known
+   subtype (`metrics["subtype"]["threshold_rule"]`).
 The augmentations and the label smoothing are the --recipe's (ml.augment: `crops`, the
 default; `robust`; `fastai`, the prototype's). Retraining (`manage.py retrain`) passes
 --val-manifest, the selection part of a validation split frozen once (no test split is
@@ -48,7 +52,8 @@ from torch.utils.data import DataLoader
 
 from ml.augment import RECIPES, train_transform
 from ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
-from ml.config import TrainConfig
+from ml.config import DEFAULT_SUBTYPE_HEAD, SUBTYPE_HEAD_CHOICES, TrainConfig
+from ml.core import SUBTYPES, SubtypeQuestion
 from ml.data import (
     CLASS_NAMES,
     POSITIVE_CLASS,
@@ -60,11 +65,13 @@ from ml.data import (
     read_manifest,
     scan_folder,
     split_train_val_test,
+    subtype_of,
     write_manifest,
 )
 from ml.dataset import ImageDataset
-from ml.engine import Best, Run, WeightedCrossEntropy, class_weights, fine_tune
-from ml.metrics import choose_threshold, sensitivity_specificity
+from ml.engine import Best, Run, class_weights, fine_tune
+from ml.heads import NO_SUBTYPE, QuestionsLoss, n_outputs
+from ml.metrics import choose_threshold, roc_auc, sensitivity_specificity, youden_threshold
 from ml.models import (
     ARCHITECTURES,
     PRETRAINED_CHOICES,
@@ -77,7 +84,35 @@ from ml.preprocessing import Preprocessing, eval_transform
 
 def _describe(name: str, items: list[Item]) -> str:
     counts = Counter(label for _, label in items)
-    return f"{name} {len(items)} ({', '.join(f'{c} {counts[c]}' for c in CLASS_NAMES)})"
+    subtypes = Counter(subtype_of(item) for item in items)
+    return (
+        f"{name} {len(items)} ({', '.join(f'{c} {counts[c]}' for c in CLASS_NAMES)}; "
+        f"{', '.join(f'{s} {subtypes[s]}' for s in SUBTYPES)})"
+    )
+
+
+def _subtype_head(
+    config: TrainConfig, init: CheckpointMeta | None, train: list[Item], val: list[Item]
+) -> str | None:
+    """The subtype head to train (None: a binary model); see --subtype-head."""
+    if init is not None:  # continuing a model keeps the questions it answers
+        return None if init.subtype is None else init.subtype.head
+    if config.subtype_head == "none":
+        return None
+
+    def both(items: list[Item]) -> bool:
+        return set(SUBTYPES) <= {subtype_of(item) for item in items}
+
+    if both(train) and both(val):
+        return DEFAULT_SUBTYPE_HEAD if config.subtype_head == "auto" else config.subtype_head
+    if config.subtype_head == "auto":
+        print("subtype: training or validation lacks bacterial or viral images; binary model")
+        return None
+    raise ValueError(
+        f"--subtype-head {config.subtype_head} needs bacterial and viral pneumonia images in "
+        "both the training and the validation split (Kermany file names or a manifest's "
+        "subtype column); use --subtype-head none for a binary model"
+    )
 
 
 def _splits(config: TrainConfig) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
@@ -149,6 +184,7 @@ def main(config: TrainConfig) -> Path:
     }
     if test:  # what `python -m ml.evaluate --data-manifest` reads
         manifests["test_manifest"] = write_manifest(out.with_suffix(".test.csv"), test)
+    head = _subtype_head(config, init[1] if init else None, train, val)
     if init is not None:
         if tuple(init[1].class_names) != CLASS_NAMES:
             raise ValueError(
@@ -158,15 +194,25 @@ def main(config: TrainConfig) -> Path:
     else:
         model = build_model(
             config.arch,
-            num_classes=len(CLASS_NAMES),
+            num_classes=n_outputs(head),
             pretrained=config.pretrained,
             weights_path=config.weights,
         )
     model = model.to(device, memory_format=torch.channels_last)
     train_loader, val_loader = _loaders(config, pre, train, val)
     weights = class_weights(train_loader.dataset.targets, len(CLASS_NAMES))
-    criterion = WeightedCrossEntropy(weights, label_smoothing=config.label_smoothing)
-    run = Run(config.schedule(), model, train_loader, val_loader, criterion.to(device), device, [])
+    criterion = QuestionsLoss(
+        weights,
+        label_smoothing=config.label_smoothing,
+        head=head,
+        subtype_weights=_subtype_weights(train_loader.dataset.subtypes) if head else None,
+    )
+    # The head is what training needs; the subtype threshold is chosen after it (0.5 here).
+    subtype = SubtypeQuestion(head, 0.5) if head else None
+    run = Run(
+        config.schedule(), model, train_loader, val_loader, criterion.to(device), device, [],
+        subtype=subtype,
+    )  # fmt: skip
 
     rates = fine_tune(run, out.with_suffix(".lr_find.png"))
     model.load_state_dict(run.best.state_dict)
@@ -184,7 +230,54 @@ def main(config: TrainConfig) -> Path:
         "lr_find": lr_find_info,
         "history": [asdict(r) for r in run.history],
     }
-    return _write_checkpoint(config, model, pre, run.best, items, extra_args, extra_metrics)
+    subtype, subtype_metrics = _subtype_answer(
+        head, run.best, init[1] if init else None, extra_args
+    )
+    if subtype_metrics is not None:
+        extra_metrics["subtype"] = subtype_metrics
+    return _write_checkpoint(
+        config, model, pre, run.best, items, extra_args, extra_metrics, subtype
+    )
+
+
+def _subtype_weights(subtypes: list[int]) -> torch.Tensor:
+    """(viral, bacterial) weights, each subtype contributing equally (as class_weights)."""
+    return class_weights([s for s in subtypes if s != NO_SUBTYPE], 2)
+
+
+def _subtype_answer(
+    head: str | None, best: Best, init: CheckpointMeta | None, extra_args: dict
+) -> tuple[SubtypeQuestion | None, dict | None]:
+    """The subtype question the checkpoint records and its validation figures.
+
+    The threshold on P(bacterial | pneumonia) maximises Youden's J (sensitivity + specificity
+    - 1) on the validation pneumonia images of known subtype: both errors matter (antibiotics
+    withheld, antibiotics given for nothing), as Kermany et al. report them side by side.
+    A validation split without both subtypes (retraining on reviews that rarely record one)
+    keeps the threshold of the model it continues."""
+    if head is None:
+        return None, None
+    y, p = best.val.subtype_pairs()
+    if len(set(y)) == 2:
+        threshold, rule = youden_threshold(y, p), "youden"
+    elif init is not None and init.subtype is not None:
+        threshold, rule = init.subtype.threshold, "inherited"
+    else:  # _subtype_head made sure validation holds both subtypes
+        raise ValueError("validation holds no bacterial and viral images to choose on")
+    sensitivity, specificity = sensitivity_specificity(y, p, threshold) if y else (None, None)
+    figures = {
+        "val_auc": roc_auc(y, p) if len(set(y)) == 2 else None,
+        "val_sensitivity": sensitivity,  # bacterial called bacterial
+        "val_specificity": specificity,  # viral called viral
+        "n_val": {SUBTYPES[0]: sum(y), SUBTYPES[1]: len(y) - sum(y)},
+        "threshold_rule": {
+            "rule": rule,
+            "images": extra_args["val_manifest"],
+            "manifest_hash": extra_args["val_manifest_hash"],
+            "n": len(y),
+        },
+    }
+    return SubtypeQuestion(head, threshold), figures
 
 
 def _write_checkpoint(
@@ -195,14 +288,16 @@ def _write_checkpoint(
     items: list[Item],
     extra_args: dict,
     extra_metrics: dict,
+    subtype: SubtypeQuestion | None = None,
 ) -> Path:
-    threshold = choose_threshold(best.y_val, best.p_val, min_sensitivity=config.min_sensitivity)
-    sensitivity, specificity = sensitivity_specificity(best.y_val, best.p_val, threshold)
+    y_val, p_val = best.val.y_true, best.val.p
+    threshold = choose_threshold(y_val, p_val, min_sensitivity=config.min_sensitivity)
+    sensitivity, specificity = sensitivity_specificity(y_val, p_val, threshold)
     metrics = {
         "val_auc": best.auc,
         "val_sensitivity": sensitivity,
         "val_specificity": specificity,
-        "n_val": len(best.y_val),
+        "n_val": len(y_val),
         "best_epoch": best.epoch,
         # Which rule chose the threshold, on which images: the gate may then judge on others.
         "threshold_rule": {
@@ -210,7 +305,7 @@ def _write_checkpoint(
             "target": config.min_sensitivity,
             "images": extra_args["val_manifest"],
             "manifest_hash": extra_args["val_manifest_hash"],
-            "n": len(best.y_val),
+            "n": len(y_val),
         },
         **extra_metrics,
     }
@@ -224,6 +319,7 @@ def _write_checkpoint(
         train_args=config.to_dict() | extra_args,
         data_hash=manifest_hash(items),
         created_at=utc_now(),
+        subtype=subtype,
     )
     out = config.out
     save_checkpoint(out, model, meta)
@@ -232,6 +328,14 @@ def _write_checkpoint(
         f"sensitivity {sensitivity:.3f} specificity {specificity:.3f}; wrote {out}",
         flush=True,
     )
+    if subtype is not None:
+        figures = extra_metrics["subtype"]
+        auc = figures["val_auc"]
+        print(
+            f"subtype ({subtype.head}): val_auc {'-' if auc is None else f'{auc:.4f}'}, "
+            f"threshold {subtype.threshold:.4f} ({figures['threshold_rule']['rule']})",
+            flush=True,
+        )
     return out
 
 
@@ -355,6 +459,15 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         default=default("min_sensitivity"),
         type=float,
         help="validation sensitivity to keep",
+    )
+    add(
+        "--subtype-head",
+        default=default("subtype_head"),
+        choices=SUBTYPE_HEAD_CHOICES,
+        help="also answer bacterial vs viral (ml.heads): auto uses "
+        f"{DEFAULT_SUBTYPE_HEAD} when training and validation hold both subtypes, else trains "
+        "a binary model; none: binary; with --init-checkpoint the model's own "
+        "(default: %(default)s)",
     )
     add(
         "--seed",

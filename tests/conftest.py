@@ -142,19 +142,26 @@ def make_checkpoint(
     threshold: float = 0.5,
     input_size: int = 128,
     fc_scale: float = 0.01,
+    subtype: dict | None = None,
 ) -> Path:
     """A real ResNet34 checkpoint written by the ml package, with seeded random weights.
     The head is scaled by fc_scale: at the default 0.01 P(pneumonia) takes distinct values
     (about 0.63-0.65 for different images), so tests comparing two paths compare numbers that
-    vary; at 1.0 the logits saturate it at 0 or 1 (a test that wants a confident model)."""
+    vary; at 1.0 the logits saturate it at 0 or 1 (a test that wants a confident model).
+    `subtype` ({"head": "two_heads", "threshold": 0.5}) makes it answer bacterial vs viral."""
     import torch
 
     from ml.checkpoint import CheckpointMeta, save_checkpoint, utc_now
+    from ml.core import SubtypeQuestion
+    from ml.heads import n_outputs
     from ml.models import build_model
     from ml.preprocessing import Preprocessing
 
+    question = None if subtype is None else SubtypeQuestion.from_dict(subtype)
     torch.manual_seed(seed)
-    model = build_model("resnet34", pretrained="none")
+    model = build_model(
+        "resnet34", pretrained="none", num_classes=n_outputs(question and question.head)
+    )
     with torch.no_grad():
         model.fc.weight.mul_(fc_scale)
     meta = CheckpointMeta(
@@ -168,6 +175,7 @@ def make_checkpoint(
         train_args={"note": f"seeded random weights (seed {seed}) for tests"},
         data_hash=None,
         created_at=utc_now(),
+        subtype=question,
     )
     save_checkpoint(path, model, meta)
     return path

@@ -94,9 +94,10 @@ def test_it_hashes_the_manifest_independently_of_location_and_order(dataset_root
 def test_it_yields_tensors_and_class_indices(dataset_root: Path):
     items = scan_folder(dataset_root)
     ds = ImageDataset(items, eval_transform(Preprocessing(input_size=32)), decode_size=32)
-    x, y = ds[0]
+    x, y, subtype = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert (y, ds[len(ds) - 1][1]) == (0, 1)
+    assert subtype == -1  # normal
     assert ds.targets.count(1) == 30
 
 
@@ -141,7 +142,7 @@ def test_it_reads_a_manifest_with_relative_paths_weights_and_exclusions(
 
     ds = ImageDataset(items, eval_transform(Preprocessing(input_size=32)), return_weight=True)
     assert ds.weights == [1.0, 2.5, 0.5]
-    assert ds[1][1:] == (0, 2.5)
+    assert ds[1][1:] == (0, 2.5, -1)
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from ml.checkpoint import read_meta
-from ml.data import manifest_hash, scan_folder
+from ml.data import manifest_hash, scan_folder, subtype_of
 from ml.evaluate import evaluate_checkpoint, evaluate_scores, get_args_parser, main
 from ml.inference import Predictor
 from ml.metrics import roc_auc
+from tests.conftest import make_checkpoint
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,7 @@ KEYS = {
     "specificity_at_95_sensitivity",
     "model",
     "data",
+    "subtype",
 }
 
 
@@ -55,7 +57,7 @@ def test_it_writes_the_json_and_plots_for_a_kaggle_folder(
         "--json", str(out), "--plots", str(tmp_path / "plots"), "--batch-size", "5",
     )  # fmt: skip
     result = json.loads(out.read_text())
-    assert set(result) == KEYS
+    assert set(result) == KEYS and result["subtype"] is None  # a binary model
     assert result["n"] == {"NORMAL": 6, "PNEUMONIA": 6, "total": 12}  # test/, not train/
     assert sum(result["confusion"].values()) == 12
     assert result["threshold"] == 0.5  # the checkpoint's
@@ -130,3 +132,35 @@ def test_it_refuses_labels_the_model_does_not_know(checkpoint_path: Path, tmp_pa
 
 def test_it_documents_every_flag():
     assert [a.dest for a in get_args_parser()._actions if not a.help] == []
+
+
+def test_it_reports_the_subtype_read_from_file_names_as_training_does(
+    kaggle_root: Path, tmp_path: Path, capsys
+):
+    checkpoint = make_checkpoint(
+        tmp_path / "two.pt", input_size=64, subtype={"head": "two_heads", "threshold": 0.5}
+    )
+    out = tmp_path / "metrics.json"
+    _run(
+        "--checkpoint", str(checkpoint), "--data", str(kaggle_root), "--json", str(out),
+        "--plots", str(tmp_path / "plots"),
+    )  # fmt: skip
+    subtype = json.loads(out.read_text())["subtype"]
+    items = scan_folder(kaggle_root / "test")
+    named = [subtype_of(item) for item in items if item.label == "PNEUMONIA"]
+    assert subtype["n"] == {
+        "bacterial": named.count("bacterial"),
+        "viral": named.count("viral"),
+        "unknown": 0,
+    }
+    assert subtype["n"]["bacterial"] > 0 and subtype["n"]["viral"] > 0
+    assert set(subtype) == {
+        "auc", "auc_ci", "sensitivity", "specificity", "accuracy", "threshold", "n", "confusion",
+    }  # fmt: skip
+    assert subtype["threshold"] == 0.5
+    rows = subtype["confusion"]
+    assert sum(rows["normal"].values()) == 6
+    assert sum(rows["bacterial"].values()) + sum(rows["viral"].values()) == 6
+    assert (tmp_path / "plots" / "subtype_roc.png").is_file()
+    assert (tmp_path / "plots" / "subtype_confusion.png").is_file()
+    assert "subtype ROC AUC" in capsys.readouterr().out
