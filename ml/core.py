@@ -82,6 +82,11 @@ def answer_probabilities(
     (B,) or None), in numpy: what ONNX Runtime workers compute. ml.heads.answers is the same
     in torch, and a test holds the two together."""
     z = logits.astype(np.float64)  # (B, C)
+    expected = 2 if subtype is None else HEAD_OUTPUTS[subtype.head]
+    if z.ndim != 2 or z.shape[1] != expected:
+        what = "a binary model" if subtype is None else f"the {subtype.head} head"
+        given = z.shape[1] if z.ndim == 2 else f"shape {z.shape} of"
+        raise ValueError(f"the network gives {given} outputs per image; {what} has {expected}")
     if subtype is None:
         return _softmax(z)[:, positive], None
     if subtype.head == "two_heads":

@@ -29,31 +29,50 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _roc(
+    y_true, scores, auc: float, ci: tuple[float, float], point: tuple[float, float], *,
+    point_label: str, xlabel: str, ylabel: str, title: str,
+) -> Figure:  # fmt: skip
+    """A ROC curve with the chance diagonal and the operating point (1 - spec, sens)."""
+    fpr, tpr, _ = metrics.roc_curve(y_true, scores)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    low, high = ci
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f} (95% CI {low:.3f}-{high:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.plot(*point, "o", color="crimson", label=point_label)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def _counts(counts: np.ndarray, labels: list[str], title: str, size: tuple) -> Figure:
+    """Counts, rows = truth, columns = prediction, shaded by share of the row."""
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), count in np.ndenumerate(counts):
+        colour = "white" if shares[i, j] > 0.6 else "black"
+        ax.text(j, i, f"{count}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour)
+    ticks = list(range(len(labels)))
+    ax.set_xticks(ticks, labels=labels)
+    ax.set_yticks(ticks, labels=labels)
+    ax.set(xlabel="predicted", ylabel="truth", title=title)
+    return fig
+
+
 def plot_roc(evaluation: Evaluation, path: str | os.PathLike) -> Path:
     """The ROC curve with the chance diagonal and the operating point at the threshold."""
     e = evaluation
-    fpr, tpr, _ = metrics.roc_curve(e.y_true, e.scores)
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.add_subplot()
-    low, high = e.auc_ci
-    ax.plot(fpr, tpr, lw=2, label=f"AUC {e.auc:.3f} (95% CI {low:.3f}-{high:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.plot(
-        1.0 - e.specificity,
-        e.sensitivity,
-        "o",
-        color="crimson",
-        label=f"threshold {e.threshold:.3f}",
-    )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
+    fig = _roc(
+        e.y_true, e.scores, e.auc, e.auc_ci, (1.0 - e.specificity, e.sensitivity),
+        point_label=f"threshold {e.threshold:.3f}",
         xlabel="1 - specificity (false positive rate)",
-        ylabel="sensitivity (true positive rate)",
-        title=f"ROC, n = {e.n['total']}",
-    )
-    ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize="small")
+        ylabel="sensitivity (true positive rate)", title=f"ROC, n = {e.n['total']}",
+    )  # fmt: skip
     return _save(fig, Path(path))
 
 
@@ -62,17 +81,7 @@ def plot_confusion(evaluation: Evaluation, path: str | os.PathLike) -> Path:
     e = evaluation
     c = e.confusion
     counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])  # (truth, predicted)
-    rows = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    fig = Figure(figsize=(4.5, 4))
-    ax = fig.add_subplot()
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for (i, j), count in np.ndenumerate(counts):
-        colour = "white" if shares[i, j] > 0.6 else "black"
-        ax.text(j, i, f"{count}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour)
-    ax.set_xticks([0, 1], labels=list(e.labels))
-    ax.set_yticks([0, 1], labels=list(e.labels))
-    ax.set(xlabel="predicted", ylabel="truth", title=f"threshold {e.threshold:.3f}")
+    fig = _counts(counts, list(e.labels), f"threshold {e.threshold:.3f}", (4.5, 4))
     return _save(fig, Path(path))
 
 
@@ -105,43 +114,21 @@ def plot_subtype_roc(subtype: SubtypeEvaluation, path: str | os.PathLike) -> Pat
     """Bacterial vs viral ROC on the pneumonia images of known subtype, with the operating
     point at the subtype threshold."""
     t = subtype
-    fpr, tpr, _ = metrics.roc_curve(t.y_true, t.scores)
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.add_subplot()
-    low, high = t.auc_ci
-    ax.plot(fpr, tpr, lw=2, label=f"AUC {t.auc:.3f} (95% CI {low:.3f}-{high:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.plot(
-        1.0 - t.specificity, t.sensitivity, "o", color="crimson",
-        label=f"subtype threshold {t.threshold:.3f}",
-    )  # fmt: skip
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
+    fig = _roc(
+        t.y_true, t.scores, t.auc, t.auc_ci, (1.0 - t.specificity, t.sensitivity),
+        point_label=f"subtype threshold {t.threshold:.3f}",
         xlabel="viral called bacterial (1 - specificity)",
         ylabel="bacterial called bacterial (sensitivity)",
         title=f"bacterial vs viral, {t.n['bacterial']} + {t.n['viral']} images",
-    )
-    ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize="small")
+    )  # fmt: skip
     return _save(fig, Path(path))
 
 
 def plot_subtype_confusion(subtype: SubtypeEvaluation, path: str | os.PathLike) -> Path:
     """The 3 x 3 normal / bacterial / viral counts, shaded by share of the row."""
     counts = np.array([[subtype.confusion[r][c] for c in THREE_WAY] for r in THREE_WAY])
-    rows = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    fig = Figure(figsize=(5, 4.5))
-    ax = fig.add_subplot()
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for (i, j), count in np.ndenumerate(counts):
-        colour = "white" if shares[i, j] > 0.6 else "black"
-        ax.text(j, i, f"{count}\n{shares[i, j]:.0%}", ha="center", va="center", color=colour)
-    ax.set_xticks([0, 1, 2], labels=list(THREE_WAY))
-    ax.set_yticks([0, 1, 2], labels=list(THREE_WAY))
-    ax.set(xlabel="predicted", ylabel="truth", title=f"subtype threshold {subtype.threshold:.3f}")
-    return _save(fig, Path(path))
+    title = f"subtype threshold {subtype.threshold:.3f}"
+    return _save(_counts(counts, list(THREE_WAY), title, (5, 4.5)), Path(path))
 
 
 def save_plots(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Path]:

@@ -337,3 +337,10 @@ def test_the_pneumonia_auc_picks_the_epoch_and_the_subtype_breaks_a_tie():
     assert not better(0.99, 1.0, best)  # pneumonia first, however good the subtype
     assert not better(1.0, None, best)
     assert not better(float("nan"), 1.0, best)
+
+
+def test_outputs_that_do_not_fit_the_head_are_refused():
+    with pytest.raises(ValueError, match="gives 2 outputs per image; the three_class head has 3"):
+        answer_probabilities(np.zeros((4, 2)), 1, SubtypeQuestion("three_class", 0.5))
+    with pytest.raises(ValueError, match="a binary model has 2"):
+        answer_probabilities(np.zeros((4, 3)), 1, None)
