@@ -19,6 +19,7 @@ from diagnosis.models import (
     SiteAudit,
     SiteThreshold,
     Study,
+    Subtype,
     TrainingJob,
     ValidationSplit,
 )
@@ -61,14 +62,28 @@ class DisagreementFilter(admin.SimpleListFilter):
 
 class RelabelForm(forms.Form):
     label = forms.ChoiceField(choices=Label.choices)
+    subtype = forms.ChoiceField(
+        choices=[("", "not given"), *Subtype.choices],
+        required=False,
+        help_text="With the label Pneumonia only.",
+    )
     note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("subtype") and data.get("label") != Label.PNEUMONIA:
+            self.add_error("subtype", "A subtype goes with the label Pneumonia only.")
+        return data
 
 
 class ReviewInline(admin.TabularInline):
     model = Review
     extra = 0
     can_delete = False
-    fields = readonly_fields = ["created_at", "reviewer", "previous_label", "label", "note"]
+    fields = readonly_fields = [
+        "created_at", "reviewer", "previous_label", "label", "previous_subtype", "subtype",
+        "note",
+    ]  # fmt: skip
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -84,6 +99,8 @@ class PredictionInline(admin.TabularInline):
         "label",
         "probability",
         "threshold",
+        "subtype",
+        "p_bacterial",
         "model_version",
         "error",
     ]
@@ -102,11 +119,13 @@ class StudyAdmin(admin.ModelAdmin):
         "latest_status",
         "predicted_label",
         "current_label",
+        "current_subtype",
     ]
     list_filter = [
         LatestStatusFilter,
         PredictedLabelFilter,
         "current_label",
+        "current_subtype",
         DisagreementFilter,
         "site",
         "created_at",
@@ -122,6 +141,7 @@ class StudyAdmin(admin.ModelAdmin):
         "uploaded_by",
         "created_at",
         "current_label",
+        "current_subtype",
         "patient_key",  # a keyed hash, shown to admins only (this admin is theirs alone)
     ]
     inlines = [PredictionInline, ReviewInline]
@@ -152,8 +172,11 @@ class StudyAdmin(admin.ModelAdmin):
             except PermissionDenied as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 return None
+            subtype = form.cleaned_data["subtype"]
             self.message_user(
-                request, f"Relabeled {count} studies as {form.cleaned_data['label']}."
+                request,
+                f"Relabeled {count} studies as {form.cleaned_data['label']}"
+                + (f" ({subtype})." if subtype else "."),
             )
             return None
         context = {

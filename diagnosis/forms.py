@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from diagnosis.models import Label, Site, TrainingJob, Unusable
+from diagnosis.models import Label, Site, Subtype, TrainingJob, Unusable
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -35,6 +35,12 @@ class UploadForm(forms.Form):
 
 class ReviewForm(forms.Form):
     label = forms.ChoiceField(choices=Label.choices, widget=forms.RadioSelect, required=False)
+    subtype = forms.ChoiceField(
+        choices=[("", "not given"), *Subtype.choices],
+        widget=forms.RadioSelect,
+        required=False,
+        label="If pneumonia",
+    )
     unusable_reason = forms.ChoiceField(
         choices=[("", "usable for training"), *Unusable.choices],
         required=False,
@@ -46,6 +52,8 @@ class ReviewForm(forms.Form):
         data = super().clean()
         if not data.get("label") and not data.get("unusable_reason"):
             raise forms.ValidationError("Choose a label, or say why the image is unusable.")
+        if data.get("subtype") and data.get("label") != Label.PNEUMONIA:
+            raise forms.ValidationError("A subtype goes with the label Pneumonia only.")
         return data
 
 

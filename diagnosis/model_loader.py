@@ -80,6 +80,7 @@ def _build(version: ModelVersion, runtime: str):
     return OnnxPredictor(
         path, Preprocessing.from_dict(version.preprocessing), version.threshold,
         version.class_names, version.positive_class, threads=settings.INFERENCE_THREADS,
+        subtype=version.subtype_question,
     )  # fmt: skip
 
 

@@ -42,6 +42,8 @@ def studies_annotated(qs: QuerySet[Study] | None = None) -> QuerySet[Study]:
         predicted_label=_latest_prediction("label"),
         predicted_probability=_latest_prediction("probability"),
         predicted_threshold=_latest_prediction("threshold"),
+        predicted_subtype=_latest_prediction("subtype"),
+        predicted_p_bacterial=_latest_prediction("p_bacterial"),
     )
 
 
@@ -53,7 +55,10 @@ def filter_disagreement(qs: QuerySet[Study], disagree: bool) -> QuerySet[Study]:
     return reviewed.filter(current_label=F("predicted_label"))
 
 
-def study_list_for(user, *, status: str = "", label: str = "", predicted_label: str = ""):
+def study_list_for(
+    user, *, status: str = "", label: str = "", predicted_label: str = "", subtype: str = "",
+    predicted_subtype: str = "",
+):  # fmt: skip
     predictions = Prediction.objects.select_related("model_version", "site_threshold__site")
     qs = studies_annotated().select_related("uploaded_by", "site")
     qs = qs.prefetch_related(Prefetch("predictions", queryset=predictions))
@@ -65,6 +70,10 @@ def study_list_for(user, *, status: str = "", label: str = "", predicted_label: 
         qs = qs.filter(current_label=label)
     if predicted_label:
         qs = qs.filter(predicted_label=predicted_label)
+    if subtype:  # the radiologists' (bacterial, viral or undetermined)
+        qs = qs.filter(current_subtype=subtype)
+    if predicted_subtype:
+        qs = qs.filter(predicted_subtype=predicted_subtype)
     return qs
 
 
@@ -90,12 +99,20 @@ def study_or_404(user, pk: int) -> Study:
     return study
 
 
-def prediction_heatmap_for(user, study_pk: int, prediction_pk: int) -> Prediction | None:
-    """The prediction if `user` may see its study and it has a heatmap, else None."""
+HEATMAP_FIELDS = {"pneumonia": "heatmap", "subtype": "subtype_heatmap"}  # by question
+
+
+def prediction_heatmap_for(
+    user, study_pk: int, prediction_pk: int, question: str = "pneumonia"
+):  # fmt: skip
+    """The heatmap file of `question` (HEATMAP_FIELDS) of the prediction, if `user` may see
+    its study and it has one; else None."""
     study = study_get_for(user, study_pk)
-    if study is None:
+    field = HEATMAP_FIELDS.get(question)
+    if study is None or field is None:
         return None
-    return study.predictions.exclude(heatmap="").filter(pk=prediction_pk).first()
+    prediction = study.predictions.exclude(**{field: ""}).filter(pk=prediction_pk).first()
+    return None if prediction is None else getattr(prediction, field)
 
 
 def study_predictions(study: Study) -> QuerySet[Prediction]:
@@ -172,17 +189,23 @@ WORKLIST_ORDERS = {
         Abs(F("predicted_probability") - F("predicted_threshold")).asc(nulls_last=True)
     ],
     "oldest": [],
+    # Most likely bacterial first (they need antibiotics soonest); studies the model gave no
+    # subtype (a binary version) last.
+    "bacterial": [F("predicted_p_bacterial").desc(nulls_last=True)],
 }
 
 
-def worklist(*, order: str = "triage", now=None) -> QuerySet[Study]:
+def worklist(*, order: str = "triage", subtype: str = "", now=None) -> QuerySet[Study]:
     """Studies awaiting review, in `order`; whatever has waited longer than
-    WORKLIST_MAX_WAIT_SECONDS comes first, oldest first, so nothing starves."""
+    WORKLIST_MAX_WAIT_SECONDS comes first, oldest first, so nothing starves. `subtype`
+    keeps the studies whose latest prediction calls that subtype."""
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.WORKLIST_MAX_WAIT_SECONDS)
     overdue_since = Case(When(created_at__lt=cutoff, then=F("created_at")), default=None)
     qs = studies_annotated(Study.objects.filter(reviewed_at__isnull=True)).annotate(
         overdue_since=overdue_since
     )
+    if subtype:
+        qs = qs.filter(predicted_subtype=subtype)
     qs = qs.select_related("uploaded_by", "site").prefetch_related(
         Prefetch(
             "predictions",
@@ -194,9 +217,9 @@ def worklist(*, order: str = "triage", now=None) -> QuerySet[Study]:
     )
 
 
-def worklist_next(*, order: str, after: int | None = None) -> Study | None:
+def worklist_next(*, order: str, after: int | None = None, subtype: str = "") -> Study | None:
     """The first study of the worklist other than `after` (the one just reviewed)."""
-    qs = worklist(order=order)
+    qs = worklist(order=order, subtype=subtype)
     return (qs.exclude(pk=after) if after else qs).first()
 
 
@@ -205,13 +228,15 @@ def worklist_next(*, order: str, after: int | None = None) -> Study | None:
 
 def agreement_by_version() -> list[dict]:
     """Per model version, its finished predictions on reviewed studies against the
-    radiologists' current label: confusion matrix, sensitivity, specificity."""
+    radiologists' current label: confusion matrix, sensitivity, specificity; and, for a
+    version that answers it, the subtype (subtype_agreement)."""
     rows = (
         Prediction.objects.filter(status=Prediction.Status.DONE, model_version__isnull=False)
         .exclude(study__current_label="")
         .values("model_version__name", "label", "study__current_label")
         .annotate(n=Count("id"))
     )
+    subtypes = subtype_agreement()
     cells: dict[str, dict[str, int]] = {}
     for row in rows:
         said_pneumonia = row["label"] == "PNEUMONIA"
@@ -234,8 +259,49 @@ def agreement_by_version() -> list[dict]:
                 "agreement": (c["tp"] + c["tn"]) / (positives + negatives),
                 "sensitivity": c["tp"] / positives if positives else None,
                 "specificity": c["tn"] / negatives if negatives else None,
+                "subtype": subtypes.get(name),
             }
         )
+    return summary
+
+
+SUBTYPE_CALLS = ("bacterial", "viral")  # what a model calls
+SUBTYPE_ANSWERS = ("bacterial", "viral", "undetermined")  # what a radiologist may answer
+
+
+def subtype_agreement() -> dict[str, dict]:
+    """Per version that predicted subtypes: its calls on studies the radiologists reviewed as
+    pneumonia with a subtype. confusion[reviewed][called]; agreement, sensitivity (bacterial
+    called bacterial) and specificity (viral called viral) count only bacterial and viral
+    answers: undetermined is a valid answer, shown, and never an error."""
+    rows = (
+        Prediction.objects.filter(status=Prediction.Status.DONE, model_version__isnull=False)
+        .exclude(subtype="")
+        .filter(study__current_label="PNEUMONIA")
+        .exclude(study__current_subtype="")
+        .values("model_version__name", "subtype", "study__current_subtype")
+        .annotate(n=Count("id"))
+    )
+    cells: dict[str, dict[str, dict[str, int]]] = {}
+    for row in rows:
+        matrix = cells.setdefault(
+            row["model_version__name"],
+            {answer: dict.fromkeys(SUBTYPE_CALLS, 0) for answer in SUBTYPE_ANSWERS},
+        )
+        matrix[row["study__current_subtype"]][row["subtype"]] += row["n"]
+    summary = {}
+    for name, m in cells.items():
+        bacterial, viral = sum(m["bacterial"].values()), sum(m["viral"].values())
+        decided = bacterial + viral
+        agree = m["bacterial"]["bacterial"] + m["viral"]["viral"]
+        summary[name] = {
+            "n": decided + sum(m["undetermined"].values()),
+            "n_undetermined": sum(m["undetermined"].values()),
+            "confusion": m,
+            "agreement": agree / decided if decided else None,
+            "sensitivity": m["bacterial"]["bacterial"] / bacterial if bacterial else None,
+            "specificity": m["viral"]["viral"] / viral if viral else None,
+        }
     return summary
 
 

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from diagnosis import roles, selectors, services
 from diagnosis.downloads import file_response
 from diagnosis.forms import RetrainForm, ReviewForm, UploadForm
-from diagnosis.models import Label, Prediction
+from diagnosis.models import SUBTYPE_CAVEAT, Label, PredictedSubtype, Prediction
 from diagnosis.roles import role_required
 from diagnosis.validation import UploadRejected
 
@@ -21,10 +21,12 @@ from diagnosis.validation import UploadRejected
 def _render_list(request, form: UploadForm, *, status: int = 200):
     status_filter = request.GET.get("status", "")
     label_filter = request.GET.get("label", "")
+    subtype_filter = request.GET.get("subtype", "")
     studies = selectors.study_list_for(
         request.user,
         status=status_filter if status_filter in Prediction.Status.values else "",
         label=label_filter if label_filter in Label.values else "",
+        predicted_subtype=subtype_filter if subtype_filter in PredictedSubtype.values else "",
     )
     page = Paginator(studies, 25).get_page(request.GET.get("page"))
     context = {
@@ -32,8 +34,10 @@ def _render_list(request, form: UploadForm, *, status: int = 200):
         "form": form,
         "statuses": Prediction.Status.choices,
         "labels": Label.choices,
+        "subtypes": PredictedSubtype.choices,
         "status_filter": status_filter,
         "label_filter": label_filter,
+        "subtype_filter": subtype_filter,
     }
     return render(request, "diagnosis/study_list.html", context, status=status)
 
@@ -79,17 +83,35 @@ def _order(request) -> str:
     return order if order in selectors.WORKLIST_ORDERS else ""
 
 
+def _subtype(request) -> str:
+    """The worklist's subtype filter (the predicted subtype), "" for none."""
+    subtype = request.GET.get("subtype") or request.POST.get("subtype_filter") or ""
+    return subtype if subtype in PredictedSubtype.values else ""
+
+
+def _worklist_query(order: str, subtype: str) -> str:
+    return f"order={order}" + (f"&subtype={subtype}" if subtype else "")
+
+
 @role_required(roles.has_any_role)
 @require_GET
 def study_detail(request, pk: int):
     study = selectors.study_or_404(request.user, pk)
-    initial = {"label": study.current_label or None, "unusable_reason": study.unusable_reason}
+    initial = {
+        "label": study.current_label or None,
+        "subtype": study.current_subtype,
+        "unusable_reason": study.unusable_reason,
+    }
+    order, subtype = _order(request), _subtype(request)
     context = {
         "study": study,
         "predictions": selectors.study_predictions(study),
         "reviews": selectors.study_reviews(study),
         "review_form": ReviewForm(initial=initial),
-        "order": _order(request),
+        "order": order,
+        "subtype_filter": subtype,
+        "worklist_query": _worklist_query(order, subtype),
+        "subtype_caveat": SUBTYPE_CAVEAT,
     }
     return render(request, "diagnosis/study_detail.html", context)
 
@@ -97,22 +119,33 @@ def study_detail(request, pk: int):
 @role_required(roles.can_review)
 @require_GET
 def worklist(request):
-    order = _order(request) or "triage"
-    page = Paginator(selectors.worklist(order=order), 50).get_page(request.GET.get("page"))
-    context = {"page": page, "order": order, "orders": list(selectors.WORKLIST_ORDERS)}
+    order, subtype = _order(request) or "triage", _subtype(request)
+    studies = selectors.worklist(order=order, subtype=subtype)
+    page = Paginator(studies, 50).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "order": order,
+        "orders": list(selectors.WORKLIST_ORDERS),
+        "subtype_filter": subtype,
+        "subtypes": PredictedSubtype.choices,
+        "worklist_query": _worklist_query(order, subtype),
+    }
     return render(request, "diagnosis/worklist.html", context)
 
 
 @role_required(roles.can_review)
 @require_GET
 def worklist_next(request):
-    order = _order(request) or "triage"
+    order, subtype = _order(request) or "triage", _subtype(request)
     after = request.GET.get("after", "")
-    study = selectors.worklist_next(order=order, after=int(after) if after.isdigit() else None)
+    study = selectors.worklist_next(
+        order=order, after=int(after) if after.isdigit() else None, subtype=subtype
+    )
+    query = _worklist_query(order, subtype)
     if study is None:
         messages.success(request, "The worklist is empty.")
-        return redirect(f"{reverse('worklist')}?order={order}")
-    return redirect(f"{reverse('study-detail', args=[study.pk])}?order={order}")
+        return redirect(f"{reverse('worklist')}?{query}")
+    return redirect(f"{reverse('study-detail', args=[study.pk])}?{query}")
 
 
 @role_required(roles.has_any_role)
@@ -134,12 +167,13 @@ def study_image(request, pk: int):
 @role_required(roles.has_any_role)
 @require_GET
 def prediction_heatmap(request, pk: int, prediction_pk: int):
-    prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
-    if prediction is None:
+    question = request.GET.get("question", "pneumonia")
+    heatmap = selectors.prediction_heatmap_for(request.user, pk, prediction_pk, question)
+    if heatmap is None:
         raise Http404("No heatmap for this prediction.")
     return file_response(
-        lambda: prediction.heatmap.open("rb"), content_type="image/png",
-        what=f"the heatmap of prediction {prediction.pk}", name=prediction.heatmap.name,
+        lambda: heatmap.open("rb"), content_type="image/png",
+        what=f"the heatmap of prediction {prediction_pk}", name=heatmap.name,
     )  # fmt: skip
 
 
@@ -148,15 +182,18 @@ def prediction_heatmap(request, pk: int, prediction_pk: int):
 def review_create(request, pk: int):
     study = selectors.study_or_404(request.user, pk)
     form = ReviewForm(request.POST)
-    order = _order(request)
+    order, subtype = _order(request), _subtype(request)
+    query = _worklist_query(order, subtype)
     if not form.is_valid():
         messages.error(request, " ".join(form.non_field_errors()) or "Invalid review.")
-        return redirect(f"{reverse('study-detail', args=[study.pk])}?order={order}")
+        return redirect(f"{reverse('study-detail', args=[study.pk])}?{query}")
     services.review_create(study=study, reviewer=request.user, **form.cleaned_data)
     verdict = form.cleaned_data["label"] or "unusable"
+    if form.cleaned_data["subtype"]:
+        verdict += f" ({form.cleaned_data['subtype']})"
     messages.success(request, f"Review recorded for study #{study.pk}: {verdict}.")
     if order:  # reviewing from the worklist: on to the next case in the same order
-        return redirect(f"{reverse('worklist-next')}?order={order}&after={study.pk}")
+        return redirect(f"{reverse('worklist-next')}?{query}&after={study.pk}")
     return redirect("study-detail", pk=study.pk)
 
 

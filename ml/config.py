@@ -52,7 +52,7 @@ class TrainConfig:
     test_split: str = "random"
     val_fraction: float = 0.15
     min_sensitivity: float = 0.95
-    subtype_head: str = "none"
+    subtype_head: str = "auto"
     seed: int = 0
     threads: int = 0
     workers: int = 0

@@ -261,6 +261,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "LabelEnum": "diagnosis.models.Label",
         "UnusableReasonEnum": "diagnosis.models.Unusable",
+        "SubtypeEnum": "diagnosis.models.Subtype",
+        "PredictedSubtypeEnum": "diagnosis.models.PredictedSubtype",
     },
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }

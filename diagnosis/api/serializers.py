@@ -6,6 +6,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from diagnosis.models import (
+    SUBTYPE_CAVEAT,
     Evaluation,
     ModelVersion,
     Prediction,
@@ -22,8 +23,17 @@ from diagnosis.models import (
 class PredictionOutputSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
     heatmap_url = serializers.SerializerMethodField()
+    subtype_heatmap_url = serializers.SerializerMethodField()
     threshold_source = serializers.CharField(
         read_only=True, help_text="Whose threshold decided: 'site NAME' or 'model version'."
+    )
+    subtype = serializers.SerializerMethodField(
+        help_text="bacterial or viral, called at subtype_threshold on p_bacterial = "
+        f"P(bacterial | pneumonia); null when the model version does not predict it. "
+        f"{SUBTYPE_CAVEAT}"
+    )
+    subtype_caveat = serializers.SerializerMethodField(
+        help_text="What the subtype is not, given wherever a subtype is."
     )
 
     class Meta:
@@ -35,10 +45,15 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "probability",
             "threshold",
             "threshold_source",
+            "subtype",
+            "p_bacterial",
+            "subtype_threshold",
+            "subtype_caveat",
             "model_version",
             "runtime",
             "elapsed_ms",
             "heatmap_url",
+            "subtype_heatmap_url",
             "heatmap_due",
             "error",
             "attempts",
@@ -47,10 +62,22 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
 
+    def get_subtype(self, prediction: Prediction) -> str | None:
+        return prediction.subtype or None
+
+    def get_subtype_caveat(self, prediction: Prediction) -> str | None:
+        return SUBTYPE_CAVEAT if prediction.subtype else None
+
     def get_heatmap_url(self, prediction: Prediction) -> str | None:
         if not prediction.heatmap:
             return None
         return reverse("api:prediction-heatmap", args=[prediction.study_id, prediction.pk])
+
+    def get_subtype_heatmap_url(self, prediction: Prediction) -> str | None:
+        if not prediction.subtype_heatmap:
+            return None
+        url = reverse("api:prediction-heatmap", args=[prediction.study_id, prediction.pk])
+        return f"{url}?question=subtype"
 
 
 class ReviewOutputSerializer(serializers.ModelSerializer):
@@ -64,6 +91,8 @@ class ReviewOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "previous_label",
             "label",
+            "previous_subtype",
+            "subtype",
             "unusable_reason",
             "note",
         ]
@@ -85,6 +114,7 @@ class StudySummarySerializer(serializers.ModelSerializer):
             "status",
             "prediction",
             "current_label",
+            "current_subtype",
             "unusable_reason",
             "original_filename",
             "width",
@@ -176,6 +206,7 @@ class ModelVersionOutputSerializer(serializers.ModelSerializer):
             "positive_class",
             "preprocessing",
             "threshold",
+            "subtype",
             "metrics",
             "data_hash",
             "is_active",

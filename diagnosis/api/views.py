@@ -25,7 +25,15 @@ from diagnosis.api.serializers import (
     ValidationSplitOutputSerializer,
 )
 from diagnosis.downloads import file_response
-from diagnosis.models import Label, Prediction, Site, TrainingJob, Unusable
+from diagnosis.models import (
+    Label,
+    PredictedSubtype,
+    Prediction,
+    Site,
+    Subtype,
+    TrainingJob,
+    Unusable,
+)
 from diagnosis.validation import UploadRejected
 
 
@@ -54,6 +62,12 @@ class StudyListCreateApi(APIView):
         status = serializers.ChoiceField(choices=Prediction.Status.values, required=False)
         label = serializers.ChoiceField(choices=Label.values, required=False)
         predicted_label = serializers.ChoiceField(choices=Label.values, required=False)
+        subtype = serializers.ChoiceField(
+            choices=Subtype.values, required=False, help_text="the radiologists' subtype"
+        )
+        predicted_subtype = serializers.ChoiceField(
+            choices=PredictedSubtype.values, required=False, help_text="the latest prediction's"
+        )
 
     class UploadInputSerializer(serializers.Serializer):
         image = serializers.FileField(allow_empty_file=True)
@@ -147,17 +161,28 @@ class StudyImageApi(APIView):
 class PredictionHeatmapApi(APIView):
     permission_classes = [IsAuthenticated, CanUpload]
 
+    class QuestionSerializer(serializers.Serializer):
+        question = serializers.ChoiceField(
+            choices=list(selectors.HEATMAP_FIELDS), default="pneumonia", required=False,
+            help_text="pneumonia: evidence for pneumonia; subtype: for bacterial against viral "
+            "(a model version that answers the subtype)",
+        )  # fmt: skip
+
     @extend_schema(
+        parameters=[QuestionSerializer],
         responses={(200, "image/png"): bytes},
-        summary="Grad-CAM overlay of what drove a prediction",
+        summary="Grad-CAM overlay of what drove a prediction (either question)",
     )
     def get(self, request, pk: int, prediction_pk: int):
-        prediction = selectors.prediction_heatmap_for(request.user, pk, prediction_pk)
-        if prediction is None:
+        query = self.QuestionSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        question = query.validated_data.get("question", "pneumonia")
+        heatmap = selectors.prediction_heatmap_for(request.user, pk, prediction_pk, question)
+        if heatmap is None:
             raise Http404("No heatmap for this prediction.")
         return file_response(
-            lambda: prediction.heatmap.open("rb"), content_type="image/png",
-            what=f"the heatmap of prediction {prediction.pk}", name=prediction.heatmap.name,
+            lambda: heatmap.open("rb"), content_type="image/png",
+            what=f"the heatmap of prediction {prediction_pk}", name=heatmap.name,
         )  # fmt: skip
 
 
@@ -166,6 +191,10 @@ class ReviewCreateApi(APIView):
 
     class ReviewInputSerializer(serializers.Serializer):
         label = serializers.ChoiceField(choices=Label.values, required=False, allow_blank=True)
+        subtype = serializers.ChoiceField(
+            choices=Subtype.values, required=False, allow_blank=True,
+            help_text="With label PNEUMONIA only: bacterial, viral or undetermined.",
+        )  # fmt: skip
         unusable_reason = serializers.ChoiceField(
             choices=Unusable.values, required=False, allow_blank=True
         )
@@ -175,6 +204,10 @@ class ReviewCreateApi(APIView):
             if not data.get("label") and not data.get("unusable_reason"):
                 raise serializers.ValidationError(
                     "Give a label, or an unusable_reason saying why the image is unusable."
+                )
+            if data.get("subtype") and data.get("label") != Label.PNEUMONIA:
+                raise serializers.ValidationError(
+                    {"subtype": ["A subtype goes with the label PNEUMONIA only."]}
                 )
             return data
 
@@ -215,17 +248,23 @@ class WorklistApi(APIView):
         order = serializers.ChoiceField(
             choices=list(selectors.WORKLIST_ORDERS), default="triage", required=False
         )
+        subtype = serializers.ChoiceField(
+            choices=PredictedSubtype.values, required=False,
+            help_text="only studies whose latest prediction calls this subtype",
+        )  # fmt: skip
 
     @extend_schema(
         parameters=[FilterSerializer],
         responses=StudySummarySerializer(many=True),
-        summary="Studies awaiting review: triage, uncertainty or oldest order; overdue first",
+        summary="Studies awaiting review: triage, uncertainty, oldest or bacterial order; "
+        "overdue first",
     )
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         order = filters.validated_data.get("order", "triage")
-        return _paginated(request, self, selectors.worklist(order=order))
+        subtype = filters.validated_data.get("subtype", "")
+        return _paginated(request, self, selectors.worklist(order=order, subtype=subtype))
 
 
 class AgreementApi(APIView):
@@ -241,6 +280,21 @@ class AgreementApi(APIView):
                 "agreement": serializers.FloatField(),
                 "sensitivity": serializers.FloatField(allow_null=True),
                 "specificity": serializers.FloatField(allow_null=True),
+                "subtype": inline_serializer(
+                    "SubtypeAgreement",
+                    {
+                        "n": serializers.IntegerField(),
+                        "n_undetermined": serializers.IntegerField(),
+                        "confusion": serializers.DictField(
+                            child=serializers.DictField(child=serializers.IntegerField()),
+                            help_text="confusion[reviewed][called]",
+                        ),
+                        "agreement": serializers.FloatField(allow_null=True),
+                        "sensitivity": serializers.FloatField(allow_null=True),
+                        "specificity": serializers.FloatField(allow_null=True),
+                    },
+                    allow_null=True,
+                ),
             },
             many=True,
         ),

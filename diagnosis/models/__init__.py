@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from diagnosis.models.registry import Evaluation, ModelActivation, ModelVersion, RuntimeArtifact
 from diagnosis.models.sites import Site, SiteAudit, SiteThreshold, default_site_pk
-from diagnosis.models.studies import Label, Prediction, Review, Study, Unusable
+from diagnosis.models.studies import (
+    SUBTYPE_CAVEAT,
+    Label,
+    PredictedSubtype,
+    Prediction,
+    Review,
+    Study,
+    Subtype,
+    Unusable,
+)
 from diagnosis.models.training import (
     CleaningCandidate,
     CleaningDecision,
@@ -19,8 +28,8 @@ from diagnosis.models.training import (
 )
 
 __all__ = [
-    "CleaningCandidate", "CleaningDecision", "CleaningRun", "Evaluation", "Label",
-    "ModelActivation", "ModelVersion", "Prediction", "Review", "RuntimeArtifact", "Site",
-    "SiteAudit", "SiteThreshold", "Study", "TrainingJob", "Unusable", "ValidationSplit",
-    "default_site_pk",
+    "SUBTYPE_CAVEAT", "CleaningCandidate", "CleaningDecision", "CleaningRun", "Evaluation",
+    "Label", "ModelActivation", "ModelVersion", "PredictedSubtype", "Prediction", "Review",
+    "RuntimeArtifact", "Site", "SiteAudit", "SiteThreshold", "Study", "Subtype", "TrainingJob",
+    "Unusable", "ValidationSplit", "default_site_pk",
 ]  # fmt: skip

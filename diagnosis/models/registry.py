@@ -18,6 +18,9 @@ class ModelVersion(models.Model):
     positive_class = models.CharField(max_length=50)
     preprocessing = models.JSONField()
     threshold = models.FloatField(help_text="Decision threshold on P(positive class).")
+    # The checkpoint's second question, {"head": ..., "threshold": ...} on P(bacterial |
+    # pneumonia), or null: the version answers only the first (ml.core.SubtypeQuestion).
+    subtype = models.JSONField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     train_args = models.JSONField(default=dict, blank=True)
     data_hash = models.CharField(max_length=64, blank=True)
@@ -55,10 +58,28 @@ class ModelVersion(models.Model):
         return self.name
 
     @property
+    def subtype_question(self):
+        """The ml.core.SubtypeQuestion the version answers, or None."""
+        from ml.core import SubtypeQuestion
+
+        return None if not self.subtype else SubtypeQuestion.from_dict(self.subtype)
+
+    @property
     def validation_summary(self) -> str:
         keys = ("val_auc", "val_sensitivity", "val_specificity")
         figures = ", ".join(f"{k[4:]} {self.metrics[k]:.3f}" for k in keys if k in self.metrics)
         return f"{figures} (n={self.metrics['n_val']})" if "n_val" in self.metrics else figures
+
+    @property
+    def subtype_summary(self) -> str:
+        """What the version says about the second question, for the models page."""
+        if not self.subtype:
+            return "subtype: not predicted by this model"
+        auc = (self.metrics.get("subtype") or {}).get("val_auc")
+        figures = "" if auc is None else f", validation AUC {auc:.3f}"
+        return (
+            f"subtype ({self.subtype['head']}): threshold {self.subtype['threshold']:.3f}{figures}"
+        )
 
 
 class ModelActivation(models.Model):
@@ -113,9 +134,16 @@ class Evaluation(models.Model):
         keys = ("auc", "sensitivity", "specificity", "threshold")
         figures = [(k, self.metrics.get(k)) for k in keys]
         n = (self.metrics.get("n") or {}).get("total")
-        return (
+        text = (
             ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in figures) + f" (n={n})"
         )
+        subtype = self.metrics.get("subtype")
+        if subtype and subtype.get("auc") is not None:
+            text += (
+                f"; subtype AUC {subtype['auc']:.3f}, sensitivity {subtype['sensitivity']:.3f}, "
+                f"specificity {subtype['specificity']:.3f}"
+            )
+        return text
 
 
 class RuntimeArtifact(models.Model):

@@ -14,6 +14,29 @@ class Label(models.TextChoices):
     PNEUMONIA = "PNEUMONIA", "Pneumonia"
 
 
+class Subtype(models.TextChoices):
+    """Bacterial or viral pneumonia. A model calls one of the first two; a radiologist may
+    also answer undetermined, which is a valid answer and never counted as an error."""
+
+    BACTERIAL = "bacterial", "Bacterial"
+    VIRAL = "viral", "Viral"
+    UNDETERMINED = "undetermined", "Undetermined"
+
+
+class PredictedSubtype(models.TextChoices):
+    """What a model calls: never undetermined."""
+
+    BACTERIAL = "bacterial", "Bacterial"
+    VIRAL = "viral", "Viral"
+
+
+# What the platform says wherever it shows a predicted subtype (study page, API).
+SUBTYPE_CAVEAT = (
+    "The subtype is a probability learned from radiographs of children aged 1 to 5, never a "
+    "substitute for microbiology."
+)
+
+
 class Unusable(models.TextChoices):
     """Why an image must not be used for training (a review may say so instead of a label)."""
 
@@ -43,6 +66,8 @@ class Study(models.Model):
     # The latest review's label, kept here so that lists and the admin can filter on it;
     # services.review_create is the only writer and updates it in the same transaction.
     current_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    # The latest review's subtype of a PNEUMONIA label (blank: none given, or not pneumonia).
+    current_subtype = models.CharField(max_length=12, choices=Subtype.choices, blank=True)
     # Likewise the latest review's verdict on the image; non-empty keeps it out of training.
     unusable_reason = models.CharField(max_length=20, choices=Unusable.choices, blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
@@ -92,6 +117,13 @@ class Prediction(models.Model):
     label = models.CharField(max_length=20, choices=Label.choices, blank=True)
     probability = models.FloatField(null=True, blank=True, help_text="P(pneumonia).")
     threshold = models.FloatField(null=True, blank=True)
+    # The second question, for a model version that answers it (null / blank otherwise):
+    # P(bacterial | pneumonia), the subtype called at subtype_threshold, and that threshold.
+    p_bacterial = models.FloatField(null=True, blank=True, help_text="P(bacterial | pneumonia).")
+    subtype = models.CharField(
+        max_length=12, choices=PredictedSubtype.choices, blank=True, db_index=True
+    )
+    subtype_threshold = models.FloatField(null=True, blank=True)
     # The site threshold that decided, when one was in force; else the version's own did.
     site_threshold = models.ForeignKey(
         SiteThreshold, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -103,6 +135,9 @@ class Prediction(models.Model):
     model_error = models.BooleanField(default=False)
     # Grad-CAM overlay of what drove the call (PNG under MEDIA_ROOT), when enabled.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
+    # The same for the subtype question (evidence for bacterial against viral), drawn with it
+    # when the model version answers that question.
+    subtype_heatmap = models.FileField(upload_to="heatmaps/", max_length=300, blank=True)
     # The result is recorded and its heatmap still owed (PREDICTION_HEATMAPS=deferred): the
     # worker draws it when no prediction is waiting.
     heatmap_due = models.BooleanField(default=False, db_index=True)
@@ -142,6 +177,9 @@ class Review(models.Model):
     previous_label = models.CharField(max_length=20, choices=Label.choices, blank=True)
     # Blank when the reviewer only marked the image unusable without a label.
     label = models.CharField(max_length=20, choices=Label.choices, blank=True)
+    # Only with label PNEUMONIA: bacterial, viral or undetermined; blank when not given.
+    previous_subtype = models.CharField(max_length=12, choices=Subtype.choices, blank=True)
+    subtype = models.CharField(max_length=12, choices=Subtype.choices, blank=True)
     unusable_reason = models.CharField(max_length=20, choices=Unusable.choices, blank=True)
     note = models.TextField(blank=True)
 
@@ -150,6 +188,8 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         verdict = self.label or "-"
+        if self.subtype:
+            verdict += f" ({self.subtype})"
         if self.unusable_reason:
             verdict += f" (unusable: {self.unusable_reason})"
         return f"Review {self.pk}: {self.previous_label or '-'} -> {verdict}"

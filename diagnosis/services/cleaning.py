@@ -18,12 +18,13 @@ from diagnosis.pseudonyms import key_counts, patient_group
 
 def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = True) -> list:
     """What the next training run sees: the base data set folder (its training images only)
-    plus every reviewed study, minus unusable images, with cleaning decisions applied (the
-    latest per image: exclude drops it, relabel changes its label, keep leaves it), minus the
-    frozen validation split's images and the studies a site audit evaluated on (held out:
-    never trained on, never cleaned, so later comparisons and audits stay honest).
+    plus every reviewed study (with its reviewed subtype), minus unusable images, with
+    cleaning decisions applied (the latest per image: exclude drops it, relabel changes its
+    label, keep leaves it), minus the frozen validation split's images and the studies a site
+    audit evaluated on (held out: never trained on, never cleaned, so later comparisons and
+    audits stay honest).
     Each item's `source` is its key: "base:<path under base_data>" or "study:<id>"."""
-    from ml.data import Item, scan_folder
+    from ml.data import SUBTYPES, Item, scan_folder
 
     candidates: list[Item] = []
     if base_data is not None:
@@ -35,7 +36,11 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
         path = Path(default_storage.path(study.image.name))
         key = f"study:{study.pk}"
         patient = patient_group(study.patient_key, study.original_filename, key)
-        candidates.append(Item(path, study.current_label, source=key, patient=patient))
+        # The reviewed subtype teaches the second question; undetermined teaches nothing.
+        subtype = study.current_subtype if study.current_subtype in SUBTYPES else ""
+        candidates.append(
+            Item(path, study.current_label, source=key, patient=patient, subtype=subtype)
+        )
 
     if exclude_held_out:
         held_out = selectors.site_evaluation_keys()

@@ -35,7 +35,10 @@ def gate_decide(candidate: dict, active: dict | None) -> dict:
 
     Passed when the candidate's sensitivity (at its own threshold) reaches
     RETRAIN_MIN_SENSITIVITY and its RETRAIN_GATE_METRIC is at least the active model's minus
-    RETRAIN_GATE_MARGIN. With no active model, only the floor applies."""
+    RETRAIN_GATE_MARGIN. When the active model answers the subtype question, the candidate
+    must answer it too, with a subtype AUC (bacterial vs viral on the gate images of known
+    subtype) at least the active model's minus the same margin. With no active model, only
+    the floor applies."""
     metric, margin = settings.RETRAIN_GATE_METRIC, settings.RETRAIN_GATE_MARGIN
     floor = settings.RETRAIN_MIN_SENSITIVITY
     if metric not in GATE_METRICS:
@@ -51,6 +54,10 @@ def gate_decide(candidate: dict, active: dict | None) -> dict:
         "min_sensitivity": floor,
         "candidate": {k: candidate.get(k) for k in keys},
         "active": None if active is None else {k: active.get(k) for k in keys},
+        "subtype": {
+            "candidate": _subtype_auc(candidate),
+            "active": None if active is None else _subtype_auc(active),
+        },
     }
     ours, sensitivity = candidate.get(metric), candidate.get("sensitivity")
     reasons = []
@@ -63,6 +70,7 @@ def gate_decide(candidate: dict, active: dict | None) -> dict:
                 f"{metric} {_fmt(ours)} is worse than the active model's {_fmt(theirs)} "
                 f"by more than the margin {margin:.3f}"
             )
+        reasons += _subtype_reasons(candidate, active, margin)
     if reasons:
         return verdict | {"passed": False, "reason": "; ".join(reasons)}
     if active is None:
@@ -73,6 +81,26 @@ def gate_decide(candidate: dict, active: dict | None) -> dict:
             f"sensitivity {_fmt(sensitivity)} >= {floor:.3f}"
         )
     return verdict | {"passed": True, "reason": reason}
+
+
+def _subtype_auc(evaluation: dict) -> float | None:
+    return (evaluation.get("subtype") or {}).get("auc")
+
+
+def _subtype_reasons(candidate: dict, active: dict, margin: float) -> list[str]:
+    """Why the candidate fails on the subtype question, if the active model answers it."""
+    theirs = _subtype_auc(active)
+    if active.get("subtype") is None or theirs is None:
+        return []  # the active model does not answer it (or the gate images lack a subtype)
+    if candidate.get("subtype") is None:
+        return ["the candidate does not answer the subtype question the active model answers"]
+    ours = _subtype_auc(candidate)
+    if ours is None or ours < theirs - margin:
+        return [
+            f"subtype AUC {_fmt(ours)} is worse than the active model's {_fmt(theirs)} by more "
+            f"than the margin {margin:.3f}"
+        ]
+    return []
 
 
 def _fmt(value) -> str:

@@ -209,21 +209,36 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
                 with default_storage.open(prediction.study.image.name, "rb") as fh:
                     sources.append(fh.read())
             images = predictor.heatmaps(sources)
+            subtype_images = _subtype_heatmaps(predictor, sources)
         except Exception:
             logger.exception("Heatmaps of predictions %s dropped.", [p.pk for p in batch])
             owed.filter(pk__in=[p.pk for p in batch]).update(heatmap_due=False)
             continue
-        for prediction, image in zip(batch, images, strict=True):
+        for prediction, image, subtype_image in zip(batch, images, subtype_images, strict=True):
             name = _save_png(image, "heatmaps")
-            if owed.filter(pk=prediction.pk).update(heatmap=name, heatmap_due=False):
+            subtype_name = "" if subtype_image is None else _save_png(subtype_image, "heatmaps")
+            drew = owed.filter(pk=prediction.pk).update(
+                heatmap=name, subtype_heatmap=subtype_name, heatmap_due=False
+            )
+            if drew:
                 drawn += 1
-            else:
-                default_storage.delete(name)  # another worker drew it meanwhile
+            else:  # another worker drew them meanwhile
+                for written in filter(None, (name, subtype_name)):
+                    default_storage.delete(written)
     return drawn
 
 
+def _subtype_heatmaps(predictor, sources: list) -> list:
+    """Grad-CAM overlays of the subtype question (bacterial against viral) for a model that
+    answers it, else None for each source: a second backward pass."""
+    if getattr(getattr(predictor, "meta", None), "subtype", None) is None:
+        return [None] * len(sources)
+    return predictor.heatmaps(sources, question="subtype")
+
+
 def _run_batch(predictor, batch: list[Prediction], version) -> dict:
-    """prediction id -> (ml Prediction, heatmap, site threshold) or the exception for that
+    """prediction id -> (ml Prediction, heatmap, subtype heatmap, site threshold) or the
+    exception for that
     image (_record). Each study's site threshold decides, where one is in force for the
     version; the version's own otherwise. A batch from several such sites runs a pass per
     threshold."""
@@ -241,8 +256,8 @@ def _run_batch(predictor, batch: list[Prediction], version) -> dict:
 
 
 def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> dict:
-    """prediction id -> (ml Prediction, heatmap) or the exception for that image. Images are
-    read one by one (a damaged file fails alone), then run as one batch."""
+    """prediction id -> (ml Prediction, heatmap, subtype heatmap) or the exception for that
+    image. Images are read one by one (a damaged file fails alone), then run as one batch."""
     results, sources, ready = {}, [], []
     for prediction in batch:
         try:
@@ -257,13 +272,15 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> d
         # Heatmaps need gradients: only the torch runtimes give them.
         explains = settings.PREDICTION_HEATMAPS != "off" and hasattr(predictor, "heatmaps")
         if explains and settings.PREDICTION_HEATMAPS == "inline":
+            explained = predictor.explain_batch(sources, threshold=threshold)
+            subtypes = _subtype_heatmaps(predictor, sources)
             outputs = [
-                (r, _save_png(o, "heatmaps"))
-                for r, o in predictor.explain_batch(sources, threshold=threshold)
+                (r, _save_png(o, "heatmaps"), s and _save_png(s, "heatmaps"))
+                for (r, o), s in zip(explained, subtypes, strict=True)
             ]
-        else:  # deferred: "" marks the heatmap as owed (heatmaps_draw)
+        else:  # deferred: "" marks the heatmaps as owed (heatmaps_draw)
             outputs = [
-                (r, "" if explains else None)
+                (r, "" if explains else None, None)
                 for r in predictor.predict_batch(sources, threshold=threshold)
             ]
     except Exception as exc:
@@ -288,6 +305,7 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> d
 _OUTCOME_FIELDS = [
     "status", "model_version", "label", "probability", "threshold", "site_threshold",
     "elapsed_ms", "heatmap", "heatmap_due", "runtime", "error", "model_error", "finished_at",
+    "p_bacterial", "subtype", "subtype_threshold", "subtype_heatmap",
 ]  # fmt: skip
 
 
@@ -307,8 +325,9 @@ def _record(batch: list[Prediction], version, results: dict, runtime: str = "") 
         if prediction.pk in held:
             _outcome(prediction, version, result, runtime, now)
             rows.append(prediction)
-        elif not isinstance(result, Exception) and result[1]:
-            default_storage.delete(result[1])  # another worker's result stands
+        elif not isinstance(result, Exception):  # another worker's result stands
+            for written in filter(None, result[1:3]):
+                default_storage.delete(written)
     _write(rows, _OUTCOME_FIELDS)
 
 
@@ -350,14 +369,21 @@ def _outcome(prediction: Prediction, version, result, runtime: str, now) -> None
         prediction.label, prediction.probability, prediction.threshold = "", None, None
         prediction.site_threshold, prediction.elapsed_ms = None, None
         prediction.heatmap, prediction.heatmap_due = "", False
+        prediction.p_bacterial, prediction.subtype, prediction.subtype_threshold = None, "", None
+        prediction.subtype_heatmap = ""
         return
-    # heatmap: a file name, "" when owed, None when not made; site_threshold: what decided
-    output, heatmap, site_threshold = result
+    # heatmap: a file name, "" when owed, None when not made; subtype_heatmap: a file name or
+    # None (owed with the heatmap when that is); site_threshold: what decided
+    output, heatmap, subtype_heatmap, site_threshold = result
     prediction.status, prediction.error, prediction.model_error = Prediction.Status.DONE, "", False
     prediction.label, prediction.probability = output.label, output.probability
     prediction.threshold, prediction.site_threshold = output.threshold, site_threshold
     prediction.elapsed_ms, prediction.runtime = output.elapsed_ms, runtime
     prediction.heatmap, prediction.heatmap_due = heatmap or "", heatmap == ""
+    prediction.subtype_heatmap = subtype_heatmap or ""
+    # The second question, when the version answers it (ml.core.Prediction's None otherwise).
+    prediction.p_bacterial, prediction.subtype = output.p_bacterial, output.subtype or ""
+    prediction.subtype_threshold = output.subtype_threshold
 
 
 def _save_png(image, folder: str) -> str:

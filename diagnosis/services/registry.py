@@ -68,6 +68,7 @@ def model_version_register(
             positive_class=meta.positive_class,
             preprocessing=meta.preprocessing.to_dict(),
             threshold=meta.threshold,
+            subtype=None if meta.subtype is None else meta.subtype.to_dict(),
             metrics=meta.metrics,
             train_args=meta.train_args,
             data_hash=meta.data_hash or "",
@@ -232,11 +233,29 @@ def _labeled_items(data: Path) -> list:
     return read_manifest(data) if data.suffix == ".csv" else scan_eval_folder(data)
 
 
-def _scores(predictor, paths: list, batch: int = 16) -> list[float]:
-    scores = []
+def _predictions(predictor, paths: list, batch: int = 16) -> list:
+    predictions = []
     for i in range(0, len(paths), batch):
-        scores += [p.probability for p in predictor.predict_batch(paths[i : i + batch])]
-    return scores
+        predictions += predictor.predict_batch(paths[i : i + batch])
+    return predictions
+
+
+def _subtype_scores(version: ModelVersion, items: list, reference: list, candidate: list):
+    """Both runtimes' P(bacterial | pneumonia) on the pneumonia images of known subtype, for
+    ml.runtimes.accuracy_gate; None for a version without the subtype question."""
+    from ml.data import subtype_of
+    from ml.runtimes import SubtypeScores
+
+    question = version.subtype_question
+    if question is None:
+        return None
+    known = [i for i, item in enumerate(items) if subtype_of(item)]
+    return SubtypeScores(
+        [int(subtype_of(items[i]) == "bacterial") for i in known],
+        [reference[i].p_bacterial for i in known],
+        [candidate[i].p_bacterial for i in known],
+        question.threshold,
+    )
 
 
 def runtime_artifact_create(
@@ -263,7 +282,7 @@ def runtime_artifact_create(
     paths = [item.path for item in items]
     y_true = [int(item.label == version.positive_class) for item in items]
     checkpoint = model_loader.model_path(version)
-    reference = _scores(Predictor.from_checkpoint(checkpoint), paths)
+    reference = _predictions(Predictor.from_checkpoint(checkpoint), paths)
     if calibration is None and runtime == "onnx-int8":
         from diagnosis.services.cleaning import training_pool
 
@@ -282,8 +301,18 @@ def runtime_artifact_create(
             candidate = OnnxPredictor(
                 out, Preprocessing.from_dict(version.preprocessing), version.threshold,
                 version.class_names, version.positive_class,
+                subtype=version.subtype_question,
             )  # fmt: skip
-        comparison = accuracy_gate(y_true, reference, _scores(candidate, paths), version.threshold)
+        try:
+            answers = _predictions(candidate, paths)
+        except ValueError as exc:  # outputs that do not fit the version's questions
+            raise RuntimeRejected(
+                {"runtime": runtime, "accepted": False, "reason": f"the artifact: {exc}"}
+            ) from exc
+        comparison = accuracy_gate(
+            y_true, [p.probability for p in reference], [p.probability for p in answers],
+            version.threshold, subtype=_subtype_scores(version, items, reference, answers),
+        )  # fmt: skip
         comparison |= {"runtime": runtime, "n_calibration": len(calibration or [])}
         if not comparison["accepted"]:
             raise RuntimeRejected(comparison)

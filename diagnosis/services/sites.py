@@ -128,7 +128,7 @@ def site_audit_run(
     adapted model (adapt_params["promote"]) is for admins (or roles.SYSTEM), checked before
     any work is done."""
     from ml.calibration import calibrate
-    from ml.data import Item
+    from ml.data import SUBTYPES, Item
     from ml.evaluate import evaluate_checkpoint
 
     actor, user = user, roles.recorded_user(user)  # who acts; what the rows record
@@ -151,6 +151,7 @@ def site_audit_run(
             s.current_label,
             source=f"study:{s.pk}",
             patient=patient_group(s.patient_key, s.original_filename, f"study:{s.pk}"),
+            subtype=s.current_subtype if s.current_subtype in SUBTYPES else "",
         )
         for s in studies
     ]

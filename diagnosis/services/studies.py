@@ -14,7 +14,16 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from diagnosis import roles, selectors
-from diagnosis.models import Label, Prediction, Review, Site, Study, Unusable, default_site_pk
+from diagnosis.models import (
+    Label,
+    Prediction,
+    Review,
+    Site,
+    Study,
+    Subtype,
+    Unusable,
+    default_site_pk,
+)
 from diagnosis.pseudonyms import MAX_ID_LENGTH, patient_key
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
@@ -118,14 +127,20 @@ def _display_name(name: str | None) -> str:
 
 
 def review_create(
-    *, study: Study, reviewer, label: str = "", note: str = "", unusable_reason: str = ""
-) -> Review:
+    *, study: Study, reviewer, label: str = "", note: str = "", unusable_reason: str = "",
+    subtype: str = "",
+) -> Review:  # fmt: skip
     """Record a radiologist's verdict: a label, or that the image is unusable for training
-    (with the reason), or both. The study's current label and usability become these."""
+    (with the reason), or both; with label PNEUMONIA, optionally its subtype (bacterial,
+    viral or undetermined). The study's current label, subtype and usability become these."""
     if not roles.can_review(reviewer):
         raise PermissionDenied("Only radiologists and admins may review studies.")
     if label and label not in Label.values:
         raise ValueError(f"label must be one of {', '.join(Label.values)}, got {label!r}")
+    if subtype and subtype not in Subtype.values:
+        raise ValueError(f"subtype must be one of {', '.join(Subtype.values)}, got {subtype!r}")
+    if subtype and label != Label.PNEUMONIA:
+        raise ValueError("a subtype goes with the label PNEUMONIA only")
     if unusable_reason and unusable_reason not in Unusable.values:
         raise ValueError(f"unusable_reason must be one of {', '.join(Unusable.values)}")
     if not label and not unusable_reason:
@@ -138,22 +153,26 @@ def review_create(
             reviewer=reviewer,
             previous_label=locked.current_label,
             label=label,
+            previous_subtype=locked.current_subtype,
+            subtype=subtype,
             unusable_reason=unusable_reason,
             note=note.strip(),
         )
-        locked.current_label = label
+        locked.current_label, locked.current_subtype = label, subtype
         locked.unusable_reason = unusable_reason
         locked.reviewed_at = review.created_at
-        locked.save(update_fields=["current_label", "unusable_reason", "reviewed_at"])
-    study.current_label, study.unusable_reason = label, unusable_reason
-    study.reviewed_at = review.created_at
+        locked.save(
+            update_fields=["current_label", "current_subtype", "unusable_reason", "reviewed_at"]
+        )
+    study.current_label, study.current_subtype = label, subtype
+    study.unusable_reason, study.reviewed_at = unusable_reason, review.created_at
     return review
 
 
-def studies_relabel(*, studies, reviewer, label: str, note: str = "") -> int:
+def studies_relabel(*, studies, reviewer, label: str, note: str = "", subtype: str = "") -> int:
     """Bulk relabel (the admin action): one review per study, through review_create."""
     count = 0
     for study in studies:
-        review_create(study=study, reviewer=reviewer, label=label, note=note)
+        review_create(study=study, reviewer=reviewer, label=label, note=note, subtype=subtype)
         count += 1
     return count

@@ -29,6 +29,7 @@
     if (status === "done") {
       set("label", prediction.label || "");
       set("probability", fmt(prediction.probability));
+      set("subtype", prediction.subtype || "");
     }
     const heatmapDrawn = el.hasAttribute("data-heatmap-due") && !prediction.heatmap_due;
     if (heatmapDrawn) el.removeAttribute("data-heatmap-due");

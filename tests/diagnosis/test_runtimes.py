@@ -42,6 +42,9 @@ def test_an_onnx_artifact_that_matches_fp32_is_kept(version, capsys):
     artifact = RuntimeArtifact.objects.get(version=version, runtime="onnx-fp32")
     assert artifact.comparison["accepted"] and artifact.comparison["n"] > 0
     assert abs(artifact.comparison["auc_drop"]) <= 0.005
+    # ml.train's default answers the subtype too (the names carry it): the gate checks both.
+    assert version.subtype is not None and artifact.comparison["subtype"]["n"] > 0
+    assert abs(artifact.comparison["subtype"]["auc_drop"]) <= 0.005
     assert artifact.file.endswith(".onnx") and len(artifact.sha256) == 64
     assert "AUC" in out and "onnx-fp32 accepted" in out
 
@@ -57,7 +60,8 @@ def test_an_int8_artifact_is_calibrated_on_training_images_and_gated(version, se
 def test_the_gate_refuses_a_broken_artifact_and_keeps_nothing(version, tmp_path, capsys, settings):
     from ml.runtimes import export_onnx
 
-    broken = make_checkpoint(tmp_path / "random.pt", seed=3, input_size=64)
+    # Random weights, with the version's own questions: the gate must see the scores drop.
+    broken = make_checkpoint(tmp_path / "random.pt", seed=3, input_size=64, subtype=version.subtype)
 
     def build(checkpoint, runtime, out, calibration):
         return export_onnx(broken, out)  # not the model it claims to be
@@ -179,3 +183,19 @@ def test_on_a_gpu_the_worker_predicts_in_half_precision_and_draws_heatmaps(
     assert prediction.probability == pytest.approx(
         on_cpu.predict(study.image.path).probability, abs=0.02
     )
+
+
+def test_an_artifact_whose_outputs_do_not_fit_the_questions_is_refused(version, tmp_path):
+    from ml.runtimes import export_onnx
+
+    binary = make_checkpoint(tmp_path / "binary.pt", seed=3, input_size=64)  # 2 outputs
+
+    def build(checkpoint, runtime, out, calibration):
+        return export_onnx(binary, out)
+
+    assert version.subtype is not None  # the default answers the subtype: 3 outputs
+    with pytest.raises(
+        services.RuntimeRejected, match="gives 2 outputs per image; the three_class head has 3"
+    ):
+        services.runtime_artifact_create(version=version, runtime="onnx-fp32", build=build)
+    assert not RuntimeArtifact.objects.exists()

@@ -148,6 +148,7 @@ def test_it_summarizes_agreement_per_model_version(cases, rita, alice):
         "agreement": 0.5,
         "sensitivity": 0.5,
         "specificity": 0.5,
+        "subtype": None,  # a binary model
     }
     assert api_client_for(alice).get(reverse("api:agreement")).json() == [row]
     client = Client()
