@@ -23,11 +23,13 @@ pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-u
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A ResNet34 that has learned the synthetic classes, with its validation manifest. Its
-    own data set: the int8 gate's figures are measured on its validation images, and this
-    seed's leave the gate a margin the retraining tests' data set does not."""
+    """A ResNet34 that has learned the synthetic classes and subtypes, with its validation
+    manifest. Its own data set: the int8 gate's figures are measured on its validation images,
+    and this seed's leave the gate a margin the retraining tests' data set does not. The
+    subtypes look different (a subtype the images do not show gives the gate nothing stable
+    to compare: near-equal scores that int8 reorders at random)."""
     root = tmp_path_factory.mktemp("runtime-data")
-    write_dataset(root / "train", 40, size=64, seed=8)
+    write_dataset(root / "train", 40, size=64, seed=8, subtypes=True)
     return train_synthetic(root / "train", root / "m.pt")
 
 
@@ -194,8 +196,6 @@ def test_an_artifact_whose_outputs_do_not_fit_the_questions_is_refused(version, 
         return export_onnx(binary, out)
 
     assert version.subtype is not None  # the default answers the subtype: 3 outputs
-    with pytest.raises(
-        services.RuntimeRejected, match="gives 2 outputs per image; the three_class head has 3"
-    ):
+    with pytest.raises(services.RuntimeRejected, match=r"gives 2 outputs per image; the \w+ head"):
         services.runtime_artifact_create(version=version, runtime="onnx-fp32", build=build)
     assert not RuntimeArtifact.objects.exists()
