@@ -64,24 +64,25 @@ def scores(checkpoint: Path, items: list, shift, cache: Path, batch_size: int = 
 
 
 def figures(data: dict, threshold: float, subtype_threshold: float | None) -> dict:
+    """The table's figures of one set of scores: the pneumonia question's, and the subtype's
+    as ml.evaluate reports them (ml.scores.evaluate_subtype)."""
+    from ml.scores import evaluate_subtype
+
     y, p = data["y"], data["p"]
     sens, spec = metrics.sensitivity_specificity(y, p, threshold)
     row = {"auc": metrics.roc_auc(y, p), "ci": metrics.bootstrap_auc_ci(y, p, n=1000, seed=0),
            "sens": sens, "spec": spec}  # fmt: skip
     if subtype_threshold is None:
         return row
-    known = (y == 1) & np.isin(data["subtype"], ["bacterial", "viral"])
-    ys, q = (data["subtype"][known] == "bacterial").astype(int), data["b"][known]
-    s_sens, s_spec = metrics.sensitivity_specificity(ys, q, subtype_threshold)
+    t = evaluate_subtype(
+        y.tolist(), data["subtype"].tolist(), p.tolist(), data["b"].tolist(),
+        threshold=threshold, subtype_threshold=subtype_threshold,
+    )  # fmt: skip
     return row | {
-        "subtype_auc": metrics.roc_auc(ys, q),
-        "subtype_ci": metrics.bootstrap_auc_ci(ys, q, n=1000, seed=0),
-        "subtype_sens": s_sens,
-        "subtype_spec": s_spec,
-        "subtype_acc": float(np.mean((q >= subtype_threshold) == (ys == 1))),
-        "n_bacterial": int(ys.sum()),
-        "n_viral": int(len(ys) - ys.sum()),
-    }
+        "subtype_auc": t.auc, "subtype_ci": t.auc_ci, "subtype_sens": t.sensitivity,
+        "subtype_spec": t.specificity, "subtype_acc": t.accuracy,
+        "n_bacterial": t.n["bacterial"], "n_viral": t.n["viral"],
+    }  # fmt: skip
 
 
 def run_once(args: argparse.Namespace, head: str) -> dict:
