@@ -13,6 +13,9 @@ from diagnosis.models import (
     Label,
     ModelActivation,
     ModelVersion,
+    PacsDelivery,
+    PacsFeed,
+    PacsInstance,
     Prediction,
     Review,
     Site,
@@ -287,3 +290,25 @@ class SiteThresholdAdmin(AuditTrailAdmin):
 
     list_display = ["created_at", "site", "model_version", "threshold", "created_by", "reason"]
     list_filter = ["site"]
+
+
+# The PACS link: what was taken from Orthanc, what is owed back, how far the feed was read.
+# Read-only records; the services write them.
+@admin.register(PacsInstance)
+class PacsInstanceAdmin(AuditTrailAdmin):
+    list_display = ["id", "received_at", "status", "study", "site", "reason"]
+    list_filter = ["status", "site"]
+    readonly_fields = [f.name for f in PacsInstance._meta.fields]
+
+
+@admin.register(PacsDelivery)
+class PacsDeliveryAdmin(AuditTrailAdmin):
+    list_display = ["id", "created_at", "kind", "status", "attempts", "delivered_at", "prediction"]
+    list_filter = ["status", "kind"]
+    readonly_fields = [f.name for f in PacsDelivery._meta.fields]
+
+
+@admin.register(PacsFeed)
+class PacsFeedAdmin(AuditTrailAdmin):
+    list_display = ["source", "last_seq", "updated_at"]
+    readonly_fields = [f.name for f in PacsFeed._meta.fields]

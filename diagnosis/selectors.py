@@ -18,6 +18,7 @@ from diagnosis.models import (
     Evaluation,
     ModelActivation,
     ModelVersion,
+    PacsInstance,
     Prediction,
     Site,
     SiteAudit,
@@ -116,9 +117,18 @@ def prediction_heatmap_for(
 
 
 def study_predictions(study: Study) -> QuerySet[Prediction]:
-    return study.predictions.select_related("model_version", "site_threshold__site").order_by(
-        "-created_at", "-id"
+    """Newest first, with each one's result objects owed to the PACS (deliveries)."""
+    return (
+        study.predictions.select_related("model_version", "site_threshold__site")
+        .prefetch_related("deliveries")
+        .order_by("-created_at", "-id")
     )
+
+
+def study_pacs_instance(study: Study):
+    """Where the study came from in the PACS (its UIDs and Orthanc's identifiers), or None
+    for an upload. Admins only: pages and API show it to no one else."""
+    return PacsInstance.objects.filter(study=study).first()
 
 
 def study_reviews(study: Study):

@@ -103,9 +103,14 @@ def study_detail(request, pk: int):
         "unusable_reason": study.unusable_reason,
     }
     order, subtype = _order(request), _subtype(request)
+    predictions = list(selectors.study_predictions(study))
     context = {
         "study": study,
-        "predictions": selectors.study_predictions(study),
+        "predictions": predictions,
+        "deliveries": [d for p in predictions for d in p.deliveries.all()],
+        "pacs_instance": (
+            selectors.study_pacs_instance(study) if roles.is_admin(request.user) else None
+        ),
         "reviews": selectors.study_reviews(study),
         "review_form": ReviewForm(initial=initial),
         "order": order,

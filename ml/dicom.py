@@ -94,6 +94,25 @@ def _to_8bit(ds, pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
 
 
+def read_uids(data: bytes) -> dict:
+    """The UIDs that place a DICOM instance (SOP instance and class, series, study) and its
+    modality, from the header alone; empty strings where the header cannot say."""
+    import io
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:
+        ds = {}
+    keys = {"sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID",
+            "series_instance_uid": "SeriesInstanceUID", "study_instance_uid": "StudyInstanceUID",
+            "modality": "Modality"}  # fmt: skip
+    return {name: str(ds.get(keyword, "") or "").strip()[:64] for name, keyword in keys.items()}
+
+
 def read_dicom(file: BinaryIO, *, max_pixels: int) -> DicomImage:
     """Decode one DICOM radiograph, or raise DicomError saying why it cannot be used."""
     import pydicom

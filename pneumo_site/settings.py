@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -365,6 +366,31 @@ INFERENCE_DEVICE = envchoice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda")
 # exceed the cores, or the processes fight over them.
 INFERENCE_THREADS = envint("INFERENCE_THREADS", "0")  # 0: torch's default (all cores)
 
+# ---------------------------------------------------------------------------- PACS (Orthanc)
+
+# The PACS the platform is a DICOM node of (README, "PACS"): empty, none. Studies stored in
+# that Orthanc become platform studies of ORTHANC_SITE once stable (`manage.py pacs_listen`),
+# and every result goes back to it as a structured report and a secondary capture, then to
+# each of ORTHANC_FORWARD_TO (modalities Orthanc knows by name) when given.
+ORTHANC_URL = os.getenv("ORTHANC_URL", "").strip()
+ORTHANC_USERNAME = os.getenv("ORTHANC_USERNAME", "")
+ORTHANC_PASSWORD = os.getenv("ORTHANC_PASSWORD", "")
+ORTHANC_SITE = os.getenv("ORTHANC_SITE", "").strip()  # a site's name; empty: the default site
+ORTHANC_FORWARD_TO = envlist("ORTHANC_FORWARD_TO", "")
+PACS_POLL_SECONDS = envfloat("PACS_POLL_SECONDS", "0.2")  # how often the feed and outbox are read
+PACS_RETRY_MAX_SECONDS = envint("PACS_RETRY_MAX_SECONDS", "300")  # backoff cap of the outbox
+PACS_USER = os.getenv("PACS_USER", "pacs")  # the account PACS studies are recorded as uploaded by
+if ORTHANC_URL:
+    if urlsplit(ORTHANC_URL).scheme not in ("http", "https") or not urlsplit(ORTHANC_URL).netloc:
+        raise ImproperlyConfigured(f"ORTHANC_URL must be an http(s) URL, got {ORTHANC_URL!r}")
+    if not ORTHANC_USERNAME or not ORTHANC_PASSWORD:
+        raise ImproperlyConfigured(
+            "ORTHANC_USERNAME and ORTHANC_PASSWORD must be set with ORTHANC_URL: the platform "
+            "talks only to an Orthanc with authentication on."
+        )
+if PACS_POLL_SECONDS <= 0:
+    raise ImproperlyConfigured(f"PACS_POLL_SECONDS must be positive, got {PACS_POLL_SECONDS}")
+
 # ---------------------------------------------------------------------------- logging
 
 LOGGING = {
@@ -372,6 +398,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # highdicom logs the UIDs of the images it copies from at INFO: not in our logs.
+    "loggers": {"highdicom": {"level": "WARNING"}},
     "root": {
         "handlers": ["console"],
         "level": envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),

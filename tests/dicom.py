@@ -42,16 +42,22 @@ def dicom_bytes(
     preamble: bool = True,
     patient_id: str = "MRN-0042-SECRET",
     issuer: str = "",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
 ) -> bytes:
     if pixels is None:
         pixels = xray_pixels(bits=bits)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    # A PACS files every instance under its study and series.
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
     # Identifying tags, which must never reach the database, the pages or the logs.
     ds.PatientName = "Doe^Jane"
     ds.PatientID = patient_id

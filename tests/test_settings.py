@@ -70,3 +70,20 @@ def test_production_needs_the_pseudonym_key_like_the_secret_key():
     result = load_settings(**production)
     assert result.returncode != 0 and "PSEUDONYM_KEY must be set" in result.stderr
     assert load_settings(**production | {"PSEUDONYM_KEY": "p" * 50}).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ORTHANC_URL": "127.0.0.1:8042"}, "ORTHANC_URL must be an http(s) URL"),
+        ({"ORTHANC_URL": "http://127.0.0.1:8042"}, "ORTHANC_USERNAME and ORTHANC_PASSWORD must"),
+        ({"ORTHANC_URL": "http://h:1", "ORTHANC_USERNAME": "u"}, "ORTHANC_PASSWORD must be set"),
+        ({"PACS_POLL_SECONDS": "0"}, "PACS_POLL_SECONDS must be positive"),
+    ],
+)
+def test_a_pacs_setting_that_cannot_work_stops_the_load(env, message):
+    result = load_settings(**env)
+    assert result.returncode != 0 and message in result.stderr
+    fixed = {"ORTHANC_URL": "http://127.0.0.1:8042", "ORTHANC_USERNAME": "u",
+             "ORTHANC_PASSWORD": "p"}  # fmt: skip
+    assert load_settings(**fixed).returncode == 0

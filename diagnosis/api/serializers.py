@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from diagnosis import roles, selectors
 from diagnosis.models import (
     SUBTYPE_CAVEAT,
     Evaluation,
     ModelVersion,
+    PacsDelivery,
+    PacsInstance,
     Prediction,
     Review,
     Site,
@@ -142,16 +146,57 @@ class StudySummarySerializer(serializers.ModelSerializer):
         return reverse("api:study-detail", args=[study.pk])
 
 
+class DeliveryOutputSerializer(serializers.ModelSerializer):
+    """One result object owed to the PACS and where its delivery stands."""
+
+    class Meta:
+        model = PacsDelivery
+        fields = ["kind", "status", "attempts", "last_error", "next_attempt_at", "created_at",
+                  "delivered_at", "forwarded_to"]  # fmt: skip
+
+
+class PredictionDetailSerializer(PredictionOutputSerializer):
+    deliveries = DeliveryOutputSerializer(
+        many=True, read_only=True,
+        help_text="Result objects sent back to the PACS (studies that came from it only).",
+    )  # fmt: skip
+
+    class Meta(PredictionOutputSerializer.Meta):
+        fields = [*PredictionOutputSerializer.Meta.fields, "deliveries"]
+
+
+class PacsInstanceOutputSerializer(serializers.ModelSerializer):
+    """Where a study came from in the PACS: shown to admins only."""
+
+    class Meta:
+        model = PacsInstance
+        fields = ["source", "received_at", "orthanc_id", "orthanc_study", "sop_instance_uid",
+                  "series_instance_uid", "study_instance_uid", "sop_class_uid"]  # fmt: skip
+
+
 class StudyDetailSerializer(StudySummarySerializer):
     image_url = serializers.SerializerMethodField()
-    predictions = PredictionOutputSerializer(many=True, source="predictions.all")
+    predictions = PredictionDetailSerializer(many=True, source="predictions.all")
     reviews = ReviewOutputSerializer(many=True, source="reviews.all")
+    pacs = serializers.SerializerMethodField(
+        help_text="The study's PACS identifiers (admins only; null for everyone else, and for "
+        "uploads)."
+    )
 
     class Meta(StudySummarySerializer.Meta):
-        fields = [*StudySummarySerializer.Meta.fields, "image_url", "predictions", "reviews"]
+        fields = [*StudySummarySerializer.Meta.fields, "image_url", "predictions", "reviews",
+                  "pacs"]  # fmt: skip
 
     def get_image_url(self, study: Study) -> str:
         return reverse("api:study-image", args=[study.pk])
+
+    @extend_schema_field(PacsInstanceOutputSerializer(allow_null=True))
+    def get_pacs(self, study: Study) -> dict | None:
+        request = self.context.get("request")
+        if request is None or not roles.is_admin(request.user):
+            return None
+        instance = selectors.study_pacs_instance(study)
+        return PacsInstanceOutputSerializer(instance).data if instance else None
 
 
 def plot_urls(owner: str, row: Evaluation | ModelVersion | SiteAudit) -> dict[str, str]:

@@ -141,7 +141,8 @@ class StudyDetailApi(APIView):
 
     @extend_schema(responses=StudyDetailSerializer, summary="A study with its predictions")
     def get(self, request, pk: int):
-        return Response(StudyDetailSerializer(selectors.study_or_404(request.user, pk)).data)
+        study = selectors.study_or_404(request.user, pk)
+        return Response(StudyDetailSerializer(study, context={"request": request}).data)
 
 
 class StudyImageApi(APIView):

@@ -1,12 +1,14 @@
 """Data of the review platform, one module per concern: studies.py (studies, predictions,
 reviews), registry.py (model versions, activations, evaluations, runtime artifacts),
 training.py (cleaning, the validation split, training jobs), sites.py (sites, their audits and
-thresholds). Business rules live in services/; these modules hold data and one-line
-properties only. Everything is importable from here.
+thresholds), pacs.py (the Orthanc feed, the instances taken from it, the outbox of
+results). Business rules live in services/; these modules hold data and one-line properties
+only. Everything is importable from here.
 """
 
 from __future__ import annotations
 
+from diagnosis.models.pacs import PacsDelivery, PacsFeed, PacsInstance
 from diagnosis.models.registry import Evaluation, ModelActivation, ModelVersion, RuntimeArtifact
 from diagnosis.models.sites import Site, SiteAudit, SiteThreshold, default_site_pk
 from diagnosis.models.studies import (
@@ -29,7 +31,8 @@ from diagnosis.models.training import (
 
 __all__ = [
     "SUBTYPE_CAVEAT", "CleaningCandidate", "CleaningDecision", "CleaningRun", "Evaluation",
-    "Label", "ModelActivation", "ModelVersion", "PredictedSubtype", "Prediction", "Review",
+    "Label", "ModelActivation", "ModelVersion", "PacsDelivery",
+    "PacsFeed", "PacsInstance", "PredictedSubtype", "Prediction", "Review",
     "RuntimeArtifact", "Site", "SiteAudit", "SiteThreshold", "Study", "Subtype", "TrainingJob",
     "Unusable", "ValidationSplit", "default_site_pk",
 ]  # fmt: skip

@@ -13,6 +13,7 @@ from diagnosis.services.gate import (
     validation_split_get_or_create,
     validation_split_parts,
 )
+from diagnosis.services.pacs import pacs_check, pacs_deliver, pacs_poll
 from diagnosis.services.predictions import (
     heatmaps_draw,
     prediction_enqueue,
@@ -66,6 +67,9 @@ __all__ = [
     "model_version_promote",
     "model_version_register",
     "model_version_rollback",
+    "pacs_check",
+    "pacs_deliver",
+    "pacs_poll",
     "prediction_enqueue",
     "prediction_model_load",
     "prediction_run",

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from diagnosis import model_loader, selectors
 from diagnosis.models import Prediction
+from diagnosis.services.outbox import deliveries_for_predictions
 from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
@@ -329,6 +330,7 @@ def _record(batch: list[Prediction], version, results: dict, runtime: str = "") 
             for written in filter(None, result[1:3]):
                 default_storage.delete(written)
     _write(rows, _OUTCOME_FIELDS)
+    deliveries_for_predictions(rows)  # results of PACS studies are owed to the PACS
 
 
 def _write(rows: list[Prediction], names: list[str]) -> None:

@@ -25,9 +25,10 @@ from diagnosis.models import (
     default_site_pk,
 )
 from diagnosis.pseudonyms import MAX_ID_LENGTH, patient_key
+from diagnosis.services.outbox import delivery_for_review
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
-from diagnosis.validation import UploadRejected, inspect_upload
+from diagnosis.validation import ImageInfo, UploadRejected, inspect_upload
 
 # ---------------------------------------------------------------------------- studies
 
@@ -85,34 +86,48 @@ def study_create_many(
                 duplicate.is_duplicate = True
                 studies.append(duplicate)
                 continue
-            # A server-generated name: the client's file name is only ever displayed.
-            content = ContentFile(info.converted) if info.converted is not None else upload
-            name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", content)
-            written.append(name)
-            study = Study.objects.create(
-                image=name,
-                original_filename=_display_name(upload.name),
-                content_type=info.content_type,
-                sha256=info.sha256,
-                width=info.width,
-                height=info.height,
-                uploaded_by=uploaded_by,
-                source_format=info.source_format,
-                patient_key=info.patient_key or patient_key(given),
-                modality=info.facts.get("modality", ""),
-                view_position=info.facts.get("view_position", ""),
-                body_part=info.facts.get("body_part", ""),
-                patient_sex=info.facts.get("sex", ""),
-                patient_age_years=info.facts.get("age_years"),
-                warnings=info.warnings,
-                site_id=site.pk if site is not None else default_site_pk(),
-            )
-            prediction = Prediction.objects.create(study=study)
-            transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+            study = study_record(
+                info, upload, written, uploaded_by=uploaded_by, site=site,
+                original_filename=_display_name(upload.name), given_patient_id=given,
+            )  # fmt: skip
             study.is_duplicate = False
             existing[info.sha256] = study  # the same bytes twice in one upload: one study
             studies.append(study)
     return studies
+
+
+def study_record(
+    info: ImageInfo, upload, written: list[str], *, uploaded_by, site: Site | None,
+    original_filename: str, given_patient_id: str = "",
+) -> Study:  # fmt: skip
+    """Write one checked image (inspect_upload's `info`) as a Study with a pending Prediction,
+    enqueued after commit. Call inside atomic_files() and transaction.atomic(): the file's
+    name goes into `written`, so a failure later in the block removes it."""
+    # A server-generated name: the client's file name is only ever displayed.
+    content = ContentFile(info.converted) if info.converted is not None else upload
+    name = default_storage.save(f"studies/{uuid.uuid4().hex}{info.extension}", content)
+    written.append(name)
+    study = Study.objects.create(
+        image=name,
+        original_filename=original_filename,
+        content_type=info.content_type,
+        sha256=info.sha256,
+        width=info.width,
+        height=info.height,
+        uploaded_by=uploaded_by,
+        source_format=info.source_format,
+        patient_key=info.patient_key or patient_key(given_patient_id),
+        modality=info.facts.get("modality", ""),
+        view_position=info.facts.get("view_position", ""),
+        body_part=info.facts.get("body_part", ""),
+        patient_sex=info.facts.get("sex", ""),
+        patient_age_years=info.facts.get("age_years"),
+        warnings=info.warnings,
+        site_id=site.pk if site is not None else default_site_pk(),
+    )
+    prediction = Prediction.objects.create(study=study)
+    transaction.on_commit(lambda pk=prediction.pk: prediction_enqueue(pk))
+    return study
 
 
 def _display_name(name: str | None) -> str:
@@ -158,6 +173,7 @@ def review_create(
             unusable_reason=unusable_reason,
             note=note.strip(),
         )
+        delivery_for_review(review)  # a study from the PACS: the verified report is owed
         locked.current_label, locked.current_subtype = label, subtype
         locked.unusable_reason = unusable_reason
         locked.reviewed_at = review.created_at
