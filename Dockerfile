@@ -1,4 +1,14 @@
-# One image for the web server, the worker and the beat scheduler (docker-compose.yml).
+# The PACS of docker-compose.yml: Orthanc from Debian's packages, with the project's
+# configuration (deploy/orthanc.json; credentials from the environment).
+FROM debian:bookworm-slim AS orthanc
+RUN apt-get update && apt-get install -y --no-install-recommends orthanc orthanc-dicomweb \
+    && rm -rf /var/lib/apt/lists/*
+COPY deploy/orthanc.json /etc/pneumo/orthanc.json
+EXPOSE 8042 4242
+CMD ["Orthanc", "/etc/pneumo/orthanc.json"]
+
+# One image for the web server, the workers, the beat scheduler and the PACS listener (the
+# last stage: what `build: .` makes).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

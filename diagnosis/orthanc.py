@@ -25,6 +25,10 @@ class OrthancError(RuntimeError):
     """Orthanc could not be reached, or refused a request; the message says which."""
 
 
+class OrthancNotFound(OrthancError):
+    """Orthanc does not have what was asked for (deleted since it was announced, say)."""
+
+
 class OrthancMisconfigured(OrthancError):
     """Orthanc answers, but not to these settings (wrong credentials, not an Orthanc)."""
 
@@ -66,6 +70,8 @@ class Orthanc:
                 f"Orthanc refused the credentials ({where}): check ORTHANC_USERNAME and "
                 "ORTHANC_PASSWORD."
             )
+        if response.status_code == 404:
+            raise OrthancNotFound(f"Orthanc has no {path.split('?')[0]} (404)")
         if response.status_code >= 400:
             raise OrthancError(f"Orthanc answered {response.status_code} to {where}")
         return response
@@ -93,6 +99,17 @@ class Orthanc:
 
     def instance_file(self, instance_id: str) -> bytes:
         return self._request("GET", f"/instances/{quote(instance_id, safe='')}/file").content
+
+    def tags(self, instance_id: str) -> dict:
+        """An instance's DICOM tags by keyword (Orthanc's simplified-tags)."""
+        return self._json("GET", f"/instances/{quote(instance_id, safe='')}/simplified-tags")
+
+    def patients(self) -> list[str]:
+        return self._json("GET", "/patients")
+
+    def delete(self, level: str, orthanc_id: str) -> None:
+        """Delete a patient, study, series or instance (level: patients, studies...)."""
+        self._request("DELETE", f"/{level}/{quote(orthanc_id, safe='')}")
 
     def lookup(self, uid: str) -> list[dict]:
         """The resources with this DICOM UID (an SOPInstanceUID: at most one instance)."""

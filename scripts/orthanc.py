@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,10 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     pacs.start()
     print(f"Orthanc at {pacs.url}, DICOM port {pacs.dicom_port}", flush=True)
+    # Stopped (Ctrl-C, or make up's TERM): Orthanc stops with us, never left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        sys.exit(pacs.process.wait())
-    except KeyboardInterrupt:
+        code = pacs.process.wait()
+    except (KeyboardInterrupt, SystemExit):
+        code = 0
+    finally:
         pacs.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

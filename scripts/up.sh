@@ -9,6 +9,10 @@
 # (or DEMO_DATA), a demo model is trained in the background (fine-tuned from offline
 # ImageNet weights, about 5 minutes) and activated; uploads made meanwhile wait and are
 # predicted as soon as it is active. It is a demo, not a clinical model.
+#
+# When Debian's orthanc package is installed (and ORTHANC_URL is not set), an Orthanc of the
+# project's runs as the PACS (HTTP 127.0.0.1:8042, DICOM port 4242, storage in var/orthanc)
+# with the listener that ingests its studies and sends results back (README, "PACS").
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,6 +115,31 @@ validated at any site. Calibrate it with site_audit before trusting its calls (R
     echo "==> No model is active. Train one with python -m ml.train (see README), then"
     echo "    python manage.py register_model PATH --activate"
   fi
+fi
+
+# The PACS: Orthanc from Debian's packages when present, or the one ORTHANC_URL names.
+if [ -z "${ORTHANC_URL:-}" ] && command -v Orthanc > /dev/null; then
+  ORTHANC_HTTP_PORT=${ORTHANC_HTTP_PORT:-8042}
+  ORTHANC_DICOM_PORT=${ORTHANC_DICOM_PORT:-4242}
+  if [ ! -f var/orthanc-credentials.txt ]; then
+    "$PY" -c "import secrets; print('pneumo', secrets.token_urlsafe(18))" > var/orthanc-credentials.txt
+  fi
+  read -r ORTHANC_USERNAME ORTHANC_PASSWORD < var/orthanc-credentials.txt
+  export ORTHANC_URL=http://127.0.0.1:$ORTHANC_HTTP_PORT ORTHANC_USERNAME ORTHANC_PASSWORD
+  respawn "$PY" scripts/orthanc.py --dir var/orthanc --http-port "$ORTHANC_HTTP_PORT" \
+    --dicom-port "$ORTHANC_DICOM_PORT" --modality MODALITY=MODALITY@11112 \
+    > var/log/orthanc.log 2>&1 &
+  pids+=($!)
+  echo "==> PACS: Orthanc at $ORTHANC_URL (user and password in var/orthanc-credentials.txt),"
+  echo "    DICOM port $ORTHANC_DICOM_PORT, AE title PNEUMO-PACS; it takes C-STOREs from AE title"
+  echo "    MODALITY on 127.0.0.1 (log: var/log/orthanc.log)"
+elif [ -z "${ORTHANC_URL:-}" ]; then
+  echo "==> PACS: none (apt-get install orthanc orthanc-dicomweb, then make up again, starts one)"
+fi
+if [ -n "${ORTHANC_URL:-}" ]; then
+  echo "==> Starting the PACS listener for $ORTHANC_URL (log: var/log/pacs.log)"
+  respawn "$PY" manage.py pacs_listen > var/log/pacs.log 2>&1 &
+  pids+=($!)
 fi
 
 echo "==> Web server on http://127.0.0.1:$PORT/ (Ctrl-C stops everything)"

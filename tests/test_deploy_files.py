@@ -33,16 +33,31 @@ def test_it_documents_every_setting_in_env_example():
 def test_it_describes_web_workers_beat_redis_and_postgres_in_compose():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"web", "worker", "training-worker", "beat", "redis", "postgres"}
-    for name in ("web", "worker", "training-worker", "beat"):
+    assert set(services) == {"web", "worker", "training-worker", "beat", "redis", "postgres",
+                             "pacs-listener", "orthanc"}  # fmt: skip
+    for name in ("web", "worker", "training-worker", "beat", "pacs-listener"):
         env = services[name]["environment"]
         assert set(env) <= settings_variables(), name
         assert env["DEBUG"] == "false"
         assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
-        assert set(services[name]["depends_on"]) == {"redis", "postgres"}
+        assert {"redis", "postgres"} <= set(services[name]["depends_on"])
     # A crashed worker (or any service) comes back by itself.
     assert {services[name].get("restart") for name in services} == {"unless-stopped"}
     assert "celery -A pneumo_site worker -Q pneumo " in services["worker"]["command"]
     assert "worker -Q pneumo-training " in services["training-worker"]["command"]
     assert "celery -A pneumo_site beat" in services["beat"]["command"]
     assert "migrate" in services["web"]["command"]
+    assert services["pacs-listener"]["command"] == "python manage.py pacs_listen"
+    assert services["pacs-listener"]["environment"]["ORTHANC_URL"] == "http://orthanc:8042"
+    assert services["orthanc"]["build"]["target"] == "orthanc"
+    assert "orthanc" in services["pacs-listener"]["depends_on"]
+
+
+def test_the_compose_orthanc_config_keeps_authentication_and_known_modalities():
+    import json
+
+    config = json.loads((ROOT / "deploy" / "orthanc.json").read_text())
+    assert config["AuthenticationEnabled"] is True and not config["DicomAlwaysAllowStore"]
+    assert config["RegisteredUsers"] == {"${ORTHANC_USERNAME}": "${ORTHANC_PASSWORD}"}
+    assert config["OverwriteInstances"] is False and config["StableAge"] <= 2
+    assert "FROM debian:bookworm-slim AS orthanc" in (ROOT / "Dockerfile").read_text()

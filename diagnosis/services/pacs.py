@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from diagnosis.models import PacsDelivery, PacsFeed, PacsInstance, Site
 from diagnosis.models.sites import default_site_pk
-from diagnosis.orthanc import Orthanc, OrthancError
+from diagnosis.orthanc import Orthanc, OrthancError, OrthancNotFound
 from diagnosis.services.storage import atomic_files
 from diagnosis.services.studies import study_record
 from diagnosis.validation import UploadRejected, inspect_upload
@@ -96,11 +96,21 @@ def pacs_poll(pacs: Orthanc | None = None, *, limit: int = 100) -> int:
 def pacs_study_ingest(pacs: Orthanc, study_id: str, *, site: Site, user) -> int:
     """Take each instance of the Orthanc study not taken yet. Returns how many were."""
     taken = 0
-    for item in pacs.study_instances(study_id):
+    try:
+        instances = pacs.study_instances(study_id)
+    except OrthancNotFound:  # deleted from the PACS before it was read: nothing to take
+        logger.info("PACS study %s is gone; skipped", study_id)
+        return 0
+    for item in instances:
         sop = str(item.get("MainDicomTags", {}).get("SOPInstanceUID", "")).strip()
         if not sop or PacsInstance.objects.filter(sop_instance_uid=sop).exists():
             continue
-        data = pacs.instance_file(item["ID"])
+        if PacsDelivery.objects.filter(sop_instance_uid=sop).exists():
+            continue  # one of our own results, back in the study's feed
+        try:
+            data = pacs.instance_file(item["ID"])
+        except OrthancNotFound:
+            continue
         taken += _ingest_instance(pacs, data, sop, item["ID"], study_id, site=site, user=user)
     return taken
 

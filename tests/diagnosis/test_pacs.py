@@ -47,8 +47,8 @@ def pacs(orthanc_server, settings, db):
     settings.ORTHANC_FORWARD_TO = []
     settings.PREDICTION_HEATMAPS = "inline"
     client = Orthanc.from_settings()
-    for patient in client._json("GET", "/patients"):
-        client._request("DELETE", f"/patients/{patient}")
+    for patient in client.patients():
+        client.delete("patients", patient)
     PacsFeed.objects.create(source=client.url, last_seq=client.changes(since=0, limit=0)["Last"])
     return client
 
@@ -163,6 +163,10 @@ def test_a_stored_study_is_ingested_once_predicted_and_reported_back(
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == sop_uid
     assert sc.pixel_array.shape[-1] == 3
     assert len(study_instances(pacs, study_uid)) == 3  # the image, the report, the overlay
+    # The study is stable again with our two objects in it: they are not taken as studies.
+    wait_for(lambda: any(c["ChangeType"] == "StableStudy" for c in pacs.changes(
+        since=PacsFeed.objects.get().last_seq)["Changes"]))  # fmt: skip
+    assert services.pacs_poll(pacs) == 0 and PacsInstance.objects.count() == 1
 
 
 def test_a_review_sends_a_verified_report_that_supersedes_it(
@@ -269,6 +273,19 @@ def test_a_ct_or_a_multi_frame_object_is_refused_with_its_reason(pacs, orthanc_s
     assert set(PacsInstance.objects.values_list("status", flat=True)) == {"refused"}
     assert not Study.objects.exists() and not Prediction.objects.exists()
     assert services.pacs_poll(pacs) == 0  # refused once, not retried for ever
+
+
+def test_a_study_deleted_before_it_was_read_does_not_block_the_feed(pacs, orthanc_server):
+    gone, kept = generate_uid(), generate_uid()
+    c_store(orthanc_server, [radiograph(study_uid=gone)])
+    wait_for(lambda: any(c["ChangeType"] == "StableStudy" for c in pacs.changes(
+        since=PacsFeed.objects.get().last_seq)["Changes"]))  # fmt: skip
+    [study] = [r for r in pacs.lookup(gone) if r["Type"] == "Study"]
+    pacs.delete("studies", study["ID"])
+    c_store(orthanc_server, [radiograph(seed=1, study_uid=kept)])
+
+    assert ingest(pacs, 1) == 1
+    assert list(PacsInstance.objects.values_list("study_instance_uid", flat=True)) == [kept]
 
 
 def test_results_are_forwarded_to_a_destination(pacs, orthanc_server, settings, active_model):
