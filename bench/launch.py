@@ -118,6 +118,7 @@ class Platform:
     web_threads: int = 4
     url: str = ""
     children: list[Child] = field(default_factory=list)
+    child_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         port = free_port()
@@ -128,6 +129,7 @@ class Platform:
         # Inherited by every process of the platform, however deep: what to look for in
         # /proc/*/environ to show that none is left behind.
         env[MARK] = str(os.getpid())
+        self.child_env = env  # what a further child (the PACS listener) runs with
         py = sys.executable
         self.worker = self._spawn(
             "worker",
@@ -173,6 +175,10 @@ class Platform:
     def peak_rss_mb(self) -> tuple[float, float]:
         """(web, worker): the largest peak RSS among each child's processes."""
         return peak_rss_mb(group=self.web.group)[0], peak_rss_mb(group=self.worker.group)[0]
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        """Start one more child, stopped with the others (the PACS listener)."""
+        return self._spawn(name, args, self.child_env if env is None else env)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)

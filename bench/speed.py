@@ -137,7 +137,9 @@ def preprocessing_rows(version, folder: Path, rows) -> None:
 # ------------------------------------------------------------------ the platform
 
 
-def own_platform_rows(worker_env: dict[str, str], e2e: tuple, rows, say=print) -> None:
+def own_platform_rows(
+    worker_env: dict[str, str], e2e: tuple, rows, say=print, pacs: dict | None = None
+) -> None:
     """The end-to-end rows on a platform started here, as children sharing this command's
     database, media folder and broker; stopped however the measurement ends."""
     from django.db import connection
@@ -170,6 +172,12 @@ def own_platform_rows(worker_env: dict[str, str], e2e: tuple, rows, say=print) -
             rows.append(("platform", f"started here: {web}, one worker ({described})"))
             held = partial(_held, running.worker_name, queue)
             platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
+            if pacs and (pacs["n_idle"] or pacs["n_burst"]):
+                from bench.pacs import pacs_rows
+
+                n_idle, n, n_backlog, paths = e2e[0], e2e[1], e2e[2], e2e[4]
+                unused = paths[n + n_backlog : len(paths) - n_idle]  # none uploaded above
+                pacs_rows(running, unused, rows, say=say, **pacs)
     except PlatformError as exc:
         raise CommandError(f"The platform did not start: {exc}") from exc
     finally:

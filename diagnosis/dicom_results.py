@@ -214,8 +214,7 @@ def structured_report(
         previous_versions=[previous] if previous is not None else None,
         series_description="pneumonia classifier report",
     )
-    # Dates from the facts, not the clock: the same result builds the same object.
-    sr.ContentDate, sr.ContentTime = made.strftime("%Y%m%d"), made.strftime("%H%M%S")
+    _stamp(sr, made)
     if facts.verified:
         sr.VerifyingObserverSequence[0].VerificationDateTime = made.strftime("%Y%m%d%H%M%S")
     return sr
@@ -254,15 +253,24 @@ def secondary_capture(
         f"Grad-CAM heatmap of model {facts.model_name} over the source image; {NOT_FOR_DIAGNOSIS}."
     )
     sc.ImageComments = NOT_FOR_DIAGNOSIS
-    sc.ContentDate, sc.ContentTime = (
-        facts.made_at.strftime("%Y%m%d"),
-        facts.made_at.strftime("%H%M%S"),
-    )
+    _stamp(sc, facts.made_at)
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [reference]
     return sc
+
+
+def _stamp(dataset: Dataset, when: datetime) -> None:
+    """Dates from the result, not the clock (highdicom stamps the time of building): the same
+    result builds the same object, byte for byte."""
+    day, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    dataset.ContentDate, dataset.ContentTime = day, time
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = day, time
+    if "DateOfSecondaryCapture" in dataset:
+        dataset.DateOfSecondaryCapture, dataset.TimeOfSecondaryCapture = day, time
+    for equipment in dataset.get("ContributingEquipmentSequence", []):
+        equipment.ContributionDateTime = day + time
 
 
 def encode(dataset: Dataset) -> bytes:

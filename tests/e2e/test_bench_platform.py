@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -32,11 +33,11 @@ def bench_model(transactional_db, broker, tmp_path):
 
 @pytest.fixture
 def bench_args(tmp_path) -> list[str]:
-    write_dataset(tmp_path / "train", 5, size=64, seed=3)  # 10 distinct JPEGs
+    write_dataset(tmp_path / "train", 10, size=64, seed=3)  # 20 distinct JPEGs
     return [
         "--runtimes", "torch", "--images", str(tmp_path / "train"),
         "--full-resolution", str(tmp_path / "none"), "--idle", "2", "-n", "4", "-c", "2",
-        "--backlog", "4",
+        "--backlog", "4", "--pacs-idle", "2", "--pacs-burst", "4", "--pacs-senders", "2",
     ]  # fmt: skip
 
 
@@ -68,8 +69,21 @@ def test_it_measures_the_end_to_end_rows_on_a_platform_of_its_own(bench_model, b
     assert 0 < p50 <= p95
     web, worker = rows["peak RSS web / worker (largest process)"].removesuffix(" MB").split(" / ")
     assert not math.isnan(float(web)) and float(worker) > float(web) > 0
-    # One warm-up upload, two at idle, the burst's: all predicted by the worker...
-    assert Prediction.objects.filter(status="done", runtime="torch").count() == 3 + accepted
+    # The PACS rows (Orthanc installed, as in CI): a warm-up study and two at idle, each timed
+    # to its report; four in the burst from two senders, each reported once.
+    pacs = 0
+    if shutil.which("Orthanc"):
+        idle = rows[
+            "PACS: C-STORE end -> report in Orthanc, 2 studies one at a time, p50 / p95 (s)"
+        ]
+        assert 0 < float(idle.split(" / ")[0]) <= float(idle.split(" / ")[1].split(" ")[0])
+        assert rows["PACS burst: predictions done; studies with 1 report / 0 / more than 1"] == (
+            "4; 4 / 0 / 0"
+        )
+        pacs = 1 + 2 + 4
+    # One warm-up upload, two at idle, the burst's (and the PACS studies): all predicted by
+    # the worker...
+    assert Prediction.objects.filter(status="done", runtime="torch").count() == 3 + accepted + pacs
     # ...which had the variable: no heatmap drawn nor owed (by default each prediction gets one,
     # drawn at once or owed until the worker is idle).
     assert not Prediction.objects.filter(Q(heatmap_due=True) | ~Q(heatmap="")).exists()

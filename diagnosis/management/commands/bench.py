@@ -61,6 +61,13 @@ class Command(BaseCommand):
             "own drain rate; the platform this command starts only; 0: none)",
         )  # fmt: skip
         parser.add_argument(
+            "--pacs-idle", type=int, default=20,
+            help="studies C-STOREd one at a time into an Orthanc this command starts, each timed "
+            "to its report in Orthanc (the platform this command starts only; 0: none)",
+        )  # fmt: skip
+        parser.add_argument("--pacs-burst", type=int, default=200, help="studies in the PACS burst")
+        parser.add_argument("--pacs-senders", type=int, default=4, help="senders of the burst")
+        parser.add_argument(
             "--images", type=Path, default=SHARED / "chest_xray" / "train",
             help="JPEGs to upload (n + idle distinct ones) and to calibrate int8 with",
         )  # fmt: skip
@@ -86,8 +93,9 @@ class Command(BaseCommand):
         images, n, n_idle = options["images"], options["n"], options["idle"]
         n_backlog = 0 if url else options["backlog"]
         paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
-        if not no_platform and len(paths) < n + n_backlog + n_idle:
-            raise CommandError(f"need {n + n_backlog + n_idle} images under {images}")
+        n_pacs = 0 if (url or no_platform) else options["pacs_idle"] + options["pacs_burst"] + 1
+        if not no_platform and len(paths) < n + n_backlog + n_idle + n_pacs:
+            raise CommandError(f"need {n + n_backlog + n_idle + n_pacs} images under {images}")
         size = version.preprocessing["input_size"]
         rows = [("model", f"{version.name} ({version.architecture}, {size} px)")]
         throughput = speed.model_rows(version, runtimes.split(","), paths, rows)
@@ -102,7 +110,9 @@ class Command(BaseCommand):
                 url, *e2e, rss=lambda: (peak_rss_mb("gunicorn")[0], peak_rss_mb("predict@")[0])
             )
         elif not no_platform:
-            speed.own_platform_rows(dict(worker_env), e2e, rows, say=self.stderr.write)
+            pacs = {"n_idle": options["pacs_idle"], "n_burst": options["pacs_burst"],
+                    "senders": options["pacs_senders"]}  # fmt: skip
+            speed.own_platform_rows(dict(worker_env), e2e, rows, say=self.stderr.write, pacs=pacs)
         from bench.load import table
 
         self.stdout.write(table(rows))
