@@ -11,7 +11,7 @@ It shows what drove this model, not where the disease is; a radiologist still re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,10 +53,29 @@ def grad_cams(
     The model's state is untouched: the hook is removed in `finally`, gradients come from
     torch.autograd.grad (nothing lands in parameters' .grad) and eval/train mode is kept.
     """
-    if x.ndim != 4:
-        raise ValueError(f"grad_cams takes images shaped (B, C, H, W), got {tuple(x.shape)}")
     if (class_index is None) == (score is None):
         raise ValueError("give exactly one of class_index and score")
+    if score is None:
+
+        def score(logits: torch.Tensor) -> torch.Tensor:
+            others = torch.cat([logits[:, :class_index], logits[:, class_index + 1 :]], dim=1)
+            return logits[:, class_index] - torch.logsumexp(others, dim=1)  # (B,)
+
+    return grad_cams_many(model, x, target_layer=target_layer, scores=[score])[0]
+
+
+def grad_cams_many(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    target_layer: nn.Module,
+    scores: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+) -> list[np.ndarray]:
+    """grad_cams() of several scores of the same images (the pneumonia and the subtype
+    question): one forward pass for all of them and one backward pass each, the maps equal
+    to those of separate grad_cams() calls."""
+    if x.ndim != 4:
+        raise ValueError(f"grad_cams takes images shaped (B, C, H, W), got {tuple(x.shape)}")
     captured: list[torch.Tensor] = []
 
     def keep_activation(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -66,6 +85,7 @@ def grad_cams(
             captured.append(output)
 
     handle = target_layer.register_forward_hook(keep_activation)
+    cams = []
     try:
         # inference_mode(False): a caller's inference-mode context would make every tensor
         # unusable for autograd. The clone turns an inference tensor x into a normal one, and
@@ -76,17 +96,21 @@ def grad_cams(
             if not captured:
                 raise ValueError("target_layer did not run in the model's forward pass")
             activation = captured[-1]  # (B, K, h, w)
-            if score is not None:
+            for k, score in enumerate(scores):
                 explained = score(logits)  # (B,)
-            else:
-                others = torch.cat([logits[:, :class_index], logits[:, class_index + 1 :]], dim=1)
-                explained = logits[:, class_index] - torch.logsumexp(others, dim=1)  # (B,)
-            (gradient,) = torch.autograd.grad(explained.sum(), activation)  # (B, K, h, w)
-        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1) per-channel importance
-        cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
+                (gradient,) = torch.autograd.grad(
+                    explained.sum(), activation, retain_graph=k < len(scores) - 1
+                )  # (B, K, h, w)
+                weights = gradient.mean(dim=(2, 3), keepdim=True)  # per-channel importance
+                cams.append(F.relu((weights * activation).sum(dim=1, keepdim=True)).detach())
     finally:
         handle.remove()
-    cam = F.interpolate(cam.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return [_normalised(cam, x.shape[-2:]) for cam in cams]
+
+
+def _normalised(cam: torch.Tensor, size) -> np.ndarray:
+    """(B, 1, h, w) -> (B, H, W) in [0, 1], each map scaled by its own maximum."""
+    cam = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)
     cam = cam[:, 0].clamp_(min=0.0)  # (B, H, W); bilinear can undershoot by float noise
     peak = cam.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
     cam = torch.where(peak > 0.0, cam / peak.clamp(min=1e-12), cam)

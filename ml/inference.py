@@ -27,7 +27,7 @@ from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
 from ml.core import Prediction, load_each, make_predictions
-from ml.gradcam import grad_cams, overlay
+from ml.gradcam import grad_cams, grad_cams_many, overlay
 from ml.heads import answers, cam_score
 from ml.models import target_layer
 from ml.preprocessing import ImageSource, image_to_tensor, open_image
@@ -165,6 +165,32 @@ class Predictor:
         data = _bytes_or_paths(sources)
         return self._overlays(data, self.inputs(data), question)
 
+    def heatmaps_for(
+        self, sources: Sequence[ImageSource], questions: Sequence[str]
+    ) -> dict[str, list[Image.Image]]:
+        """heatmaps() of several questions of the same images (the pneumonia and the subtype
+        question): each image decoded once for the model and once for display, one forward
+        pass and one backward pass per question."""
+        if not sources:
+            return {question: [] for question in questions}
+        data = _bytes_or_paths(sources)
+        x = self.inputs(data)
+        scores = [
+            cam_score(q, subtype=self.meta.subtype, positive=self._positive) for q in questions
+        ]
+        with self._explain_lock:
+            maps = grad_cams_many(
+                self.model,
+                x.to(self.device, memory_format=torch.channels_last),
+                target_layer=target_layer(self.model, self.meta.arch),
+                scores=scores,
+            )
+        shown = [self._display(source) for source in data]
+        return {
+            question: [overlay(image, cam) for image, cam in zip(shown, cams, strict=True)]
+            for question, cams in zip(questions, maps, strict=True)
+        }
+
     def cams(self, x: torch.Tensor, question: str = "pneumonia") -> np.ndarray:
         """The Grad-CAM maps of `question` ("pneumonia": evidence for the positive class,
         "subtype": for bacterial against viral) for model inputs x (B, 3, S, S) -> (B, S, S)
@@ -182,12 +208,14 @@ class Predictor:
         self, data: list, x: torch.Tensor, question: str = "pneumonia"
     ) -> list[Image.Image]:
         cams = self.cams(x, question)  # (B, S, S) in [0, 1]
-        results = []
-        for source, cam in zip(data, cams, strict=True):
-            image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)  # draft(): cheap for JPEGs
-            image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
-            results.append(overlay(image, cam))
-        return results
+        return [overlay(self._display(source), cam) for source, cam in zip(data, cams, strict=True)]
+
+    @staticmethod
+    def _display(source) -> Image.Image:
+        """The image as the overlays show it (draft(): cheap for JPEGs)."""
+        image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)
+        image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
+        return image
 
 
 def _bytes_or_paths(sources: Sequence[ImageSource]) -> list:

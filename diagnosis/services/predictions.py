@@ -209,8 +209,7 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
             for prediction in batch:
                 with default_storage.open(prediction.study.image.name, "rb") as fh:
                     sources.append(fh.read())
-            images = predictor.heatmaps(sources)
-            subtype_images = _subtype_heatmaps(predictor, sources)
+            images, subtype_images = _heatmaps(predictor, sources)
         except Exception:
             logger.exception("Heatmaps of predictions %s dropped.", [p.pk for p in batch])
             owed.filter(pk__in=[p.pk for p in batch]).update(heatmap_due=False)
@@ -229,12 +228,18 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
     return drawn
 
 
-def _subtype_heatmaps(predictor, sources: list) -> list:
-    """Grad-CAM overlays of the subtype question (bacterial against viral) for a model that
-    answers it, else None for each source: a second backward pass."""
-    if getattr(getattr(predictor, "meta", None), "subtype", None) is None:
-        return [None] * len(sources)
-    return predictor.heatmaps(sources, question="subtype")
+def _answers_subtype(predictor) -> bool:
+    return getattr(getattr(predictor, "meta", None), "subtype", None) is not None
+
+
+def _heatmaps(predictor, sources: list) -> tuple[list, list]:
+    """The Grad-CAM overlays of the pneumonia question and, for a model that answers it, of
+    the subtype question (bacterial against viral; else None for each source): each image
+    decoded once, one forward pass, a backward pass per question."""
+    if not _answers_subtype(predictor):
+        return predictor.heatmaps(sources), [None] * len(sources)
+    maps = predictor.heatmaps_for(sources, ("pneumonia", "subtype"))
+    return maps["pneumonia"], maps["subtype"]
 
 
 def _run_batch(predictor, batch: list[Prediction], version) -> dict:
@@ -273,11 +278,15 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> d
         # Heatmaps need gradients: only the torch runtimes give them.
         explains = settings.PREDICTION_HEATMAPS != "off" and hasattr(predictor, "heatmaps")
         if explains and settings.PREDICTION_HEATMAPS == "inline":
-            explained = predictor.explain_batch(sources, threshold=threshold)
-            subtypes = _subtype_heatmaps(predictor, sources)
+            if _answers_subtype(predictor):  # one Grad-CAM pass explains both questions
+                made = predictor.predict_batch(sources, threshold=threshold)
+                explained = list(zip(made, *_heatmaps(predictor, sources), strict=True))
+            else:
+                explained = [(r, o, None) for r, o in
+                             predictor.explain_batch(sources, threshold=threshold)]  # fmt: skip
             outputs = [
                 (r, _save_png(o, "heatmaps"), s and _save_png(s, "heatmaps"))
-                for (r, o), s in zip(explained, subtypes, strict=True)
+                for r, o, s in explained
             ]
         else:  # deferred: "" marks the heatmaps as owed (heatmaps_draw)
             outputs = [

@@ -14,8 +14,10 @@ import torch
 from ml.checkpoint import CheckpointMeta, load_checkpoint, read_meta
 from ml.core import SubtypeQuestion, answer_probabilities
 from ml.data import Item, kermany_subtype, manifest_hash, read_manifest, subtype_of, write_manifest
-from ml.heads import NO_SUBTYPE, QuestionsLoss, answers, n_outputs
+from ml.gradcam import grad_cams_many
+from ml.heads import NO_SUBTYPE, QuestionsLoss, answers, cam_score, n_outputs
 from ml.inference import Predictor
+from ml.models import target_layer
 from ml.runtimes import SubtypeScores, accuracy_gate
 from ml.scores import evaluate_subtype, format_table
 from tests.conftest import assert_outputs_vary, make_checkpoint
@@ -193,6 +195,27 @@ def test_grad_cam_explains_either_question(subtype_checkpoint: Path, checkpoint_
     assert overlays[0].mode == "RGB"
     with pytest.raises(ValueError, match="does not answer the subtype question"):
         Predictor.from_checkpoint(checkpoint_path).cams(x, "subtype")
+
+
+def test_one_pass_explains_both_questions_as_two_separate_passes_do(subtype_checkpoint: Path):
+    predictor = Predictor.from_checkpoint(subtype_checkpoint)
+    images = [_png("PNEUMONIA", seed=s) for s in (5, 6, 7)]
+    x = predictor.inputs(images)
+    together = grad_cams_many(
+        predictor.model, x, target_layer=target_layer(predictor.model, predictor.meta.arch),
+        scores=[cam_score(q, subtype=predictor.meta.subtype, positive=1)
+                for q in ("pneumonia", "subtype")],
+    )  # fmt: skip
+    for question, maps in zip(("pneumonia", "subtype"), together, strict=True):
+        alone = predictor.cams(x, question)
+        assert alone.std() > 0.01  # maps that vary
+        np.testing.assert_allclose(maps, alone, atol=1e-5)
+    overlays = predictor.heatmaps_for(images, ("pneumonia", "subtype"))
+    for question in ("pneumonia", "subtype"):
+        separate = predictor.heatmaps(images, question=question)
+        for shared, alone in zip(overlays[question], separate, strict=True):
+            difference = np.abs(np.asarray(shared, float) - np.asarray(alone, float))
+            assert difference.max() <= 1  # the same overlay (at most rounding apart)
 
 
 # ---------------------------------------------------------------------------------------------
