@@ -260,6 +260,24 @@ def test_a_restart_mid_feed_skips_nothing_and_takes_nothing_twice(
     assert Study.objects.count() == 3 and PacsFeed.objects.get().last_seq > seq
 
 
+def test_a_study_stored_by_stow_rs_is_ingested_too(pacs):
+    import requests
+
+    sop_uid, boundary = generate_uid(), "pneumo-boundary"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + radiograph(sop_uid=sop_uid) + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+    answer = requests.post(
+        f"{pacs.url}/dicom-web/studies", data=body, auth=(USERNAME, PASSWORD), timeout=10,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                 f"boundary={boundary}"},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+    assert ingest(pacs, 1) == 1
+    assert PacsInstance.objects.get().sop_instance_uid == sop_uid
+    assert PacsInstance.objects.get().study.predictions.get().status == "pending"
+
+
 def test_a_ct_or_a_multi_frame_object_is_refused_with_its_reason(pacs, orthanc_server):
     ct, cine = generate_uid(), generate_uid()
     c_store(orthanc_server, [
