@@ -29,15 +29,23 @@ USERNAME = "pneumo-bench"
 MODALITY_AET = "BENCHSCU"
 
 
-def as_dicom(path: Path, study_uid: str) -> bytes:
-    """A JPEG chest X-ray as a DX DICOM instance of study `study_uid` (one series)."""
+def as_dicom(path: Path, study_uid: str | None = None, *, bits: int = 8) -> bytes:
+    """A JPEG chest X-ray as a DX DICOM instance (MONOCHROME2, 8 or 16 bits stored, what a
+    DR system would send) of study `study_uid` (new if None), with made-up patient data."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+    if bits == 16:
+        pixels = pixels.astype(np.uint16) * 257
+    study_uid = study_uid or generate_uid()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
@@ -48,7 +56,8 @@ def as_dicom(path: Path, study_uid: str) -> bytes:
     ds.PatientAge, ds.PatientSex = "004Y", "O"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
     ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

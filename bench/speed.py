@@ -307,29 +307,6 @@ def _delete_queue(name: str) -> None:
 
 def _dicom_from(jpeg: Path) -> bytes:
     """A 16-bit MONOCHROME2 DICOM with the pixels of `jpeg` (what a DR system would send)."""
-    import numpy as np
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
+    from bench.pacs import as_dicom
 
-    pixels = (np.asarray(Image.open(jpeg).convert("L"), np.uint16) * 257).astype(np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        DigitalXRayImageStorageForPresentation,
-        ds.file_meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.Rows, ds.Columns = "DX", *pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return as_dicom(jpeg, bits=16)
