@@ -71,3 +71,6 @@ def test_studies_from_the_pacs_come_back_reported_once(
         kinds = sorted(pacs.tags(i["ID"])["Modality"] for i in pacs.study_instances(study["ID"]))
         assert kinds == ["DX", "OT", "SR"], kinds  # the image, the overlay, the report
     assert "Traceback" not in worker.output
+    # The files' identifying values (tests.dicom) reach neither process's log.
+    for value in ("Doe^Jane", "MRN-0042-SECRET", "ACC-777", "St Example Hospital", "20210304"):
+        assert value not in worker.output + first.output + second.output, value
