@@ -20,7 +20,6 @@ UIDs and the PACS stores it once.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from datetime import datetime
@@ -278,8 +277,3 @@ def encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def uid_fingerprint(uid: str) -> str:
-    """A short non-reversible tag of a UID for log lines (UIDs are not logged whole)."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:10]

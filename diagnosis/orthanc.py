@@ -115,9 +115,6 @@ class Orthanc:
         """The resources with this DICOM UID (an SOPInstanceUID: at most one instance)."""
         return self._json("POST", "/tools/lookup", data=uid)
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        return any(r.get("Type") == "Instance" for r in self.lookup(sop_instance_uid))
-
     def store(self, dicom: bytes) -> dict:
         """Store one DICOM instance. An instance with an SOPInstanceUID already stored is not
         stored again (Orthanc's OverwriteInstances is false): Status AlreadyStored."""

@@ -196,12 +196,14 @@ def _deliver(pacs: Orthanc, delivery: PacsDelivery) -> int:
             return 0
     delivery.attempts += 1
     try:
-        if not pacs.has_instance(delivery.sop_instance_uid):
+        # Asked before each send: an object stored by an earlier try is not stored again.
+        found = [r for r in pacs.lookup(delivery.sop_instance_uid) if r.get("Type") == "Instance"]
+        if found:
+            delivery.orthanc_id = found[0]["ID"]
+        else:
             source = dicom_results.read_header(pacs.instance_file(delivery.instance.orthanc_id))
             stored = pacs.store(result_object(delivery, source))
             delivery.orthanc_id = str(stored.get("ID", ""))
-        elif not delivery.orthanc_id:
-            delivery.orthanc_id = pacs.lookup(delivery.sop_instance_uid)[0]["ID"]
         for destination in settings.ORTHANC_FORWARD_TO:
             if destination not in delivery.forwarded_to:
                 pacs.forward(destination, delivery.orthanc_id)
