@@ -21,6 +21,8 @@ class MultipleImageField(forms.FileField):
 
 class UploadForm(forms.Form):
     images = MultipleImageField(
+        # An empty file reaches the service, which refuses it by name with the others.
+        allow_empty_file=True,
         widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png,application/dicom,.dcm"}),
         help_text="Chest X-rays as JPEG, PNG or DICOM; select several files at once if you like.",
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Case, Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, When
+from django.db.models import Case, Count, F, Min, OuterRef, Prefetch, Q, QuerySet, Subquery, When
 from django.db.models.functions import Abs
 from django.http import Http404
 from django.utils import timezone
@@ -20,6 +22,7 @@ from diagnosis.models import (
     ModelVersion,
     PacsInstance,
     Prediction,
+    Review,
     Site,
     SiteAudit,
     SiteThreshold,
@@ -45,6 +48,7 @@ def studies_annotated(qs: QuerySet[Study] | None = None) -> QuerySet[Study]:
         predicted_threshold=_latest_prediction("threshold"),
         predicted_subtype=_latest_prediction("subtype"),
         predicted_p_bacterial=_latest_prediction("p_bacterial"),
+        predicted_subtype_threshold=_latest_prediction("subtype_threshold"),
     )
 
 
@@ -133,6 +137,44 @@ def study_pacs_instance(study: Study):
 
 def study_reviews(study: Study):
     return study.reviews.select_related("reviewer").order_by("-created_at", "-id")
+
+
+@dataclass(frozen=True)
+class ReviewLine:
+    """A review beside the model's call it answered: the newest finished prediction made
+    before it (None: the model had not called the study yet)."""
+
+    review: Review
+    model_label: str
+    model_name: str
+    verdict: str  # "agrees", "overrides the model", "no model call yet", "image unusable"
+
+
+def study_review_history(study: Study, predictions: Sequence[Prediction]) -> list[ReviewLine]:
+    """study_reviews(), newest first, each with what the model had said when it was made."""
+    done = sorted(
+        (p for p in predictions if p.status == Prediction.Status.DONE and p.finished_at),
+        key=lambda p: p.finished_at,
+    )
+    lines = []
+    for review in study_reviews(study):
+        before = [p for p in done if p.finished_at <= review.created_at]
+        call = before[-1] if before else None
+        if not review.label:
+            verdict = "image unusable"
+        elif call is None:
+            verdict = "no model call yet"
+        else:
+            verdict = "agrees" if call.label == review.label else "overrides the model"
+        lines.append(
+            ReviewLine(
+                review=review,
+                model_label=call.label if call else "",
+                model_name=call.model_version.name if call and call.model_version else "",
+                verdict=verdict,
+            )
+        )
+    return lines
 
 
 def model_version_list() -> QuerySet[ModelVersion]:
@@ -227,6 +269,19 @@ def worklist(*, order: str = "triage", subtype: str = "", now=None) -> QuerySet[
     )
 
 
+def worklist_summary(*, subtype: str = "", now=None) -> dict:
+    """What waits for review: how many studies, since when the oldest, how many overdue."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.WORKLIST_MAX_WAIT_SECONDS)
+    facts = worklist(order="oldest", subtype=subtype, now=now).aggregate(
+        n=Count("id"),
+        oldest=Min("created_at"),
+        overdue=Count("id", filter=Q(created_at__lt=cutoff)),
+    )
+    facts["max_wait_hours"] = round(settings.WORKLIST_MAX_WAIT_SECONDS / 3600, 1)
+    return facts
+
+
 def worklist_next(*, order: str, after: int | None = None, subtype: str = "") -> Study | None:
     """The first study of the worklist other than `after` (the one just reviewed)."""
     qs = worklist(order=order, subtype=subtype)
@@ -266,13 +321,42 @@ def agreement_by_version() -> list[dict]:
                 "model_version": name,
                 "n": positives + negatives,
                 "confusion": c,
-                "agreement": (c["tp"] + c["tn"]) / (positives + negatives),
-                "sensitivity": c["tp"] / positives if positives else None,
-                "specificity": c["tn"] / negatives if negatives else None,
+                "agreement": wilson_rate(c["tp"] + c["tn"], positives + negatives),
+                "sensitivity": wilson_rate(c["tp"], positives),
+                "specificity": wilson_rate(c["tn"], negatives),
                 "subtype": subtypes.get(name),
             }
         )
     return summary
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k of n with its 95% Wilson score interval; too_few below AGREEMENT_MIN_CASES."""
+
+    k: int
+    n: int
+    value: float
+    low: float
+    high: float
+    too_few: bool
+
+
+def wilson_rate(k: int, n: int) -> Rate | None:
+    """k successes of n as a Rate (None when n is 0). The Wilson interval keeps to [0, 1]
+    and stays honest at 0/n and n/n, where the normal approximation gives a zero width."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * (p * (1 - p) / n + Z95**2 / (4 * n * n)) ** 0.5 / (1 + Z95**2 / n)
+    return Rate(
+        k=k, n=n, value=p, low=max(0.0, centre - half), high=min(1.0, centre + half),
+        too_few=n < settings.AGREEMENT_MIN_CASES,
+    )  # fmt: skip
 
 
 SUBTYPE_CALLS = ("bacterial", "viral")  # what a model calls
@@ -308,9 +392,9 @@ def subtype_agreement() -> dict[str, dict]:
             "n": decided + sum(m["undetermined"].values()),
             "n_undetermined": sum(m["undetermined"].values()),
             "confusion": m,
-            "agreement": agree / decided if decided else None,
-            "sensitivity": m["bacterial"]["bacterial"] / bacterial if bacterial else None,
-            "specificity": m["viral"]["viral"] / viral if viral else None,
+            "agreement": wilson_rate(agree, decided),
+            "sensitivity": wilson_rate(m["bacterial"]["bacterial"], bacterial),
+            "specificity": wilson_rate(m["viral"]["viral"], viral),
         }
     return summary
 

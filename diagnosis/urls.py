@@ -9,6 +9,7 @@ urlpatterns = [
     path("studies/upload/", views.study_upload, name="study-upload"),
     path("studies/<int:pk>/", views.study_detail, name="study-detail"),
     path("studies/<int:pk>/image/", views.study_image, name="study-image"),
+    path("studies/<int:pk>/thumbnail.jpg", views.study_thumbnail, name="study-thumbnail"),
     path(
         "studies/<int:pk>/predictions/<int:prediction_pk>/heatmap/",
         views.prediction_heatmap,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.contrib import messages
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -15,28 +18,35 @@ from diagnosis.downloads import file_response
 from diagnosis.forms import RetrainForm, ReviewForm, UploadForm
 from diagnosis.models import SUBTYPE_CAVEAT, Label, PredictedSubtype, Prediction
 from diagnosis.roles import role_required
+from diagnosis.thumbnails import thumbnail_bytes
 from diagnosis.validation import UploadRejected
+
+logger = logging.getLogger(__name__)
 
 
 def _render_list(request, form: UploadForm, *, status: int = 200):
     status_filter = request.GET.get("status", "")
-    label_filter = request.GET.get("label", "")
+    label_filter = request.GET.get("reviewed_label", "")
+    predicted_label_filter = request.GET.get("predicted_label", "")
     subtype_filter = request.GET.get("subtype", "")
     studies = selectors.study_list_for(
         request.user,
         status=status_filter if status_filter in Prediction.Status.values else "",
         label=label_filter if label_filter in Label.values else "",
+        predicted_label=predicted_label_filter if predicted_label_filter in Label.values else "",
         predicted_subtype=subtype_filter if subtype_filter in PredictedSubtype.values else "",
     )
     page = Paginator(studies, 25).get_page(request.GET.get("page"))
     context = {
         "page": page,
         "form": form,
+        "upload_results": request.session.pop(UPLOAD_RESULTS, None),
         "statuses": Prediction.Status.choices,
         "labels": Label.choices,
         "subtypes": PredictedSubtype.choices,
         "status_filter": status_filter,
         "label_filter": label_filter,
+        "predicted_label_filter": predicted_label_filter,
         "subtype_filter": subtype_filter,
     }
     return render(request, "diagnosis/study_list.html", context, status=status)
@@ -48,13 +58,49 @@ def study_list(request):
     return _render_list(request, UploadForm())
 
 
+UPLOAD_RESULTS = "upload_results"  # session key: the last upload's per-file outcomes
+
+
+def _outcome_row(outcome) -> dict:
+    if outcome.study is None:
+        return {"file": outcome.filename, "result": "refused", "reason": outcome.reason}
+    return {
+        "file": outcome.filename,
+        "result": "duplicate" if outcome.duplicate else "accepted",
+        "study": outcome.study.pk,
+        "url": reverse("study-detail", args=[outcome.study.pk]),
+        "reason": (
+            f"already uploaded as study #{outcome.study.pk}; not run again"
+            if outcome.duplicate
+            else "; ".join(outcome.study.warnings)
+        ),
+    }
+
+
+def _upload_summary(rows: list[dict]) -> str:
+    counts = {
+        kind: sum(r["result"] == kind for r in rows)
+        for kind in ("accepted", "duplicate", "refused")
+    }
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    if counts["refused"] and (counts["accepted"] or counts["duplicate"]):
+        text += ": the acceptable files were kept; a refused file changed nothing"
+    elif counts["refused"]:
+        text += ": nothing was stored"
+    return text + "."
+
+
 @role_required(roles.can_upload)
 @require_POST
 def study_upload(request):
+    """Each file of the batch is judged on its own: the acceptable ones are stored, each
+    refused one is listed with its reason. A browser that sent the form with fetch
+    (Accept: application/json, the progress bar) gets the same outcome as JSON."""
+    wants_json = "application/json" in request.headers.get("Accept", "")
     form = UploadForm(request.POST, request.FILES)
     if form.is_valid():
         try:
-            studies = services.study_create_many(
+            outcomes = services.study_create_batch(
                 uploaded_by=request.user,
                 images=form.cleaned_data["images"],
                 site=form.cleaned_data["site"],
@@ -62,19 +108,19 @@ def study_upload(request):
         except UploadRejected as exc:
             form.add_error("images", str(exc))
         else:
-            new = [s for s in studies if not s.is_duplicate]
-            if new:
-                messages.success(
-                    request,
-                    f"{len(new)} stud{'y' if len(new) == 1 else 'ies'} "
-                    "uploaded; predictions follow.",
-                )
-            for study in studies:
-                if study.is_duplicate:
-                    messages.info(request, f"Already uploaded as study #{study.pk}; not re-run.")
-                for warning in study.warnings:
-                    messages.warning(request, f"Study #{study.pk}: {warning}")
-            return redirect("study-list")
+            rows = [_outcome_row(o) for o in outcomes]
+            summary = _upload_summary(rows)
+            request.session[UPLOAD_RESULTS] = {"summary": summary, "rows": rows}
+            stored = any(r["result"] != "refused" for r in rows)
+            if wants_json:
+                body = {"summary": summary, "files": rows, "redirect": reverse("study-list")}
+                return JsonResponse(body, status=200 if stored else 400)
+            if stored:
+                return redirect("study-list")
+            return _render_list(request, UploadForm(), status=400)
+    if wants_json:
+        errors = [str(e) for errors in form.errors.values() for e in errors]
+        return JsonResponse({"summary": " ".join(errors), "files": []}, status=400)
     return _render_list(request, form, status=400)
 
 
@@ -111,7 +157,7 @@ def study_detail(request, pk: int):
         "pacs_instance": (
             selectors.study_pacs_instance(study) if roles.is_admin(request.user) else None
         ),
-        "reviews": selectors.study_reviews(study),
+        "reviews": selectors.study_review_history(study, predictions),
         "review_form": ReviewForm(initial=initial),
         "order": order,
         "subtype_filter": subtype,
@@ -129,6 +175,7 @@ def worklist(request):
     page = Paginator(studies, 50).get_page(request.GET.get("page"))
     context = {
         "page": page,
+        "summary": selectors.worklist_summary(subtype=subtype),
         "order": order,
         "orders": list(selectors.WORKLIST_ORDERS),
         "subtype_filter": subtype,
@@ -156,7 +203,11 @@ def worklist_next(request):
 @role_required(roles.has_any_role)
 @require_GET
 def agreement(request):
-    return render(request, "diagnosis/agreement.html", {"rows": selectors.agreement_by_version()})
+    context = {
+        "rows": selectors.agreement_by_version(),
+        "min_cases": settings.AGREEMENT_MIN_CASES,
+    }
+    return render(request, "diagnosis/agreement.html", context)
 
 
 @role_required(roles.has_any_role)
@@ -167,6 +218,20 @@ def study_image(request, pk: int):
         lambda: study.image.open("rb"), content_type=study.content_type,
         what=f"the image of study {study.pk}", name=study.image.name,
     )  # fmt: skip
+
+
+@role_required(roles.has_any_role)
+@require_GET
+def study_thumbnail(request, pk: int):
+    study = selectors.study_or_404(request.user, pk)
+    try:
+        data = thumbnail_bytes(study)
+    except OSError:
+        logger.error("The image of study %s is missing from storage (%s)", pk, study.image.name)
+        raise Http404("The image of this study is missing from storage.") from None
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
 
 
 @role_required(roles.has_any_role)

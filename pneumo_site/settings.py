@@ -227,6 +227,13 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # A study waiting longer than this for review goes to the top of the worklist, whatever
 # order the radiologist chose, so that nothing starves.
 WORKLIST_MAX_WAIT_SECONDS = envint("WORKLIST_MAX_WAIT_SECONDS", str(24 * 3600))
+# A call whose probability lies within this of its threshold is shown as borderline
+# (diagnosis.wording): read with extra care.
+BORDERLINE_MARGIN = envfloat("BORDERLINE_MARGIN", "0.1")
+if not 0.0 <= BORDERLINE_MARGIN < 0.5:
+    raise ImproperlyConfigured(f"BORDERLINE_MARGIN must be in [0, 0.5), got {BORDERLINE_MARGIN}")
+# Below this many reviewed cases, the agreement page says "too few cases" beside each rate.
+AGREEMENT_MIN_CASES = envint("AGREEMENT_MIN_CASES", "30")
 
 # ---------------------------------------------------------------------------- REST API
 

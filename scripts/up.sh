@@ -84,11 +84,12 @@ respawn "$PY" -m celery -A pneumo_site worker --concurrency 1 --loglevel INFO \
   -Q "${TRAINING_QUEUE:-$QUEUE-training}" -n "training@%h" > var/log/training-worker.log 2>&1 &
 pids+=($!)
 
+rm -f var/demo-training.json  # left by a demo training an earlier run was stopped in
 has_model=$("$PY" manage.py shell -v 0 -c \
   "from diagnosis.models import ModelVersion as M; print(int(M.objects.filter(is_active=True).exists()))")
 if [ "$has_model" = 0 ]; then
   if [ -f "$DEMO_MODEL" ]; then
-    "$PY" manage.py register_model "$DEMO_MODEL" --name demo --activate \
+    "$PY" manage.py register_model "$DEMO_MODEL" --name demo --activate --demo \
       --note "A demo model (var/models/demo.pt); not validated at any site." || true
   elif [ -d "$DEMO_DATA" ]; then
     # ml.train's default recipe, short, fine-tuned from ImageNet weights that load offline
@@ -104,11 +105,16 @@ if [ "$has_model" = 0 ]; then
     fi
     echo "==> No model yet: training a DEMO $arch model on $DEMO_DATA in the background"
     echo "    (log: var/log/train-demo.log, about 5 minutes); uploads wait until it is active."
+    # The pages read this while no model is active: "a demo model is being trained since...".
+    # About 6 minutes: measured from a fresh clone, README "The demo model".
+    printf '{"started_at": %s, "expected_seconds": 360, "arch": "%s"}\n' "$(date +%s)" "$arch" \
+      > var/demo-training.json
     ( "$PY" -m ml.train --data "$DEMO_DATA" "${flags[@]}" --img-size 160 \
         --test-split acquisition --out "$DEMO_MODEL" \
       && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate \
-           --note "A demo, trained in minutes on the public training set by make up; not \
-validated at any site. Calibrate it with site_audit before trusting its calls (README)."
+           --demo --note "A demo, trained in minutes on the public training set by make up; \
+not validated at any site. Calibrate it with site_audit before trusting its calls (README)."
+      status=$?; rm -f var/demo-training.json; exit $status
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)
   else

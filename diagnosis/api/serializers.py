@@ -6,7 +6,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from diagnosis import roles, selectors
+from diagnosis import roles, selectors, wording
 from diagnosis.models import (
     SUBTYPE_CAVEAT,
     Evaluation,
@@ -24,6 +24,20 @@ from diagnosis.models import (
 )
 
 
+class CallSerializer(serializers.Serializer):
+    """A call in words, as the pages say it (diagnosis.wording)."""
+
+    headline = serializers.CharField(
+        help_text="e.g. 'Pneumonia likely', 'Borderline: leans normal'"
+    )
+    sureness = serializers.ChoiceField(choices=["very sure", "fairly sure", "borderline"])
+    borderline = serializers.BooleanField(
+        help_text="The probability is within BORDERLINE_MARGIN of the threshold."
+    )
+    percent = serializers.IntegerField(help_text="The probability in whole percent.")
+    threshold_percent = serializers.IntegerField()
+
+
 class PredictionOutputSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
     heatmap_url = serializers.SerializerMethodField()
@@ -39,6 +53,19 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
     subtype_caveat = serializers.SerializerMethodField(
         help_text="What the subtype is not, given wherever a subtype is."
     )
+    call = serializers.SerializerMethodField(
+        help_text="The pneumonia call in words; null until the prediction is done."
+    )
+    subtype_call = serializers.SerializerMethodField(
+        help_text="The subtype call in words; null when no subtype was predicted."
+    )
+    model_intended_use = serializers.CharField(
+        source="model_version.intended_use", read_only=True, default=None
+    )
+    model_warning = serializers.SerializerMethodField(
+        help_text="What a page warns about the model that made it (a demo, a candidate); "
+        "empty for the active, non-demo model."
+    )
 
     class Meta:
         model = Prediction
@@ -53,7 +80,11 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "p_bacterial",
             "subtype_threshold",
             "subtype_caveat",
+            "call",
+            "subtype_call",
             "model_version",
+            "model_intended_use",
+            "model_warning",
             "runtime",
             "elapsed_ms",
             "heatmap_url",
@@ -68,6 +99,19 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
 
     def get_subtype(self, prediction: Prediction) -> str | None:
         return prediction.subtype or None
+
+    @extend_schema_field(CallSerializer(allow_null=True))
+    def get_call(self, prediction: Prediction) -> dict | None:
+        call = wording.prediction_call(prediction)
+        return None if call is None else CallSerializer(call).data
+
+    @extend_schema_field(CallSerializer(allow_null=True))
+    def get_subtype_call(self, prediction: Prediction) -> dict | None:
+        call = wording.prediction_subtype_call(prediction)
+        return None if call is None else CallSerializer(call).data
+
+    def get_model_warning(self, prediction: Prediction) -> str:
+        return wording.model_warning(prediction.model_version)
 
     def get_subtype_caveat(self, prediction: Prediction) -> str | None:
         return SUBTYPE_CAVEAT if prediction.subtype else None

@@ -3,10 +3,12 @@ formats the answer."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from django.core.files.storage import default_storage
 from django.http import Http404
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
@@ -47,6 +49,12 @@ class SiteNameField(serializers.SlugRelatedField):
         return super().to_internal_value(data)
 
 
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number, from 1."),
+    OpenApiParameter("page_size", int, description=Pagination.page_size_query_description),
+]
+
+
 def _paginated(request, view, studies) -> Response:
     paginator = Pagination()
     page = paginator.paginate_queryset(studies, request, view=view)
@@ -59,9 +67,16 @@ class StudyListCreateApi(APIView):
     throttle_scope = "uploads"  # UploadRateThrottle: UPLOAD_RATE per user
 
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=Prediction.Status.values, required=False)
-        label = serializers.ChoiceField(choices=Label.values, required=False)
-        predicted_label = serializers.ChoiceField(choices=Label.values, required=False)
+        status = serializers.ChoiceField(
+            choices=Prediction.Status.values, required=False, help_text="the latest prediction's"
+        )
+        predicted_label = serializers.ChoiceField(
+            choices=Label.values, required=False, help_text="the model's call (latest prediction)"
+        )
+        reviewed_label = serializers.ChoiceField(
+            choices=Label.values, required=False,
+            help_text="the radiologists' label (latest review); studies not reviewed never match",
+        )  # fmt: skip
         subtype = serializers.ChoiceField(
             choices=Subtype.values, required=False, help_text="the radiologists' subtype"
         )
@@ -91,16 +106,22 @@ class StudyListCreateApi(APIView):
         warnings = serializers.ListField(child=serializers.CharField())
 
     @extend_schema(
-        parameters=[FilterSerializer],
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses=StudySummarySerializer(many=True),
         summary="List the studies you may see, newest first",
     )
     def get(self, request):
+        if "label" in request.query_params:
+            raise serializers.ValidationError(
+                {"label": ["Ambiguous: filter on predicted_label (the model's call) or "
+                           "reviewed_label (the radiologists')."]}
+            )  # fmt: skip
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        return _paginated(
-            request, self, selectors.study_list_for(request.user, **filters.validated_data)
-        )
+        params = dict(filters.validated_data)
+        if "reviewed_label" in params:
+            params["label"] = params.pop("reviewed_label")
+        return _paginated(request, self, selectors.study_list_for(request.user, **params))
 
     @extend_schema(
         request={"multipart/form-data": UploadInputSerializer},
@@ -255,7 +276,7 @@ class WorklistApi(APIView):
         )  # fmt: skip
 
     @extend_schema(
-        parameters=[FilterSerializer],
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses=StudySummarySerializer(many=True),
         summary="Studies awaiting review: triage, uncertainty, oldest or bacterial order; "
         "overdue first",
@@ -268,6 +289,26 @@ class WorklistApi(APIView):
         return _paginated(request, self, selectors.worklist(order=order, subtype=subtype))
 
 
+class RateSerializer(serializers.Serializer):
+    value = serializers.FloatField(help_text="k / n")
+    k = serializers.IntegerField()
+    n = serializers.IntegerField()
+    low = serializers.FloatField(help_text="95% Wilson interval, lower end")
+    high = serializers.FloatField(help_text="95% Wilson interval, upper end")
+    too_few = serializers.BooleanField(help_text="n is below AGREEMENT_MIN_CASES")
+
+
+def _rates_as_json(value):
+    """agreement_by_version()'s rows with each selectors.Rate as a plain dict."""
+    if isinstance(value, selectors.Rate):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {key: _rates_as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rates_as_json(item) for item in value]
+    return value
+
+
 class AgreementApi(APIView):
     permission_classes = [IsAuthenticated, CanUpload]
 
@@ -278,9 +319,9 @@ class AgreementApi(APIView):
                 "model_version": serializers.CharField(),
                 "n": serializers.IntegerField(),
                 "confusion": serializers.DictField(child=serializers.IntegerField()),
-                "agreement": serializers.FloatField(),
-                "sensitivity": serializers.FloatField(allow_null=True),
-                "specificity": serializers.FloatField(allow_null=True),
+                "agreement": RateSerializer(),
+                "sensitivity": RateSerializer(allow_null=True),
+                "specificity": RateSerializer(allow_null=True),
                 "subtype": inline_serializer(
                     "SubtypeAgreement",
                     {
@@ -290,9 +331,9 @@ class AgreementApi(APIView):
                             child=serializers.DictField(child=serializers.IntegerField()),
                             help_text="confusion[reviewed][called]",
                         ),
-                        "agreement": serializers.FloatField(allow_null=True),
-                        "sensitivity": serializers.FloatField(allow_null=True),
-                        "specificity": serializers.FloatField(allow_null=True),
+                        "agreement": RateSerializer(allow_null=True),
+                        "sensitivity": RateSerializer(allow_null=True),
+                        "specificity": RateSerializer(allow_null=True),
                     },
                     allow_null=True,
                 ),
@@ -300,9 +341,11 @@ class AgreementApi(APIView):
             many=True,
         ),
         summary="Model vs radiologists on reviewed studies, per model version",
+        description="Every rate comes with k, n and its 95% Wilson interval; too_few marks a "
+        "rate from fewer than AGREEMENT_MIN_CASES cases.",
     )
     def get(self, request):
-        return Response(selectors.agreement_by_version())
+        return Response(_rates_as_json(selectors.agreement_by_version()))
 
 
 class ModelVersionListApi(APIView):

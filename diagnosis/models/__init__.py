@@ -9,7 +9,13 @@ only. Everything is importable from here.
 from __future__ import annotations
 
 from diagnosis.models.pacs import PacsDelivery, PacsFeed, PacsInstance
-from diagnosis.models.registry import Evaluation, ModelActivation, ModelVersion, RuntimeArtifact
+from diagnosis.models.registry import (
+    INTENDED_USE,
+    Evaluation,
+    ModelActivation,
+    ModelVersion,
+    RuntimeArtifact,
+)
 from diagnosis.models.sites import Site, SiteAudit, SiteThreshold, default_site_pk
 from diagnosis.models.studies import (
     SUBTYPE_CAVEAT,
@@ -30,8 +36,8 @@ from diagnosis.models.training import (
 )
 
 __all__ = [
-    "SUBTYPE_CAVEAT", "CleaningCandidate", "CleaningDecision", "CleaningRun", "Evaluation",
-    "Label", "ModelActivation", "ModelVersion", "PacsDelivery",
+    "INTENDED_USE", "SUBTYPE_CAVEAT", "CleaningCandidate", "CleaningDecision", "CleaningRun",
+    "Evaluation", "Label", "ModelActivation", "ModelVersion", "PacsDelivery",
     "PacsFeed", "PacsInstance", "PredictedSubtype", "Prediction", "Review",
     "RuntimeArtifact", "Site", "SiteAudit", "SiteThreshold", "Study", "Subtype", "TrainingJob",
     "Unusable", "ValidationSplit", "default_site_pk",

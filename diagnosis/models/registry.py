@@ -6,6 +6,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# The intended use of every model this project trains, in one line (ml/README.md, "Model
+# cards"); a version registered with its own says so instead.
+INTENDED_USE = (
+    "Decision support for frontal chest X-rays of children aged 1 to 5: normal or pneumonia, "
+    "every result reviewed by a clinician; not for adults, lateral films or other findings."
+)
+
 
 class ModelVersion(models.Model):
     """A registered classifier checkpoint. At most one is active at a time."""
@@ -27,6 +34,9 @@ class ModelVersion(models.Model):
     # What whoever registered it wants every user to know (e.g. "a demo model, not validated
     # at any site"): shown on the models page and, while it is active, on every page.
     note = models.TextField(blank=True)
+    # A demo (make up trains one in minutes): every page showing its predictions says so loudly.
+    is_demo = models.BooleanField(default=False)
+    intended_use = models.CharField(max_length=300, default=INTENDED_USE)
     # Plot name -> file under MEDIA_ROOT, e.g. {"lr_find": "models/plots/NAME-lr_find.png"}.
     plots = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=False)
@@ -63,6 +73,13 @@ class ModelVersion(models.Model):
         from ml.core import SubtypeQuestion
 
         return None if not self.subtype else SubtypeQuestion.from_dict(self.subtype)
+
+    @property
+    def standing(self) -> str:
+        """ "active", "candidate" (never active) or "retired" (active once, not now)."""
+        if self.is_active:
+            return "active"
+        return "retired" if self.activated_at else "candidate"
 
     @property
     def validation_summary(self) -> str:

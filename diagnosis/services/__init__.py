@@ -42,6 +42,7 @@ from diagnosis.services.studies import (
     review_create,
     studies_relabel,
     study_create,
+    study_create_batch,
     study_create_many,
 )
 from diagnosis.services.thresholds import site_threshold_activate, site_threshold_from_audit
@@ -84,6 +85,7 @@ __all__ = [
     "site_threshold_from_audit",
     "studies_relabel",
     "study_create",
+    "study_create_batch",
     "study_create_many",
     "training_job_create",
     "training_job_enqueue",

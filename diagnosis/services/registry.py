@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from diagnosis import model_loader, roles
-from diagnosis.models import Evaluation, ModelActivation, ModelVersion, Prediction
+from diagnosis.models import INTENDED_USE, Evaluation, ModelActivation, ModelVersion, Prediction
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
 
@@ -27,7 +27,14 @@ def _file_sha256(path: Path) -> str:
 
 
 def model_version_register(
-    *, path: Path, name: str = "", activate: bool = False, user=None, note: str = ""
+    *,
+    path: Path,
+    name: str = "",
+    activate: bool = False,
+    user=None,
+    note: str = "",
+    demo: bool = False,
+    intended_use: str = "",
 ) -> ModelVersion:
     """Record a checkpoint made by the `ml` package as a ModelVersion; with `activate`, make
     it active too (an admin, or roles.SYSTEM).
@@ -74,6 +81,8 @@ def model_version_register(
             data_hash=meta.data_hash or "",
             registered_by=roles.recorded_user(user),
             note=note.strip(),
+            is_demo=demo,
+            intended_use=intended_use.strip() or INTENDED_USE,
         )
         if activate:
             model_version_activate(version=version, user=user)

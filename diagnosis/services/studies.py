@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -76,11 +77,63 @@ def study_create_many(
                 "patient_id", f"a patient id is at most {MAX_ID_LENGTH} printable characters."
             )
     infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
-    existing = selectors.studies_by_sha256(uploaded_by, {info.sha256 for info in infos})
+    return _studies_store(uploaded_by, site, list(zip(images, infos, patient_ids, strict=True)))
 
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What became of one file of a page upload: a new study, a duplicate of one the
+    uploader can see (study set, duplicate true), or refused (study None, reason why)."""
+
+    filename: str
+    study: Study | None
+    duplicate: bool = False
+    reason: str = ""
+
+
+def study_create_batch(
+    *, uploaded_by, images: Sequence[UploadedFile], site: Site | None = None
+) -> list[UploadOutcome]:
+    """The upload page's batch: each file judged on its own. The acceptable ones are stored
+    as study_create_many stores them (one transaction; a failure writes none of them); each
+    refused one is reported with its reason and changes nothing. A batch-wide problem (no
+    file, too many, not allowed) still refuses the whole batch (UploadRejected)."""
+    if not roles.can_upload(uploaded_by):
+        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
+    if not images:
+        raise UploadRejected("upload", "no file was sent.")
+    if len(images) > settings.UPLOAD_MAX_FILES:
+        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    outcomes: list[UploadOutcome | None] = []
+    good = []
+    for upload in images:
+        name = _display_name(upload.name)
+        try:
+            info = inspect_upload(upload, filename=name or "upload", size=upload.size or 0)
+        except UploadRejected as exc:
+            outcomes.append(UploadOutcome(filename=name, study=None, reason=exc.reason))
+            continue
+        outcomes.append(None)
+        good.append((upload, info, ""))
+    stored = iter(_studies_store(uploaded_by, site, good) if good else [])
+    results = []
+    for upload, outcome in zip(images, outcomes, strict=True):
+        if outcome is None:
+            study = next(stored)
+            outcome = UploadOutcome(
+                filename=_display_name(upload.name), study=study, duplicate=study.is_duplicate
+            )
+        results.append(outcome)
+    return results
+
+
+def _studies_store(uploaded_by, site, items) -> list[Study]:
+    """Write checked images [(upload, info, given patient id)] as studies, all or nothing;
+    an exact duplicate of a study the uploader may see is returned instead (is_duplicate)."""
+    existing = selectors.studies_by_sha256(uploaded_by, {info.sha256 for _, info, _ in items})
     with atomic_files() as written, transaction.atomic():
         studies = []
-        for upload, info, given in zip(images, infos, patient_ids, strict=True):
+        for upload, info, given in items:
             if info.sha256 in existing:
                 duplicate = existing[info.sha256]
                 duplicate.is_duplicate = True

@@ -6,7 +6,32 @@
   const OPEN = new Set(["pending", "running", ""]);
   const INTERVAL_MS = 1500;
 
-  function fmt(p) { return p === null || p === undefined ? "" : p.toFixed(3); }
+  // The probability bar the server draws (templates/diagnosis/parts/probability_bar.html).
+  function bar(prediction, call) {
+    const tone = call.borderline ? "borderline" : prediction.label === "PNEUMONIA" ? "positive" : "negative";
+    const clamp = (v) => Math.max(0, Math.min(100, 100 * v)).toFixed(1) + "%";
+    const outer = document.createElement("span");
+    outer.className = "pbar pbar-" + tone;
+    outer.setAttribute("role", "img");
+    outer.setAttribute("aria-label", "probability " + call.percent + "%, operating point " +
+      call.threshold_percent + "%" + (call.borderline ? ", borderline" : ""));
+    const fill = document.createElement("span");
+    fill.className = "pbar-fill";
+    fill.style.width = clamp(prediction.probability);
+    const tick = document.createElement("span");
+    tick.className = "pbar-tick";
+    tick.style.left = clamp(prediction.threshold);
+    outer.append(fill, tick);
+    const text = document.createDocumentFragment();
+    text.append(outer, " " + call.percent + "%");
+    if (call.borderline) {
+      const mark = document.createElement("span");
+      mark.className = "borderline-mark";
+      mark.textContent = "borderline";
+      text.append(" ", mark);
+    }
+    return text;
+  }
 
   async function refresh(el) {
     const response = await fetch(el.dataset.api, {
@@ -27,9 +52,12 @@
     const statusCell = el.querySelector('[data-field="status"]');
     if (statusCell) statusCell.className = "status status-" + status;
     if (status === "done") {
-      set("label", prediction.label || "");
-      set("probability", fmt(prediction.probability));
-      set("subtype", prediction.subtype || "");
+      const call = prediction.call;
+      set("label", call ? call.headline : prediction.label || "");
+      const cell = el.querySelector('[data-field="probability"]');
+      if (cell && call) cell.replaceChildren(bar(prediction, call));
+      const sub = prediction.subtype_call;
+      set("subtype", sub ? sub.headline : "");
     }
     const heatmapDrawn = el.hasAttribute("data-heatmap-due") && !prediction.heatmap_due;
     if (heatmapDrawn) el.removeAttribute("data-heatmap-due");

@@ -213,9 +213,32 @@ def test_it_filters_by_status_and_label(alice, rita, active_model, xray_upload):
 
     assert names(status="pending") == ["pending.jpg"]
     assert names(status="done") == ["done.jpg"]
-    assert names(label="NORMAL") == ["done.jpg"]
-    assert names(label="PNEUMONIA") == []
+    assert names(reviewed_label="NORMAL") == ["done.jpg"]
+    assert names(reviewed_label="PNEUMONIA") == []
+    predicted = done.predictions.get().label
+    other = "NORMAL" if predicted == "PNEUMONIA" else "PNEUMONIA"
+    assert names(predicted_label=predicted) == ["done.jpg"]
+    assert names(predicted_label=other) == []
     assert client.get(reverse("api:study-list"), {"status": "bogus"}).status_code == 400
+    # "label" alone is ambiguous (the model's or the radiologists'?): refused, saying why.
+    answer = client.get(reverse("api:study-list"), {"label": "NORMAL"})
+    assert answer.status_code == 400 and "predicted_label" in answer.json()["label"][0]
+
+
+@pytest.mark.parametrize("page_size", ["0", "-1", "abc", "501", "2.5", ""])
+def test_a_bad_page_size_answers_400(alice, page_size):
+    answer = api_client_for(alice).get(reverse("api:study-list"), {"page_size": page_size})
+    assert answer.status_code == 400
+    assert "page_size" in answer.json()
+
+
+def test_the_schema_documents_the_list_filters_and_page_size(alice):
+    schema = api_client_for(alice).get(reverse("api:schema"), {"format": "json"}).json()
+    params = {p["name"]: p for p in schema["paths"]["/api/studies/"]["get"]["parameters"]}
+    assert "the model's call" in params["predicted_label"]["description"]
+    assert "the radiologists' label" in params["reviewed_label"]["description"]
+    assert "1 to 500" in params["page_size"]["description"]
+    assert "label" not in params
 
 
 def test_it_paginates_the_list(alice, xray_upload):

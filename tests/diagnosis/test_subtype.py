@@ -144,7 +144,7 @@ def test_the_page_and_the_api_round_trip_a_reviewed_subtype(rita, alice, xray_up
     )
     page = client.get(reverse("study-detail", args=[study.pk])).content.decode()
     assert '<span id="current-subtype">viral</span>' in page
-    assert "→ PNEUMONIA (viral)" in page
+    assert "<td>PNEUMONIA (viral)" in page  # the radiologist's call in the history
 
     response = api_client_for(rita).post(
         reverse("api:study-reviews", args=[study.pk]),
@@ -266,13 +266,17 @@ def test_subtype_agreement_matches_a_hand_count_and_undetermined_is_no_error(cal
             "viral": {"bacterial": 1, "viral": 1},
             "undetermined": {"bacterial": 0, "viral": 1},
         },
-        "agreement": 2 / 3,  # the undetermined answer is left out, not counted wrong
-        "sensitivity": 1.0,
-        "specificity": 0.5,
+        "agreement": selectors.wilson_rate(2, 3),  # undetermined is left out, not wrong
+        "sensitivity": selectors.wilson_rate(1, 1),
+        "specificity": selectors.wilson_rate(1, 2),
     }
-    assert (
-        api_client_for(alice).get(reverse("api:agreement")).json()[0]["subtype"] == row["subtype"]
-    )
+    assert row["subtype"]["agreement"].value == pytest.approx(2 / 3)
+    answer = api_client_for(alice).get(reverse("api:agreement")).json()[0]["subtype"]
+    assert answer["agreement"] == {
+        "k": 2, "n": 3, "value": pytest.approx(2 / 3), "low": pytest.approx(0.2077, abs=1e-4),
+        "high": pytest.approx(0.9385, abs=1e-4), "too_few": True,
+    }  # fmt: skip
+    assert answer["confusion"] == row["subtype"]["confusion"]
     page = _client(alice).get(reverse("agreement")).content.decode()
     assert 'id="subtype-agreement"' in page and "0.667" in page
 

@@ -38,6 +38,7 @@ PAGES = {
     "agreement": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 200, "rita": 200, "ada": 200},
     "cleaning": {"anonymous": 302, "nemo": 403, "alice": 403, "bob": 403, "rita": 200, "ada": 200},
     "heatmap": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
+    "thumbnail": {"anonymous": 302, "nemo": 403, "alice": 200, "bob": 404, "rita": 200, "ada": 200},
 }
 
 
@@ -76,6 +77,7 @@ def test_it_enforces_roles_on_every_page(request, persona, page, alices_study):
         "agreement": lambda: client.get(reverse("agreement")),
         "cleaning": lambda: client.get(reverse("cleaning")),
         "heatmap": lambda: client.get(reverse("prediction-heatmap", args=[pk, prediction.pk])),
+        "thumbnail": lambda: client.get(reverse("study-thumbnail", args=[pk])),
     }
     reviews_before, studies_before = Review.objects.count(), Study.objects.count()
     jobs_before = TrainingJob.objects.count()
@@ -97,7 +99,7 @@ def test_it_uploads_several_files_from_the_page(alice):
     response = client_for(alice).post(reverse("study-upload"), {"images": files}, follow=True)
 
     assert response.status_code == 200
-    assert "3 studies uploaded" in response.content.decode()
+    assert "Last upload: 3 accepted, 0 duplicate, 0 refused." in response.content.decode()
     assert sorted(Study.objects.values_list("original_filename", flat=True)) == [
         "0.jpg",
         "1.jpg",
@@ -110,9 +112,10 @@ def test_it_shows_a_form_error_for_a_bad_file(alice):
         reverse("study-upload"), {"images": SimpleUploadedFile("notes.jpg", b"hello")}
     )
     assert response.status_code == 400
-    assert (
-        "notes.jpg: this is not a readable JPEG, PNG or DICOM image." in response.content.decode()
-    )
+    page = response.content.decode()
+    assert "0 accepted, 0 duplicate, 1 refused: nothing was stored." in page
+    assert "<td>notes.jpg</td><td><strong>refused</strong></td>" in page
+    assert "this is not a readable JPEG, PNG or DICOM image." in page
     assert Study.objects.count() == 0
 
 
@@ -130,7 +133,9 @@ def test_it_shows_the_prediction_on_the_study_page(alice, active_model, alices_s
     prediction = services.prediction_run(alices_study.predictions.get().pk)
     page = client_for(alice).get(reverse("study-detail", args=[alices_study.pk])).content.decode()
 
-    assert f'The model says <strong data-field="label">{prediction.label}</strong>' in page
+    headline = "Pneumonia likely" if prediction.label == "PNEUMONIA" else "No pneumonia found"
+    assert headline in page or "Borderline: leans" in page
+    assert f'<span data-field="label">{prediction.label}</span>' in page  # in the details
     assert f"{prediction.probability:.3f}" in page
     assert "test-v1" in page
     assert 'id="review-form"' not in page  # alice is not a radiologist

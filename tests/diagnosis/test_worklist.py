@@ -145,12 +145,14 @@ def test_it_summarizes_agreement_per_model_version(cases, rita, alice):
         "model_version": "test-v1",
         "n": 4,
         "confusion": {"tn": 1, "fp": 1, "fn": 1, "tp": 1},
-        "agreement": 0.5,
-        "sensitivity": 0.5,
-        "specificity": 0.5,
+        "agreement": selectors.wilson_rate(2, 4),
+        "sensitivity": selectors.wilson_rate(1, 2),
+        "specificity": selectors.wilson_rate(1, 2),
         "subtype": None,  # a binary model
     }
-    assert api_client_for(alice).get(reverse("api:agreement")).json() == [row]
+    (answer,) = api_client_for(alice).get(reverse("api:agreement")).json()
+    assert answer["agreement"]["value"] == 0.5 and answer["agreement"]["n"] == 4
+    assert answer["confusion"] == row["confusion"]
     client = Client()
     client.force_login(alice)
     assert "test-v1" in client.get(reverse("agreement")).content.decode()

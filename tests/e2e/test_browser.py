@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from diagnosis import wording
 from diagnosis.models import Review, Study
 from scripts.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import jpeg_bytes
@@ -61,7 +62,7 @@ def test_it_uploads_predicts_and_reviews_in_a_browser(
     log_in(page, live_server.url, "alice")
     page.set_input_files("#id_images", str(image))
     page.click("#upload-form button[type=submit]")
-    page.wait_for_selector("text=1 study uploaded")
+    page.wait_for_selector("text=Last upload: 1 accepted")
     study = Study.objects.get()
     row = page.locator(f'tr[data-study-id="{study.pk}"]')
     page.evaluate("window.__notReloaded = true")
@@ -73,9 +74,11 @@ def test_it_uploads_predicts_and_reviews_in_a_browser(
     )
     assert page.evaluate("window.__notReloaded") is True
     predicted = study.latest_prediction.label
-    assert row.locator('[data-field="label"]').inner_text() == predicted
+    call = row.locator('[data-field="label"]').inner_text()
+    assert call == wording.prediction_call(study.latest_prediction).headline
     page.click(f"text=#{study.pk}")
-    assert f"The model says {predicted}" in page.inner_text("#prediction")
+    assert page.text_content('#technical [data-field="label"]').strip() == predicted
+    assert call in page.inner_text("#call")
     assert page.locator("#review-form").count() == 0
     # The Grad-CAM overlay the worker stored, drawn at the upload's size (512 px).
     page.wait_for_function("document.getElementById('heatmap')?.complete")

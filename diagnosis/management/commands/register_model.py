@@ -23,6 +23,14 @@ class Command(BaseCommand):
             "(e.g. that it is a demo)",
         )  # fmt: skip
         parser.add_argument(
+            "--demo", action="store_true",
+            help="a demo model: every page showing its predictions warns that it is one",
+        )  # fmt: skip
+        parser.add_argument(
+            "--intended-use", default="",
+            help="its intended use in one line (default: the project's model card's)",
+        )  # fmt: skip
+        parser.add_argument(
             "--user",
             default="",
             help="who registers (and activates: an admin); default: the system, recorded as such",
@@ -35,8 +43,9 @@ class Command(BaseCommand):
             raise CommandError(f"No such file: {path}")
         try:
             version = services.model_version_register(
-                path=path, name=name, activate=activate, user=actor(user), note=note
-            )
+                path=path, name=name, activate=activate, user=actor(user), note=note,
+                demo=options["demo"], intended_use=options["intended_use"],
+            )  # fmt: skip
         except (CheckpointError, ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None
         state = "active" if version.is_active else "registered (not active)"
