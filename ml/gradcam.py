@@ -3,6 +3,7 @@
     from ml.gradcam import grad_cam, overlay
     cam = grad_cam(model, x, target_layer=target_layer(model, arch), class_index=1)  # (H, W)
     overlay(open_image("upload.jpeg"), cam).save("heatmap.png")          # RGB, image's size
+    ml.colormap.heat_layer(cam, image.size).save("layer.png")     # RGBA colour layer only
 
 Usually reached through `Predictor.explain()`. The map is coarse by design: it lives on the
 target layer's grid (7 x 7 for a ResNet34 at 224 px) and is only upsampled for display.
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from ml.colormap import JET, levels
 
 
 def grad_cam(
@@ -138,19 +141,6 @@ def mass_outside(
         return np.where(total > 0, off / total, np.nan)
 
 
-def _jet_lut() -> np.ndarray:
-    """(256, 3) uint8 piecewise-linear approximation of matplotlib's 'jet' (blue -> red).
-
-    Built in numpy so the worker needs no matplotlib to draw heatmaps."""
-    v = np.linspace(0.0, 1.0, 256)[:, None]  # (256, 1)
-    centres = np.array([[0.75, 0.5, 0.25]])  # where red, green and blue peak
-    rgb = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)  # (256, 3)
-    return np.rint(rgb * 255.0).astype(np.uint8)
-
-
-_JET = _jet_lut()
-
-
 def overlay(image: Image.Image, cam: np.ndarray, *, alpha: float = 0.45) -> Image.Image:
     """Blend the jet-coloured `cam` over the grayscale `image`; RGB, the image's size.
 
@@ -159,15 +149,7 @@ def overlay(image: Image.Image, cam: np.ndarray, *, alpha: float = 0.45) -> Imag
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    cam = np.asarray(cam, dtype=np.float32)
-    if cam.ndim != 2:
-        raise ValueError(f"cam must be a 2-D map, got shape {cam.shape}")
-    width, height = image.size
-    resized = Image.fromarray(np.clip(cam, 0.0, 1.0), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    levels = np.rint(np.clip(np.asarray(resized), 0.0, 1.0) * 255.0).astype(np.uint8)  # (h, w)
-    heat = _JET[levels].astype(np.float32)  # (h, w, 3)
+    heat = JET[levels(cam, image.size)].astype(np.float32)  # (h, w, 3)
     gray = np.asarray(image.convert("L"), dtype=np.float32)[..., None]  # (h, w, 1)
     blended = (1.0 - alpha) * gray + alpha * heat  # (h, w, 3)
     return Image.fromarray(np.rint(blended).astype(np.uint8), mode="RGB")

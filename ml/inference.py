@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import CheckpointMeta, load_checkpoint
+from ml.colormap import heat_layer
 from ml.core import Prediction, load_each, make_predictions
 from ml.gradcam import grad_cams, grad_cams_many, overlay
 from ml.heads import answers, cam_score
@@ -155,18 +156,20 @@ class Predictor:
         return list(zip(predictions, self._overlays(data, x), strict=True))
 
     def heatmaps(
-        self, sources: Sequence[ImageSource], *, question: str = "pneumonia"
+        self, sources: Sequence[ImageSource], *, question: str = "pneumonia", layer: bool = False
     ) -> list[Image.Image]:
         """The Grad-CAM overlays of explain_batch() without its inference pass: for a heatmap
         made after the prediction itself was recorded. question="subtype" explains bacterial
-        vs viral instead (a model with a subtype head only)."""
+        vs viral instead (a model with a subtype head only). layer=True gives the RGBA colour
+        layer alone (ml.colormap.heat_layer) at the overlay's size, for a viewer to lay over
+        the image."""
         if not sources:
             return []
         data = _bytes_or_paths(sources)
-        return self._overlays(data, self.inputs(data), question)
+        return self._overlays(data, self.inputs(data), question, layer=layer)
 
     def heatmaps_for(
-        self, sources: Sequence[ImageSource], questions: Sequence[str]
+        self, sources: Sequence[ImageSource], questions: Sequence[str], *, layer: bool = False
     ) -> dict[str, list[Image.Image]]:
         """heatmaps() of several questions of the same images (the pneumonia and the subtype
         question): each image decoded once for the model and once for display, one forward
@@ -187,7 +190,7 @@ class Predictor:
             )
         shown = [self._display(source) for source in data]
         return {
-            question: [overlay(image, cam) for image, cam in zip(shown, cams, strict=True)]
+            question: [_drawn(image, cam, layer) for image, cam in zip(shown, cams, strict=True)]
             for question, cams in zip(questions, maps, strict=True)
         }
 
@@ -205,10 +208,13 @@ class Predictor:
             )
 
     def _overlays(
-        self, data: list, x: torch.Tensor, question: str = "pneumonia"
+        self, data: list, x: torch.Tensor, question: str = "pneumonia", *, layer: bool = False
     ) -> list[Image.Image]:
         cams = self.cams(x, question)  # (B, S, S) in [0, 1]
-        return [overlay(self._display(source), cam) for source, cam in zip(data, cams, strict=True)]
+        return [
+            _drawn(self._display(source), cam, layer)
+            for source, cam in zip(data, cams, strict=True)
+        ]
 
     @staticmethod
     def _display(source) -> Image.Image:
@@ -216,6 +222,11 @@ class Predictor:
         image = open_image(source, size=EXPLAIN_DISPLAY_SIZE)
         image.thumbnail((EXPLAIN_DISPLAY_SIZE, EXPLAIN_DISPLAY_SIZE), Image.Resampling.LANCZOS)
         return image
+
+
+def _drawn(image: Image.Image, cam, layer: bool) -> Image.Image:
+    """The overlay of `cam` on the displayed image, or its colour layer at that size."""
+    return heat_layer(cam, image.size) if layer else overlay(image, cam)
 
 
 def _bytes_or_paths(sources: Sequence[ImageSource]) -> list:

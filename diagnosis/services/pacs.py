@@ -265,6 +265,9 @@ def result_facts(delivery: PacsDelivery):
     return ResultFacts(**facts)
 
 
+OVERLAY_OPACITY = 0.6  # the burned-in overlay's heatmap at its peak; the viewer's default too
+
+
 def result_object(delivery: PacsDelivery, source) -> bytes:
     """The DICOM file of `delivery`, built from its rows and the source header."""
     from diagnosis import dicom_results as dr
@@ -273,9 +276,14 @@ def result_object(delivery: PacsDelivery, source) -> bytes:
     if delivery.kind == PacsDelivery.Kind.OVERLAY:
         from PIL import Image
 
+        from ml.colormap import composite
+
         with default_storage.open(delivery.prediction.heatmap.name, "rb") as fh:
-            overlay = Image.open(io.BytesIO(fh.read()))
-            overlay.load()
+            layer = Image.open(io.BytesIO(fh.read()))
+            layer.load()
+        with delivery.prediction.study.image.open("rb") as fh, Image.open(fh) as image:
+            # The stored colour layer over the study's image: what the viewer shows.
+            overlay = composite(image, layer, opacity=OVERLAY_OPACITY)
         return dr.encode(
             dr.secondary_capture(
                 source,

@@ -233,12 +233,12 @@ def _answers_subtype(predictor) -> bool:
 
 
 def _heatmaps(predictor, sources: list) -> tuple[list, list]:
-    """The Grad-CAM overlays of the pneumonia question and, for a model that answers it, of
-    the subtype question (bacterial against viral; else None for each source): each image
-    decoded once, one forward pass, a backward pass per question."""
+    """The Grad-CAM colour layers (RGBA, ml.colormap) of the pneumonia question and, for a
+    model that answers it, of the subtype question (bacterial against viral; else None for
+    each source): each image decoded once, one forward pass, a backward pass per question."""
     if not _answers_subtype(predictor):
-        return predictor.heatmaps(sources), [None] * len(sources)
-    maps = predictor.heatmaps_for(sources, ("pneumonia", "subtype"))
+        return predictor.heatmaps(sources, layer=True), [None] * len(sources)
+    maps = predictor.heatmaps_for(sources, ("pneumonia", "subtype"), layer=True)
     return maps["pneumonia"], maps["subtype"]
 
 

@@ -319,7 +319,7 @@ def test_it_serves_the_heatmap_of_a_prediction_to_those_who_may_see_it(
     response = api_client_for(rita).get(url)
     assert response["Content-Type"] == "image/png"
     overlay = Image.open(io.BytesIO(b"".join(response.streaming_content)))
-    assert overlay.mode == "RGB" and overlay.size == (256, 256)
+    assert overlay.mode == "RGBA" and overlay.size == (256, 256)  # the colour layer
     assert api_client_for(bob).get(url).status_code == 404
     assert APIClient().get(url).status_code == 401
 

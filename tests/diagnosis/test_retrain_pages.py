@@ -50,7 +50,7 @@ def test_only_admins_see_and_use_the_retrain_and_promote_controls(
     assert job.parameters == {"epochs": 2, "clean": True} and job.created_by == ada
     assert len(callbacks) == 1  # sent to the training queue once committed
     page = browser(rita).get(reverse("training-job", args=[job.pk])).content.decode()
-    assert "Queued" in page and 'http-equiv="refresh"' in page
+    assert "Queued" in page and "data-live" in page and "pause updates" in page
 
     response = browser(ada).post(
         reverse("model-promote", args=[candidate.pk]), {"reason": "better"}

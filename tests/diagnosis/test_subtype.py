@@ -361,7 +361,7 @@ def test_a_subtype_model_draws_a_heatmap_of_each_question(
 
     # The subtype map is the one Grad-CAM draws for that question, not the pneumonia one.
     predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, subtype_model.file))
-    (expected,) = predictor.heatmaps([study.image.path], question="subtype")
+    (expected,) = predictor.heatmaps([study.image.path], question="subtype", layer=True)
     drawn = np.asarray(Image.open(prediction.subtype_heatmap.path), np.int16)
     assert np.abs(drawn - np.asarray(expected, np.int16)).max() <= 1
     pneumonia = np.asarray(Image.open(prediction.heatmap.path), np.int16)
@@ -373,7 +373,9 @@ def test_a_subtype_model_draws_a_heatmap_of_each_question(
     served = api_client_for(alice).get(url)
     assert served.status_code == 200 and served["Content-Type"] == "image/png"
     page = _client(alice).get(reverse("study-detail", args=[study.pk])).content.decode()
-    assert 'id="subtype-heatmap"' in page
+    page_url = reverse("prediction-heatmap", args=[study.pk, prediction.pk]) + "?question=subtype"
+    assert f'data-subtype-heatmap="{page_url}"' in page  # the viewer's second layer
+    assert '<option value="subtype">bacterial vs viral</option>' in page
     bad = api_client_for(alice).get(url.replace("subtype", "lungs"))
     assert bad.status_code == 400
 

@@ -119,3 +119,72 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, proc
             detail = f"\n--- worker output ---\n{process.output}" if process else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- the browser
+
+
+class BrowserProblems:
+    """What a page must never do: log a console error, throw, fail a request or get an error
+    status. A test that provokes one on purpose names its URL in `allowed`."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.allowed: set[str] = set()
+
+    def watch(self, page) -> None:
+        page.on("console", lambda m: m.type == "error" and self.seen.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.seen.append(f"page error: {e}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+
+    def _failed(self, request) -> None:
+        # ERR_ABORTED: the page navigated away before a load finished (a lazy thumbnail).
+        if request.url not in self.allowed and request.failure != "net::ERR_ABORTED":
+            self.seen.append(f"request failed: {request.url} ({request.failure})")
+
+    def _response(self, response) -> None:
+        if response.status >= 400 and response.url not in self.allowed:
+            self.seen.append(f"HTTP {response.status}: {response.url}")
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """A headless Chromium page (Debian's chromium); the test fails if the page logged a
+    console error, threw, or saw a failed request or an error status (BrowserProblems)."""
+    from scripts.browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        if os.getenv("REQUIRE_BROWSER"):
+            pytest.fail(f"Chromium not found at {CHROMIUM} (CI installs Debian's chromium)")
+        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium to run it")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread, which makes Django refuse
+    # ORM calls from the test body; the calls are still synchronous, so this is safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    problems = BrowserProblems()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        problems.watch(page)
+        page.problems = problems
+        yield page
+        browser.close()
+    assert not problems.seen, "the browser saw:\n" + "\n".join(problems.seen)
+
+
+def log_in(page, base_url: str, username: str) -> None:
+    page.goto(base_url + "/")
+    assert "/accounts/login/" in page.url  # anonymous users see only the login page
+    page.fill("#id_username", username)
+    page.fill("#id_password", "pw-" + username)
+    page.click("button[type=submit]")
+    page.wait_for_url(base_url + "/")
+
+
+def log_out(page) -> None:
+    page.click("text=Log out")
+    page.wait_for_url("**/accounts/login/")

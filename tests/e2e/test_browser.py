@@ -11,44 +11,10 @@ import pytest
 
 from diagnosis import wording
 from diagnosis.models import Review, Study
-from scripts.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import jpeg_bytes
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import log_in, log_out, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-
-
-@pytest.fixture
-def page(monkeypatch, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.getenv("REQUIRE_BROWSER"):
-            pytest.fail(f"Chromium not found at {CHROMIUM} (CI installs Debian's chromium)")
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium to run it")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread, which makes Django refuse
-    # ORM calls from the test body; the calls are still synchronous, so this is safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(30_000)
-        yield context.new_page()
-        browser.close()
-
-
-def log_in(page, base_url: str, username: str) -> None:
-    page.goto(base_url + "/")
-    assert "/accounts/login/" in page.url  # anonymous users see only the login page
-    page.fill("#id_username", username)
-    page.fill("#id_password", "pw-" + username)
-    page.click("button[type=submit]")
-    page.wait_for_url(base_url + "/")
-
-
-def log_out(page) -> None:
-    page.click("text=Log out")
-    page.wait_for_url("**/accounts/login/")
 
 
 def test_it_uploads_predicts_and_reviews_in_a_browser(
@@ -81,8 +47,13 @@ def test_it_uploads_predicts_and_reviews_in_a_browser(
     assert call in page.inner_text("#call")
     assert page.locator("#review-form").count() == 0
     # The Grad-CAM overlay the worker stored, drawn at the upload's size (512 px).
-    page.wait_for_function("document.getElementById('heatmap')?.complete")
-    assert page.evaluate("document.getElementById('heatmap').naturalWidth") == 512
+    # The viewer lays the Grad-CAM layer the worker stored over the image (512 px).
+    # (The heatmap is drawn once no prediction waits; the page reloads when it is.)
+    page.wait_for_selector('#viewer-layer option[value="pneumonia"]', state="attached",
+                           timeout=90_000)  # fmt: skip
+    page.wait_for_selector("#viewer.ready")
+    assert page.get_attribute("#viewer", "data-natural-width") == "512"
+    assert page.input_value("#viewer-layer") == "pneumonia"
     page.screenshot(path=str(tmp_path / "uploader.png"), full_page=True)
     log_out(page)
 
