@@ -120,3 +120,59 @@ def model_warning(version) -> str:
     if version.standing != "active":
         parts.append(f"Made by the {version.standing} model {version.name}, not the active one.")
     return " ".join(parts)
+
+
+LIMITS = (
+    "Trained on one hospital's pediatric films (Kermany et al., 2018). On another population "
+    "its stored threshold tends to over-call pneumonia until site_audit has calibrated it on "
+    "that site's labeled cases; Grad-CAM can weigh side markers and film borders "
+    "(ml/README.md, model cards)."
+)
+
+
+def model_card(version) -> list[tuple[str, str]]:
+    """The model card of a version in a few lines, from what its checkpoint recorded."""
+    args, metrics = version.train_args or {}, version.metrics or {}
+    rows = [("Intended use", version.intended_use)]
+    kind = "a DEMO, not for patient care" if version.is_demo else "a trained model"
+    rows.append(("What it is", f"{kind}; {version.standing}"))
+    weights = args.get("pretrained") or "?"
+    rows.append(("Network", f"{version.architecture}, from {weights} weights"))
+    if args:
+        schedule = (
+            f"recipe {args.get('recipe', '?')}; {args.get('freeze_epochs', '?')} frozen + "
+            f"{args.get('epochs', '?')} unfrozen epochs at {args.get('img_size', '?')} px"
+        )
+        if args.get("lr_used"):
+            schedule += f", one-cycle from the LR finder's {args['lr_used']:.2g}"
+        rows.append(("Training", schedule))
+    if "n_train" in metrics:
+        test_how = (
+            "most recent acquisitions" if args.get("test_split") == "acquisition" else "random"
+        )
+        rows.append((
+            "Data",
+            f"{metrics['n_train']} training, {metrics.get('n_val', '?')} validation and "
+            f"{metrics.get('n_test', 0)} held-out test images, split by patient (test: "
+            f"{test_how}, chose nothing)",
+        ))  # fmt: skip
+    rule = metrics.get("threshold_rule") or {}
+    if rule:
+        rows.append((
+            "Threshold",
+            f"{version.threshold:.3f}: {rule.get('rule')} >= {rule.get('target')} on "
+            f"{rule.get('n', '?')} validation images",
+        ))  # fmt: skip
+    rows.append(("Subtype", version.subtype_summary))
+    rows.append(("Known limits", LIMITS))
+    return rows
+
+
+def evaluation_split(evaluation) -> str:
+    """Which images an evaluation was measured on, and whether they chose anything."""
+    source = evaluation.data_source
+    if source.endswith(".test.csv"):
+        return "held-out test split (by patient): nothing was chosen on it"
+    if source.endswith(".val.csv"):
+        return "validation split (by patient): it chose the epoch and the threshold, so it flatters"
+    return f"labeled data set {source}"

@@ -114,7 +114,13 @@ if [ "$has_model" = 0 ]; then
       && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate \
            --demo --note "A demo, trained in minutes on the public training set by make up; \
 not validated at any site. Calibrate it with site_audit before trusting its calls (README)."
-      status=$?; rm -f var/demo-training.json; exit $status
+      status=$?; rm -f var/demo-training.json
+      # Its figures and plots on the two splits ml.train wrote, for the models page.
+      for split in val test; do
+        [ $status = 0 ] && [ -f "${DEMO_MODEL%.pt}.$split.csv" ] && "$PY" manage.py evaluate \
+          --data "${DEMO_MODEL%.pt}.$split.csv" --model "demo-${arch//_/-}"
+      done
+      exit $status
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)
   else

@@ -49,3 +49,13 @@ def probability_bar(probability, threshold, label=""):
         "threshold": max(0.0, min(100.0, 100 * threshold)),
         "call": call,
     }
+
+
+@register.simple_tag(name="model_card")
+def model_card_tag(version):
+    return wording.model_card(version)
+
+
+@register.simple_tag(name="evaluation_split")
+def evaluation_split_tag(evaluation):
+    return wording.evaluation_split(evaluation)

@@ -349,3 +349,41 @@ def test_the_worklist_counts_what_waits_and_for_how_long(rita, alice, xray_uploa
 def test_the_favicon_is_served():
     response = Client().get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+# ---------------------------------------------------------------------------- models page
+
+
+def test_the_models_page_shows_the_card_and_each_evaluation_with_its_split(alice, ada):
+    from diagnosis.models import Evaluation
+
+    made = version(
+        "v-card", is_active=True, is_demo=True,
+        train_args={"recipe": "crops", "pretrained": "imagenet", "freeze_epochs": 1,
+                    "epochs": 2, "img_size": 160, "lr_used": 0.0019, "test_split": "acquisition"},
+        metrics={"n_train": 3644, "n_val": 784, "n_test": 788, "val_auc": 0.99,
+                 "threshold_rule": {"rule": "sensitivity", "target": 0.95, "n": 784}},
+    )  # fmt: skip
+    for split, auc in (("val", 0.99), ("test", 0.97)):
+        Evaluation.objects.create(
+            model_version=made, data_source=f"var/models/demo.{split}.csv",
+            metrics={"auc": auc, "sensitivity": 0.9, "specificity": 0.8, "threshold": 0.3,
+                     "n": {"total": 784}},
+            plots={"roc": f"evaluations/{split}-roc.png"},
+        )  # fmt: skip
+    page = client_for(alice).get(reverse("model-list")).content.decode()
+    card = page[page.index('id="card-v-card"') :]
+    assert "<dt>What it is</dt><dd>a DEMO, not for patient care; active</dd>" in card
+    assert "recipe crops; 1 frozen + 2 unfrozen epochs at 160 px" in card
+    assert "3644 training, 784 validation and 788 held-out test images" in card
+    assert "0.300: sensitivity &gt;= 0.95 on 784 validation images" in card
+    assert "held-out test split (by patient): nothing was chosen on it" in page
+    assert "validation split (by patient): it chose the epoch and the threshold" in page
+    assert page.count('alt="roc of evaluation') == 2
+    bare = version("v-bare")
+    page = client_for(alice).get(reverse("model-list")).content.decode()
+    assert "No stored evaluation yet." in page and "manage.py evaluate" not in page
+    assert "manage.py evaluate --data DIR --model v-bare" in (
+        client_for(ada).get(reverse("model-list")).content.decode()
+    )
+    assert bare.standing == "candidate"
