@@ -65,7 +65,7 @@ class Walkthrough:
         self.page.goto(self.url + "/")
         self.page.set_input_files("#id_images", [str(p) for p in images])
         self.page.click("#upload-form button[type=submit]")
-        self.page.wait_for_selector(f"text={len(images)} stud")
+        self.page.wait_for_selector(f"text=Last upload: {len(images)} accepted")
 
     def wait_all_done(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
