@@ -62,3 +62,39 @@ def composite(image: Image.Image, layer: Image.Image, *, opacity: float = 0.6) -
     alpha = rgba[..., 3:] / 255.0 * opacity  # (h, w, 1)
     mixed = (1.0 - alpha) * base + alpha * rgba[..., :3]
     return Image.fromarray(np.rint(mixed).astype(np.uint8), mode="RGB")
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG 2.1 relative luminance of an sRGB colour (0-255 channels)."""
+
+    def channel(c: float) -> float:
+        c = c / 255.0
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(float(c)) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG contrast ratio of two colours, from 1 (none) to 21 (black on white)."""
+    la, lb = relative_luminance(a), relative_luminance(b)
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+def contrast_table(levels_shown=(0, 32, 96, 128, 160, 224, 255)) -> str:
+    """The colour scale's stops against black, mid-grey and white film (README "Viewer")."""
+    rows = [
+        "| map level | colour (RGB) | vs black | vs mid-grey (128) | vs white |",
+        "|---|---|---|---|---|",
+    ]
+    for v in levels_shown:
+        colour = tuple(int(c) for c in JET[v])
+        ratios = [contrast_ratio(colour, (g, g, g)) for g in (0, 128, 255)]
+        rows.append(
+            f"| {v / 255:.2f} | {colour} | " + " | ".join(f"{r:.2f}:1" for r in ratios) + " |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(contrast_table())

@@ -54,6 +54,9 @@ class Walkthrough:
 
     def log_in(self, username: str) -> None:
         page = self.page
+        # Leave the page first: a thumbnail still loading would come back through the login
+        # page with a CSRF cookie of its own, and the form's token would no longer match it.
+        page.goto("about:blank")
         page.context.clear_cookies()
         page.goto(self.url + "/")
         page.fill("#id_username", username)

@@ -49,3 +49,11 @@ def test_an_older_rgb_overlay_is_shown_as_it_was_drawn():
 def test_it_imports_without_torch():
     code = "import sys, ml.colormap; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_contrast_ratios_are_wcags():
+    from ml.colormap import contrast_ratio
+
+    assert contrast_ratio((0, 0, 0), (255, 255, 255)) == pytest.approx(21.0)
+    assert contrast_ratio((118, 118, 118), (255, 255, 255)) == pytest.approx(4.54, abs=0.01)
+    assert contrast_ratio((252, 0, 0), (128, 128, 128)) < 1.1  # red on mid-grey: hue only
