@@ -20,8 +20,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser import CHROMIUM, CHROMIUM_ARGS  # scripts/browser.py, beside this file
-from walkthrough import Walkthrough, credentials, step
+from browser import CHROMIUM  # scripts/browser.py, beside this file
+from walkthrough import Walkthrough, credentials, open_walk, step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +48,8 @@ def main() -> None:
     accounts = credentials(args.credentials)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1440, "height": 960}).new_page()
-        page.set_default_timeout(60_000)
-        walk = Walkthrough(page, args.url, accounts, args.out)
+        browser, walk = open_walk(playwright, args, accounts, {"width": 1440, "height": 960})
+        page = walk.page
 
         walk.log_in("uploader")
         wait_for_model(walk)

@@ -152,6 +152,14 @@ class Walkthrough:
         return self.page.inner_text("#prediction")
 
 
+def open_walk(playwright, args, accounts: dict[str, str], viewport: dict[str, int]):
+    """(browser, Walkthrough) on a fresh headless Chromium page, for args.url."""
+    browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+    page = browser.new_context(viewport=viewport).new_page()
+    page.set_default_timeout(60_000)
+    return browser, Walkthrough(page, args.url, accounts, args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -170,10 +178,7 @@ def main() -> None:
     accounts = credentials(args.credentials)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.set_default_timeout(60_000)
-        walk = Walkthrough(page, args.url, accounts, args.out)
+        browser, walk = open_walk(playwright, args, accounts, {"width": 1280, "height": 900})
 
         step(f"uploader uploads {len(images) - 1} studies")
         walk.log_in("uploader")

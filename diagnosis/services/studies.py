@@ -62,12 +62,7 @@ def study_create_many(
     that carry none (JPEG, PNG); only their keyed hash is stored (diagnosis.pseudonyms). A
     DICOM's own PatientID wins over a given one.
     """
-    if not roles.can_upload(uploaded_by):
-        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
-    if not images:
-        raise UploadRejected("upload", "no file was sent.")
-    if len(images) > settings.UPLOAD_MAX_FILES:
-        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    _check_batch(uploaded_by, images)
     patient_ids = list(patient_ids) if patient_ids is not None else [""] * len(images)
     if len(patient_ids) != len(images):
         raise ValueError(f"{len(images)} images but {len(patient_ids)} patient ids")
@@ -78,6 +73,16 @@ def study_create_many(
             )
     infos = [inspect_upload(f, filename=f.name or "upload", size=f.size or 0) for f in images]
     return _studies_store(uploaded_by, site, list(zip(images, infos, patient_ids, strict=True)))
+
+
+def _check_batch(uploaded_by, images) -> None:
+    """What refuses a whole upload: a user who may not upload, no file, too many files."""
+    if not roles.can_upload(uploaded_by):
+        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
+    if not images:
+        raise UploadRejected("upload", "no file was sent.")
+    if len(images) > settings.UPLOAD_MAX_FILES:
+        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,7 @@ def study_create_batch(
     as study_create_many stores them (one transaction; a failure writes none of them); each
     refused one is reported with its reason and changes nothing. A batch-wide problem (no
     file, too many, not allowed) still refuses the whole batch (UploadRejected)."""
-    if not roles.can_upload(uploaded_by):
-        raise PermissionDenied("Only uploaders, radiologists and admins may upload studies.")
-    if not images:
-        raise UploadRejected("upload", "no file was sent.")
-    if len(images) > settings.UPLOAD_MAX_FILES:
-        raise UploadRejected("upload", f"at most {settings.UPLOAD_MAX_FILES} files at once.")
+    _check_batch(uploaded_by, images)
     outcomes: list[UploadOutcome | None] = []
     good = []
     for upload in images:
