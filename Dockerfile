@@ -7,21 +7,39 @@ COPY deploy/orthanc.json /etc/pneumo/orthanc.json
 EXPOSE 8042 4242
 CMD ["Orthanc", "/etc/pneumo/orthanc.json"]
 
-# One image for the web server, the workers, the beat scheduler and the PACS listener (the
-# last stage: what `build: .` makes).
-FROM python:3.11-slim
-
+# One image per role, each with only what it runs (README "Scaling out" gives their sizes):
+#   web           the web server, the beat scheduler, the PACS listener: no torch
+#   onnx-worker   a prediction worker on an ONNX artifact (INFERENCE_RUNTIME=onnx-int8)
+#   torch-worker  a prediction worker on torch (heatmaps), the training worker, the ml commands
+# The last stage, torch-worker, runs every role: it is what a plain `docker build .` makes.
+FROM python:3.11-slim AS python
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
+RUN useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 
-COPY requirements.txt .
-# The CPU build of torch keeps the image small; pass TORCH_INDEX for another build.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt
-
+FROM python AS web
+COPY requirements-web.txt ./
+RUN pip install -r requirements-web.txt
 COPY . .
-RUN DEBUG=false SECRET_KEY=build-only PSEUDONYM_KEY=build-only python manage.py collectstatic --noinput -v0 \
-    && useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
+RUN DEBUG=false SECRET_KEY=build-only PSEUDONYM_KEY=build-only python manage.py collectstatic --noinput -v0
 USER app
 EXPOSE 8000
 CMD ["gunicorn", "pneumo_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]
+
+FROM python AS onnx-worker
+COPY requirements-web.txt requirements-onnx.txt ./
+RUN pip install -r requirements-onnx.txt
+COPY . .
+USER app
+CMD ["celery", "-A", "pneumo_site", "worker", "-Q", "pneumo", "--concurrency", "1", "--loglevel", "INFO"]
+
+FROM python AS torch-worker
+COPY requirements-web.txt requirements-onnx.txt requirements-torch.txt ./
+# The CPU build of torch keeps the image small; pass TORCH_INDEX for another build (CUDA).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --extra-index-url "$TORCH_INDEX" -r requirements-torch.txt
+COPY . .
+RUN DEBUG=false SECRET_KEY=build-only PSEUDONYM_KEY=build-only python manage.py collectstatic --noinput -v0
+USER app
+EXPOSE 8000
+CMD ["celery", "-A", "pneumo_site", "worker", "-Q", "pneumo", "--concurrency", "1", "--loglevel", "INFO"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install up test test-unit lint format
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-web.txt requirements-onnx.txt requirements-torch.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt && touch $@
 

@@ -61,3 +61,38 @@ def test_the_compose_orthanc_config_keeps_authentication_and_known_modalities():
     assert config["RegisteredUsers"] == {"${ORTHANC_USERNAME}": "${ORTHANC_PASSWORD}"}
     assert config["OverwriteInstances"] is False and config["StableAge"] <= 2
     assert "FROM debian:bookworm-slim AS orthanc" in (ROOT / "Dockerfile").read_text()
+
+
+def requirement_names(name: str) -> set[str]:
+    """The packages a requirements file installs, following its -r includes."""
+    found: set[str] = set()
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found |= requirement_names(line[3:].strip())
+        elif line:
+            found.add(line.split("==")[0].split("[")[0].lower())
+    return found
+
+
+def test_each_role_installs_only_what_it_runs():
+    web, onnx, torch = (
+        requirement_names(f"requirements-{r}.txt") for r in ("web", "onnx", "torch")
+    )
+    heavy = {"torch", "torchvision", "timm", "onnxruntime", "onnx", "matplotlib"}
+    assert not web & heavy
+    assert onnx - web == {"onnxruntime"}
+    assert {"torch", "torchvision", "timm", "onnx", "matplotlib"} <= torch - onnx
+    assert requirement_names("requirements.txt") == torch  # make up installs every role
+
+
+def test_compose_builds_each_service_from_its_roles_stage():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+    assert {"web", "onnx-worker", "torch-worker", "orthanc"} <= stages
+    target = {name: s["build"]["target"] for name, s in compose.items() if "build" in s}
+    assert target == {"web": "web", "beat": "web", "pacs-listener": "web", "orthanc": "orthanc",
+                      "worker": "torch-worker", "training-worker": "torch-worker"}  # fmt: skip
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    web_stage = dockerfile.split("AS web\n")[1].split("\nFROM ")[0]
+    assert "requirements-web.txt" in web_stage and "requirements-torch" not in web_stage
