@@ -269,6 +269,18 @@ def worklist(*, order: str = "triage", subtype: str = "", now=None) -> QuerySet[
     )
 
 
+PENDING_FRESH_SECONDS = 10.0
+
+
+def predictions_busy(*, now=None) -> bool:
+    """Whether a prediction is running, or waits and was enqueued in the last 10 s: a live
+    worker takes a new one within milliseconds, or is busy with others (running), so one
+    waiting longer has no worker or no model, and must not hold training back."""
+    recent = (now or timezone.now()) - timedelta(seconds=PENDING_FRESH_SECONDS)
+    waiting = Q(status=Prediction.Status.PENDING, enqueued_at__gte=recent)
+    return Prediction.objects.filter(Q(status=Prediction.Status.RUNNING) | waiting).exists()
+
+
 def worklist_summary(*, subtype: str = "", now=None) -> dict:
     """What waits for review: how many studies, since when the oldest, how many overdue."""
     now = now or timezone.now()

@@ -6,6 +6,10 @@ calls `fine_tune`; site adaptation and retraining reach it through `ml.train` to
     run = Run(schedule, model, train_loader, val_loader, criterion, device, history=[])
     rates = fine_tune(run, lr_find_plot=Path("var/models/m.lr_find.png"))
     model.load_state_dict(run.best.state_dict)       # the epoch with the best validation AUC
+
+A process that must give way to other work (a training worker sharing the cores with a
+prediction worker) wraps training in `between_batches(callback)`: every training, LR finder
+and validation batch then calls it when done, and it may wait there.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +32,31 @@ from ml.heads import NO_SUBTYPE, QuestionsLoss, answers
 from ml.lr_find import lr_find, save_lr_plot
 from ml.metrics import roc_auc
 from ml.models import freeze, unfreeze
+
+# What each batch calls when done (between_batches); None: nothing. Process-wide: the policy
+# belongs to the process that trains, not to one run.
+_between_batches: Callable[[], None] | None = None
+
+
+@contextmanager
+def between_batches(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` after every training, LR finder and validation batch inside."""
+    global _between_batches
+    previous, _between_batches = _between_batches, callback
+    try:
+        yield
+    finally:
+        _between_batches = previous
+
+
+def batch_done() -> None:
+    if _between_batches is not None:
+        _between_batches()
+
+
+def between_batches_callback() -> Callable[[], None] | None:
+    """The callback batch_done() calls now (None outside between_batches)."""
+    return _between_batches
 
 
 @dataclass(frozen=True)
@@ -66,6 +97,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        batch_done()
         total_loss += loss.item() * len(targets)
         n_seen += len(targets)
         if print_freq and (i % print_freq == 0 or i == len(loader)):
@@ -127,6 +159,7 @@ def evaluate(
         subtypes += batch_subtypes.tolist()
         if p_bacterial is not None:
             bacterial += p_bacterial.tolist()
+        batch_done()
     loss = total_loss / max(len(y_true), 1)
     return Scores(loss, y_true, scores, subtypes, bacterial if subtype is not None else None)
 
@@ -257,6 +290,7 @@ def find_lr(run: Run, plot_path: Path) -> tuple[float, dict]:
         end_lr=run.schedule.lr_find_end,
         num_iter=run.schedule.lr_find_iters,
         print_freq=run.schedule.print_freq,
+        between=batch_done,
     )
     save_lr_plot(result, plot_path)
     print(

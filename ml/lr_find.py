@@ -50,10 +50,12 @@ def lr_find(
     beta: float = 0.98,
     diverge_factor: float = 4.0,
     print_freq: int = 0,
+    between: Callable[[], None] | None = None,
 ) -> LRFindResult:
     """Sweep the rate from `start_lr` to `end_lr` over `num_iter` steps (cycling `batches`
     if they run out), stop once the smoothed loss exceeds `diverge_factor` x its best, then
-    put the model and optimizer back exactly as they were."""
+    put the model and optimizer back exactly as they were. `between` is called after each
+    step (ml.engine.between_batches)."""
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if num_iter < 2:
@@ -76,6 +78,8 @@ def lr_find(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if between is not None:
+                between()
 
             # An exponential moving average, divided by (1 - beta^n) so the first steps are
             # not pulled towards the average's zero start (Adam's bias correction).

@@ -325,6 +325,8 @@ CELERY_TASK_ROUTES = {"diagnosis.tasks.retrain": {"queue": TRAINING_QUEUE}}
 # The base data set folder (Kaggle layout) that the training pool starts from; empty: the
 # pool is the reviewed studies alone.
 TRAINING_BASE_DATA = os.getenv("TRAINING_BASE_DATA", "")
+# A training pauses between batches while a prediction waits or runs (diagnosis.yielding).
+TRAINING_YIELDS = envbool("TRAINING_YIELDS", "true")
 # A training task may run this long; a running job whose log has not moved for the lease
 # is taken back by the sweeper (its worker died), at most TRAINING_MAX_ATTEMPTS times.
 TRAINING_TIME_LIMIT = envint("TRAINING_TIME_LIMIT", str(6 * 3600))

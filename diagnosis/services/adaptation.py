@@ -16,6 +16,7 @@ from diagnosis import model_loader, roles
 from diagnosis.models import ModelVersion
 from diagnosis.services.registry import model_version_discard, model_version_register
 from diagnosis.services.thresholds import site_threshold_activate
+from diagnosis.yielding import yielding_training
 
 # The adapted model's recipe: one frozen epoch re-fits the head, two unfrozen adapt the body
 # (the retraining order, shorter: the site's cases are few and easy to over-fit).
@@ -193,6 +194,6 @@ def _fine_tune(version, train_items, val_items, workdir: Path, params: dict):
         **(RETRAIN_DEFAULTS | ADAPT_DEFAULTS | chosen),
     )
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log), yielding_training():
         checkpoint = Path(main(config))
     return checkpoint, log.getvalue()

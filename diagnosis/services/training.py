@@ -41,6 +41,7 @@ from diagnosis.services.registry import (
     model_version_discard,
     model_version_register,
 )
+from diagnosis.yielding import yielding_training
 from pneumo_site.celery import app
 
 logger = logging.getLogger(__name__)
@@ -235,7 +236,8 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     )
     print(f"== 3. Fine-tuning from {job.get_init_display().lower()}", flush=True)
     try:
-        checkpoint = Path(main(config))
+        with yielding_training():
+            checkpoint = Path(main(config))
     except PretrainedWeightsUnavailable as exc:
         raise ValueError(str(exc)) from None
 
