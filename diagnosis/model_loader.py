@@ -57,7 +57,8 @@ def _file_checked(name: str, sha256: str, what: str) -> str:
     return path
 
 
-def _build(version: ModelVersion, runtime: str):
+def build_predictor(version: ModelVersion, runtime: str):
+    """A new predictor of `version` on `runtime` (its file checked against its sha256)."""
     from django.conf import settings
 
     if runtime in ("torch", "torch-bf16"):
@@ -106,11 +107,84 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_bf16_supported()
 
 
+HEATMAP_RUNTIMES = ("torch", "torch-bf16")  # Grad-CAM needs gradients: torch only
+AUTO_BATCH = 16  # images per timed batch, the worker's PREDICTION_BATCH_SIZE default
+# (version id, sha256, heatmaps wanted) -> the runtime auto chose in this process.
+_auto_choice: dict[tuple[int, str, bool], str] = {}
+
+
+def accepted_runtimes(version: ModelVersion) -> list[str]:
+    """torch, and every runtime with an artifact accepted for `version` (optimize_model)."""
+    return ["torch", *sorted(version.runtimes.values_list("runtime", flat=True))]
+
+
+def batch_rate(predictor, size: int, *, batches: int = 3) -> float:
+    """Images per second of predict_batch() on AUTO_BATCH synthetic grey images at the
+    model's input size (decode included, as in the worker), the best of `batches` after
+    one warm-up batch."""
+    import io
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(AUTO_BATCH):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    predictor.predict_batch(images)  # warm-up: allocations, oneDNN / ORT kernel choice
+    best = float("inf")
+    for _ in range(batches):
+        start = time.perf_counter()
+        predictor.predict_batch(images)
+        best = min(best, time.perf_counter() - start)
+    return AUTO_BATCH / best
+
+
+def auto_runtime(version: ModelVersion) -> str:
+    """INFERENCE_RUNTIME=auto: time every accepted runtime of `version` on this machine
+    (once per process and version, a few seconds, logged) and take the fastest among those
+    that keep what PREDICTION_HEATMAPS asks for: with heatmaps on, the torch runtimes only
+    (ONNX has no gradients); with heatmaps off, any."""
+    from django.conf import settings
+
+    heatmaps = settings.PREDICTION_HEATMAPS != "off"
+    key = (version.pk, version.sha256, heatmaps)
+    if key in _auto_choice:
+        return _auto_choice[key]
+    rates: dict[str, float] = {}
+    for runtime in accepted_runtimes(version):
+        try:
+            predictor = build_predictor(version, runtime)
+            size = int(version.preprocessing.get("input_size", 224))
+            rates[runtime] = batch_rate(predictor, size)
+        except Exception:  # an artifact that no longer loads here: not a candidate
+            logger.exception("auto: %s of %s could not be timed", runtime, version.name)
+        finally:
+            predictor = None
+    allowed = {r: v for r, v in rates.items() if not heatmaps or r in HEATMAP_RUNTIMES}
+    chosen = max(allowed, key=allowed.get) if allowed else "torch"
+    table = ", ".join(f"{r} {v:.1f} img/s" for r, v in sorted(rates.items(), key=lambda x: -x[1]))
+    fastest = max(rates, key=rates.get) if rates else chosen
+    why = "" if fastest == chosen else f" ({fastest} draws no heatmaps)"
+    logger.info(
+        "INFERENCE_RUNTIME=auto for %s on this machine, batch %d: %s -> %s%s",
+        version.name, AUTO_BATCH, table or "nothing timed", chosen, why,
+    )  # fmt: skip
+    _auto_choice[key] = chosen
+    return chosen
+
+
 def runtime_for(version: ModelVersion) -> str:
-    """INFERENCE_RUNTIME if this version has an accepted artifact for it, else torch."""
+    """INFERENCE_RUNTIME if this version has an accepted artifact for it, else torch; auto:
+    the fastest accepted one on this machine (auto_runtime)."""
     from django.conf import settings
 
     wanted = settings.INFERENCE_RUNTIME
+    if wanted == "auto":
+        return auto_runtime(version)
     if wanted == "torch" or version.runtimes.filter(runtime=wanted).exists():
         return wanted
     logger.warning(
@@ -127,7 +201,7 @@ def predictor_for(version: ModelVersion):
     if _loaded is not None and _loaded[0] == key:
         return _loaded[1]
     _loaded = None  # Free the previous model before loading the next.
-    predictor = _build(version, runtime)
+    predictor = build_predictor(version, runtime)
     predictor.runtime = runtime
     _loaded = (key, predictor)
     logger.info("Loaded model %s (%s) in process %s", version.name, runtime, os.getpid())
@@ -137,3 +211,4 @@ def predictor_for(version: ModelVersion):
 def unload() -> None:
     global _loaded
     _loaded = None
+    _auto_choice.clear()

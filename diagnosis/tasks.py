@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def _set_threads(**_) -> None:
     # Worker concurrency x intra-op threads should not exceed the cores (README, "Workers").
     # An ONNX runtime takes its threads from the setting itself and must not import torch.
-    if settings.INFERENCE_THREADS > 0 and settings.INFERENCE_RUNTIME.startswith("torch"):
+    if settings.INFERENCE_THREADS > 0 and not settings.INFERENCE_RUNTIME.startswith("onnx"):
         import torch
 
         torch.set_num_threads(settings.INFERENCE_THREADS)

@@ -365,7 +365,7 @@ PREDICTION_HEATMAP_QUIET_SECONDS = envfloat("PREDICTION_HEATMAP_QUIET_SECONDS", 
 # by its accuracy gate; without one the worker falls back to torch and says so in its log.
 # (the names are ml.runtimes.RUNTIMES; a test keeps the two lists equal)
 INFERENCE_RUNTIME = envchoice(
-    "INFERENCE_RUNTIME", "torch", ("torch", "torch-bf16", "onnx-fp32", "onnx-int8")
+    "INFERENCE_RUNTIME", "torch", ("torch", "torch-bf16", "onnx-fp32", "onnx-int8", "auto")
 )
 # auto: the torch runtimes use a CUDA GPU when there is one (half-precision autocast); cpu
 # never does; cuda asks for it and falls back to the CPU, with a warning, when none is there.

@@ -199,3 +199,33 @@ def test_an_artifact_whose_outputs_do_not_fit_the_questions_is_refused(version, 
     with pytest.raises(services.RuntimeRejected, match=r"gives 2 outputs per image; the \w+ head"):
         services.runtime_artifact_create(version=version, runtime="onnx-fp32", build=build)
     assert not RuntimeArtifact.objects.exists()
+
+
+def test_auto_times_the_accepted_runtimes_once_and_keeps_heatmaps(
+    version, alice, xray_upload, settings, monkeypatch, caplog
+):
+    from diagnosis import model_loader
+
+    services.runtime_artifact_create(version=version, runtime="onnx-fp32")
+    # A real timing first: a forward pass of each runtime on synthetic images.
+    real = model_loader.batch_rate(model_loader.build_predictor(version, "onnx-fp32"), 64)
+    assert real > 0
+    timed = []
+
+    def rate(predictor, size):
+        timed.append(predictor.runtime if hasattr(predictor, "runtime") else type(predictor))
+        return {"Predictor": 30.0, "OnnxPredictor": 90.0}[type(predictor).__name__]
+
+    monkeypatch.setattr(model_loader, "batch_rate", rate)
+    settings.INFERENCE_RUNTIME = "auto"
+    settings.PREDICTION_HEATMAPS = "deferred"
+    caplog.set_level("INFO", logger="diagnosis.model_loader")
+    assert model_loader.runtime_for(version) == "torch"  # ONNX is faster but draws none
+    assert "onnx-fp32 90.0 img/s, torch 30.0 img/s -> torch (onnx-fp32 draws no heatmaps)" in (
+        caplog.text
+    )
+    assert model_loader.runtime_for(version) == "torch" and len(timed) == 2  # timed once
+    settings.PREDICTION_HEATMAPS = "off"
+    assert model_loader.runtime_for(version) == "onnx-fp32"
+    study = services.study_create(uploaded_by=alice, image=xray_upload("auto.jpg"))
+    assert services.prediction_run(study.predictions.get().pk).runtime == "onnx-fp32"
