@@ -145,6 +145,10 @@ class StudyAdmin(admin.ModelAdmin):
         "created_at",
         "current_label",
         "current_subtype",
+        # Like the label, the latest review's: changed by a review (the relabel action), so
+        # that the audit trail keeps who and why.
+        "unusable_reason",
+        "reviewed_at",
         "patient_key",  # a keyed hash, shown to admins only (this admin is theirs alone)
     ]
     inlines = [PredictionInline, ReviewInline]
