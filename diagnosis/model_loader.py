@@ -40,7 +40,8 @@ def validate_checkpoint(path: Path) -> CheckpointMeta:
 
 
 def model_path(version: ModelVersion) -> str:
-    return default_storage.path(version.file)
+    """A local path of the version's checkpoint (local_file): what ml reads."""
+    return _verified_path(version)
 
 
 def _verified_path(version: ModelVersion) -> str:
@@ -48,13 +49,50 @@ def _verified_path(version: ModelVersion) -> str:
 
 
 def _file_checked(name: str, sha256: str, what: str) -> str:
-    path = default_storage.path(name)
+    """A local path of the stored file `name`, checked to be the content `sha256`: the
+    storage's own path when it has one (a local MEDIA_ROOT), else a copy in MODEL_CACHE_DIR
+    named by the hash, downloaded once per machine (object storage: no path). ModelFileError
+    when the file is missing or is not the file that was registered."""
+    try:
+        path = default_storage.path(name)
+    except NotImplementedError:
+        return _cached(name, sha256, what)
     if not Path(path).is_file():
         raise ModelFileError(f"{what} is missing: {name}")
-    with open(path, "rb") as fh:
-        if hashlib.file_digest(fh, "sha256").hexdigest() != sha256:
-            raise ModelFileError(f"{what} does not match its registered sha256")
+    if _sha256_of(path) != sha256:
+        raise ModelFileError(f"{what} does not match its registered sha256")
     return path
+
+
+def _sha256_of(path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _cached(name: str, sha256: str, what: str) -> str:
+    from django.conf import settings
+
+    cache = Path(settings.MODEL_CACHE_DIR)
+    target = cache / f"{sha256}{Path(name).suffix}"
+    if target.is_file() and _sha256_of(target) == sha256:
+        return str(target)  # a hit: nothing read from storage
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{sha256}.{os.getpid()}.part"
+    digest = hashlib.sha256()
+    try:
+        with default_storage.open(name, "rb") as source, partial.open("wb") as out:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ModelFileError(f"{what} does not match its registered sha256")
+        os.replace(partial, target)  # whole or not at all: another process sees either
+    except (FileNotFoundError, OSError) as exc:
+        raise ModelFileError(f"{what} is missing: {name} ({exc})") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("Downloaded %s (%s) into the model cache %s", what, name, target)
+    return str(target)
 
 
 def build_predictor(version: ModelVersion, runtime: str):

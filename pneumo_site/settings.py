@@ -200,6 +200,9 @@ WHITENOISE_USE_FINDERS = True
 # Uploaded studies and registered model files. They are never served from a public URL:
 # views check the user's right to see a study before streaming its file.
 MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", str(VAR_DIR / "media")))
+# Where a worker keeps the model files it downloaded from a storage without local paths
+# (object storage), each named by its sha256: downloaded once per machine, not per task.
+MODEL_CACHE_DIR = Path(os.getenv("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
 MEDIA_URL = "/media-not-served/"
 
 # ---------------------------------------------------------------------------- security
