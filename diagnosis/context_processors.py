@@ -9,7 +9,7 @@ from django.conf import settings
 from diagnosis import roles, selectors
 
 # Written by scripts/up.sh while it trains the demo model: {"started_at": epoch seconds,
-# "expected_seconds": ..., "arch": ...}; removed once the model is registered or has failed.
+# "expected_seconds": ...}; removed once the model is registered or has failed.
 DEMO_TRAINING_FILE = "demo-training.json"
 
 
@@ -28,7 +28,6 @@ def demo_training() -> dict | None:
         "expected_minutes": max(1, round(expected / 60)),
         "remaining_minutes": max(0, round((expected - elapsed) / 60)),
         "overdue": elapsed > 2 * expected,
-        "arch": str(facts.get("arch", "")),
     }
 
 

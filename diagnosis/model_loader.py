@@ -40,7 +40,7 @@ def validate_checkpoint(path: Path) -> CheckpointMeta:
 
 
 def model_path(version: ModelVersion) -> str:
-    """A local path of the version's checkpoint (local_file): what ml reads."""
+    """A local path of the version's checkpoint, checked (_file_checked): what ml reads."""
     return _verified_path(version)
 
 

@@ -27,16 +27,11 @@ SURE_SHARE = 0.5  # of the way from the threshold to 0 or 1: "very sure" from he
 @dataclass(frozen=True)
 class Call:
     headline: str  # "Pneumonia likely", "No pneumonia found", "Borderline: leans pneumonia"
-    tone: str  # "positive", "negative" or "borderline" (the page's colour)
+    tone: str  # "positive", "negative", "borderline" or "neutral" (the page's colour)
     sureness: str  # "very sure", "fairly sure" or "borderline"
     borderline: bool
     percent: int  # the probability in whole percent
     threshold_percent: int
-
-    @property
-    def summary(self) -> str:
-        """One line: the headline and how sure, e.g. for a list's title attribute."""
-        return f"{self.headline} ({self.sureness}, {self.percent}%)"
 
 
 def borderline_rule(margin: float | None = None) -> str:

@@ -107,8 +107,7 @@ if [ "$has_model" = 0 ]; then
     echo "    (log: var/log/train-demo.log, about 5 minutes); uploads wait until it is active."
     # The pages read this while no model is active: "a demo model is being trained since...".
     # About 6 minutes: measured from a fresh clone, README "The demo model".
-    printf '{"started_at": %s, "expected_seconds": 360, "arch": "%s"}\n' "$(date +%s)" "$arch" \
-      > var/demo-training.json
+    printf '{"started_at": %s, "expected_seconds": 360}\n' "$(date +%s)" > var/demo-training.json
     ( "$PY" -m ml.train --data "$DEMO_DATA" "${flags[@]}" --img-size 160 \
         --test-split acquisition --out "$DEMO_MODEL" \
       && "$PY" manage.py register_model "$DEMO_MODEL" --name "demo-${arch//_/-}" --activate \

@@ -31,6 +31,10 @@ class CallSerializer(serializers.Serializer):
         help_text="e.g. 'Pneumonia likely', 'Borderline: leans normal'"
     )
     sureness = serializers.ChoiceField(choices=["very sure", "fairly sure", "borderline"])
+    tone = serializers.ChoiceField(
+        choices=["positive", "negative", "borderline", "neutral"],
+        help_text="How the pages colour it: pneumonia, normal, borderline; neutral (subtype).",
+    )
     borderline = serializers.BooleanField(
         help_text="The probability is within BORDERLINE_MARGIN of the threshold."
     )

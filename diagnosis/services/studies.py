@@ -104,27 +104,23 @@ def study_create_batch(
     refused one is reported with its reason and changes nothing. A batch-wide problem (no
     file, too many, not allowed) still refuses the whole batch (UploadRejected)."""
     _check_batch(uploaded_by, images)
-    outcomes: list[UploadOutcome | None] = []
+    names = [_display_name(upload.name) for upload in images]
+    refused: dict[int, str] = {}
     good = []
-    for upload in images:
-        name = _display_name(upload.name)
+    for i, (upload, name) in enumerate(zip(images, names, strict=True)):
         try:
-            info = inspect_upload(upload, filename=name or "upload", size=upload.size or 0)
+            good.append((upload, inspect_upload(upload, filename=name, size=upload.size or 0), ""))
         except UploadRejected as exc:
-            outcomes.append(UploadOutcome(filename=name, study=None, reason=exc.reason))
-            continue
-        outcomes.append(None)
-        good.append((upload, info, ""))
+            refused[i] = exc.reason
     stored = iter(_studies_store(uploaded_by, site, good) if good else [])
-    results = []
-    for upload, outcome in zip(images, outcomes, strict=True):
-        if outcome is None:
+    outcomes = []
+    for i, name in enumerate(names):
+        if i in refused:
+            outcomes.append(UploadOutcome(filename=name, study=None, reason=refused[i]))
+        else:
             study = next(stored)
-            outcome = UploadOutcome(
-                filename=_display_name(upload.name), study=study, duplicate=study.is_duplicate
-            )
-        results.append(outcome)
-    return results
+            outcomes.append(UploadOutcome(filename=name, study=study, duplicate=study.is_duplicate))
+    return outcomes
 
 
 def _studies_store(uploaded_by, site, items) -> list[Study]:

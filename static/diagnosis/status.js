@@ -8,10 +8,9 @@
 
   // The probability bar the server draws (templates/diagnosis/parts/probability_bar.html).
   function bar(prediction, call) {
-    const tone = call.borderline ? "borderline" : prediction.label === "PNEUMONIA" ? "positive" : "negative";
     const clamp = (v) => Math.max(0, Math.min(100, 100 * v)).toFixed(1) + "%";
     const outer = document.createElement("span");
-    outer.className = "pbar pbar-" + tone;
+    outer.className = "pbar pbar-" + call.tone;
     outer.setAttribute("role", "img");
     outer.setAttribute("aria-label", "probability " + call.percent + "%, operating point " +
       call.threshold_percent + "%" + (call.borderline ? ", borderline" : ""));

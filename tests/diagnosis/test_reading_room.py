@@ -155,7 +155,7 @@ def test_register_model_marks_a_demo_and_records_the_intended_use(db, checkpoint
 
 def write_training_marker(settings, *, started_ago: float, expected: float = 360) -> None:
     assert settings.VAR_DIR.name == "var-of-this-test"  # never the shared one
-    marker = {"started_at": time.time() - started_ago, "expected_seconds": expected, "arch": "x"}
+    marker = {"started_at": time.time() - started_ago, "expected_seconds": expected}
     (settings.VAR_DIR / "demo-training.json").write_text(json.dumps(marker))
 
 

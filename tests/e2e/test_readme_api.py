@@ -62,7 +62,6 @@ def test_the_readme_api_block_runs_as_written(live_server, checkpoint_path, tmp_
     values = shown.stdout.splitlines()
     assert all(re.fullmatch(r"Authorization: Token [0-9a-f]{40}", v) for v in values), values
     env = {**child_env(), **dict(zip("URA", values, strict=True))}
-    prelude = ""
     results = []
     for line in curls:
         command = line.split(" #")[0].replace(LOCAL, live_server.url)
@@ -71,7 +70,7 @@ def test_the_readme_api_block_runs_as_written(live_server, checkpoint_path, tmp_
         )
         command = command.replace("curl ", "curl -s -o /dev/null -w '%{http_code}' ", 1)
         done = subprocess.run(
-            ["bash", "-c", f"set -eu\n{prelude}\n{command}"], cwd=ROOT, env=env,
+            ["bash", "-c", f"set -eu\n{command}"], cwd=ROOT, env=env,
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, f"{line}\n{done.stderr}"
@@ -85,7 +84,7 @@ def test_the_readme_api_block_runs_as_written(live_server, checkpoint_path, tmp_
     as_uploader = review.replace('"$R"', '"$U"', 1).replace(LOCAL, live_server.url)
     as_uploader = as_uploader.replace("curl ", "curl -s -o /dev/null -w '%{http_code}' ", 1)
     done = subprocess.run(
-        ["bash", "-c", f"{prelude}\n{as_uploader}"], cwd=ROOT, env=env, capture_output=True,
+        ["bash", "-c", as_uploader], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=120,
     )  # fmt: skip
     assert done.stdout == "403"

@@ -57,3 +57,12 @@ def test_the_contrast_ratios_are_wcags():
     assert contrast_ratio((0, 0, 0), (255, 255, 255)) == pytest.approx(21.0)
     assert contrast_ratio((118, 118, 118), (255, 255, 255)) == pytest.approx(4.54, abs=0.01)
     assert contrast_ratio((252, 0, 0), (128, 128, 128)) < 1.1  # red on mid-grey: hue only
+
+
+def test_the_readme_states_the_contrast_table_this_code_computes():
+    from pathlib import Path
+
+    from ml.colormap import contrast_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert contrast_table() in readme
