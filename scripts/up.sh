@@ -123,8 +123,8 @@ not validated at any site. Calibrate it with site_audit before trusting its call
     ) > var/log/train-demo.log 2>&1 &
     pids+=($!)
   else
-    echo "==> No model is active. Train one with python -m ml.train (see README), then"
-    echo "    python manage.py register_model PATH --activate"
+    echo "==> No model is active. Train one with .venv/bin/python -m ml.train (see README), then"
+    echo "    .venv/bin/python manage.py register_model PATH --activate"
   fi
 fi
 
