@@ -369,10 +369,17 @@ def cleaning_image(request, pk: int):
     candidate = selectors.cleaning_candidate(pk)
     if candidate is None:
         raise Http404("No such cleaning candidate.")
+    # A reviewed study's image comes from the storage (the run may have read a copy on
+    # another machine); a base image from the folder the run read it in.
+    kind, _, key = candidate.item_key.partition(":")
+    study = selectors.study_get_for(request.user, int(key)) if kind == "study" else None
+    if study is not None:
+        opener, name = (lambda: study.image.open("rb")), study.image.name
+    else:
+        opener, name = (lambda: open(candidate.path, "rb")), candidate.path  # noqa: SIM115
     return file_response(
-        lambda: open(candidate.path, "rb"), content_type="image/jpeg",
+        opener, content_type="image/jpeg", name=name,
         what=f"the image of cleaning candidate {candidate.pk} (moved since the cleaning run?)",
-        name=candidate.path,
     )  # fmt: skip
 
 

@@ -191,34 +191,48 @@ def read_manifest(
     """
     csv_path = Path(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing_columns = {"path", "label"} - set(reader.fieldnames or ())
-        if missing_columns:
-            raise ValueError(
-                f"{csv_path} needs columns path and label; has {reader.fieldnames or []}"
-            )
-        items = []
-        for line, row in enumerate(reader, start=2):  # line 1 is the header
-            where = f"{csv_path}:{line}"
-            if _flag(row.get("exclude") or "", where):
-                continue
-            path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
-            if not path:
-                raise ValueError(f"{where}: empty path")
-            if label not in class_names:
-                raise ValueError(f"{where}: label {label!r} is not one of {list(class_names)}")
-            weight = _weight(row.get("weight") or "", where)
-            source = (row.get("source") or "").strip()
-            patient = (row.get("patient") or "").strip()
-            subtype = _subtype(row.get("subtype") or "", label, where)
-            items.append(Item(csv_path.parent / path, label, weight, source, patient, subtype))
-    if not items:
-        raise ValueError(f"{csv_path} lists no images (after exclusions)")
+        items = manifest_rows(
+            csv.DictReader(f), where=str(csv_path), folder=csv_path.parent,
+            class_names=class_names,
+        )  # fmt: skip
     absent = [str(it.path) for it in items if not it.path.is_file()]
     if absent:
         raise FileNotFoundError(
             f"{len(absent)} image(s) listed in {csv_path} do not exist, e.g. {absent[:3]}"
         )
+    return items
+
+
+def manifest_rows(
+    reader: csv.DictReader,
+    *,
+    where: str,
+    folder: Path = Path("."),
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> list[Item]:
+    """The items of a manifest's rows (read_manifest's columns and checks, relative paths
+    under `folder`), without looking for the images: a manifest read from object storage
+    names files of another machine until its sources are resolved."""
+    missing_columns = {"path", "label"} - set(reader.fieldnames or ())
+    if missing_columns:
+        raise ValueError(f"{where} needs columns path and label; has {reader.fieldnames or []}")
+    items = []
+    for line, row in enumerate(reader, start=2):  # line 1 is the header
+        at = f"{where}:{line}"
+        if _flag(row.get("exclude") or "", at):
+            continue
+        path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+        if not path:
+            raise ValueError(f"{at}: empty path")
+        if label not in class_names:
+            raise ValueError(f"{at}: label {label!r} is not one of {list(class_names)}")
+        weight = _weight(row.get("weight") or "", at)
+        source = (row.get("source") or "").strip()
+        patient = (row.get("patient") or "").strip()
+        subtype = _subtype(row.get("subtype") or "", label, at)
+        items.append(Item(folder / path, label, weight, source, patient, subtype))
+    if not items:
+        raise ValueError(f"{where} lists no images (after exclusions)")
     return items
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pneumo_site.storages import s3_storage
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -111,6 +113,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "diagnosis.middleware.StorageOutageMiddleware",
 ]
 
 ROOT_URLCONF = "pneumo_site.urls"
@@ -204,6 +207,30 @@ MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", str(VAR_DIR / "media")))
 # (object storage), each named by its sha256: downloaded once per machine, not per task.
 MODEL_CACHE_DIR = Path(os.getenv("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
 MEDIA_URL = "/media-not-served/"
+# Where every file the platform keeps goes (uploads, heatmaps, model files, manifests, plots):
+# empty, MEDIA_ROOT on this machine; s3://BUCKET[/PREFIX], an S3 bucket that processes on
+# several machines share (README, "Scaling out"), reached at AWS_S3_ENDPOINT_URL (empty:
+# Amazon's) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Objects stay private: the pages
+# stream them after checking the user's rights, never from a public or presigned URL.
+STORAGE_URL = os.getenv("STORAGE_URL", "").strip()
+# Work that needs local copies of stored files (training, evaluations, audits, cleaning)
+# makes a folder here and removes it when done (diagnosis.files).
+SCRATCH_DIR = Path(os.getenv("SCRATCH_DIR", str(VAR_DIR / "scratch")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if STORAGE_URL:
+    # A storage that does not answer fails the request in seconds (an upload gets a 503
+    # and writes nothing) rather than holding a web or worker process for minutes.
+    STORAGES["default"] = s3_storage(
+        STORAGE_URL,
+        endpoint_url=os.getenv("AWS_S3_ENDPOINT_URL", "").strip(),
+        access_key=os.getenv("AWS_ACCESS_KEY_ID", ""),
+        secret_key=os.getenv("AWS_SECRET_ACCESS_KEY", ""),
+        region=os.getenv("AWS_S3_REGION_NAME", "us-east-1"),
+        timeout=envfloat("STORAGE_TIMEOUT_SECONDS", "5"),
+    )
 
 # ---------------------------------------------------------------------------- security
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
-from diagnosis import model_loader, roles
+from diagnosis import files, model_loader, roles
 from diagnosis.models import ModelVersion
-from diagnosis.services.registry import model_version_discard, model_version_register
+from diagnosis.services.registry import (
+    model_version_discard,
+    model_version_records,
+    model_version_register,
+)
 from diagnosis.services.thresholds import site_threshold_activate
 from diagnosis.yielding import yielding_training
 
@@ -67,7 +70,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
         raise ValueError("no base training pool (TRAINING_BASE_DATA): adaptation rehearses it")
     copies = _site_copies(len(pool), len(fit), params)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    workdir = Path(settings.VAR_DIR) / "training" / f"site-{site.name}-{stamp}"
+    workdir = files.scratch() / f"site-{site.name}-{stamp}"
     crossfit = params.get("crossfit", True)
     say(
         f"Adapting: {len(pool)} base images + {len(fit)} site images x {copies}; threshold "
@@ -78,60 +81,58 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
             else f"chosen on {len(tune)} other calibration images"
         )
     )
-    try:
-        checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
-        tuned = evaluate_checkpoint(checkpoint, tune)
-        y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
-        if crossfit:
-            copies_b = _site_copies(len(pool), len(tune), params)
-            other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
-            try:
-                swapped = evaluate_checkpoint(other, fit)
-            finally:
-                other.unlink()  # only its scores are kept
-            y_oof += list(swapped.y_true)
-            s_oof += list(swapped.scores)
-        threshold = choose_threshold_by_rule(
-            y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
-        )
-        eval_items = [items[i] for i in eval_idx]
-        name = (
-            f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
-        )
-        candidate = model_version_register(path=checkpoint, name=name, user=user)
-        checkpoint.unlink()
+    checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
+    tuned = evaluate_checkpoint(checkpoint, tune)
+    y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
+    if crossfit:
+        copies_b = _site_copies(len(pool), len(tune), params)
+        other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
         try:
-            evaluation, verdict = _judge(
-                candidate, version, site, eval_items, threshold, base_data, user
-            )
-        except BaseException:
-            model_version_discard(candidate)  # no candidate without the audit that made it
-            raise
-        ModelVersion.objects.filter(pk=candidate.pk).update(
-            parent=version, gate=verdict, training_log=log
+            swapped = evaluate_checkpoint(other, fit)
+        finally:
+            other.unlink()  # only its scores are kept
+        y_oof += list(swapped.y_true)
+        s_oof += list(swapped.scores)
+    threshold = choose_threshold_by_rule(
+        y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
+    )
+    eval_items = [items[i] for i in eval_idx]
+    name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
+    candidate = model_version_register(path=checkpoint, name=name, user=user)
+    checkpoint.unlink()
+    try:
+        manifests = {"manifest": workdir / "a" / "train.csv"}
+        manifests["val_manifest"] = workdir / "a" / "tune.csv"
+        if crossfit:
+            manifests["crossfit_manifest"] = workdir / "b" / "train.csv"
+        model_version_records(candidate, manifests, f"training/{name}")
+        evaluation, verdict = _judge(
+            candidate, version, site, eval_items, threshold, base_data, user
         )
-        say(
-            f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
-            f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
-            f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
-            f"{verdict['reason']}"
-        )
-        figures = audit_figures(evaluation) | {
-            "candidate": candidate.name,
-            "n_fit": len(fit),
-            "n_tune": len(tune),
-            "n_base": len(pool),
-            "site_copies": copies,
-            "crossfit": crossfit,
-            "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
-            "workdir": str(workdir),  # the fine-tunes' manifests and logs, the record
-            "gate": verdict,
-            "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
-                       "specificity": calibration.specificity, "threshold": calibration.threshold},
-        }  # fmt: skip
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)  # its checkpoints and manifests
+        model_version_discard(candidate)  # no candidate without the audit that made it
         raise
+    ModelVersion.objects.filter(pk=candidate.pk).update(
+        parent=version, gate=verdict, training_log=log
+    )
+    say(
+        f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
+        f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
+        f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
+        f"{verdict['reason']}"
+    )
+    figures = audit_figures(evaluation) | {
+        "candidate": candidate.name,
+        "n_fit": len(fit),
+        "n_tune": len(tune),
+        "n_base": len(pool),
+        "site_copies": copies,
+        "crossfit": crossfit,
+        "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
+        "gate": verdict,
+        "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
+                   "specificity": calibration.specificity, "threshold": calibration.threshold},
+    }  # fmt: skip
     candidate.refresh_from_db()
     return candidate, figures, evaluation
 
@@ -164,7 +165,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
         model_loader.model_path(candidate), eval_items, threshold=threshold
     )
     split = validation_split_get_or_create(base_data=base_data, user=user)
-    _, gate_csv = validation_split_parts(split)
+    _, gate_csv = validation_split_parts(split, base_data=base_data)
     candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=user)
     active_eval = evaluation_on_split(version, split) or evaluation_create(
         version=version, data=gate_csv, user=user

@@ -6,10 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from django.core.exceptions import PermissionDenied
-from django.core.files.storage import default_storage
 from django.db import transaction
 
-from diagnosis import roles, selectors
+from diagnosis import files, roles, selectors
 from diagnosis.models import CleaningCandidate, CleaningDecision, CleaningRun, Label, Study
 from diagnosis.pseudonyms import key_counts, patient_group
 
@@ -23,7 +22,8 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
     label, keep leaves it), minus the frozen validation split's images and the studies a site
     audit evaluated on (held out: never trained on, never cleaned, so later comparisons and
     audits stay honest).
-    Each item's `source` is its key: "base:<path under base_data>" or "study:<id>"."""
+    Each item's `source` is its key: "base:<path under base_data>" or "study:<id>". A
+    study's path is a local one (files.local_path): call inside files.scratch_folder()."""
     from ml.data import SUBTYPES, Item, scan_folder
 
     candidates: list[Item] = []
@@ -33,7 +33,7 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
             candidates.append(Item(Path(path), label, source=key))
     reviewed = Study.objects.exclude(current_label="").filter(unusable_reason="")
     for study in reviewed.order_by("pk"):
-        path = Path(default_storage.path(study.image.name))
+        path = files.local_path(study.image.name)
         key = f"study:{study.pk}"
         patient = patient_group(study.patient_key, study.original_filename, key)
         # The reviewed subtype teaches the second question; undetermined teaches nothing.
@@ -74,6 +74,7 @@ def cleaning_decide(*, item_key: str, decision: str, user, label: str = "") -> C
     )
 
 
+@files.with_scratch("cleaning")
 def cleaning_run_create(
     *,
     base_data: Path | None,

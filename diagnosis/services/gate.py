@@ -17,7 +17,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from diagnosis import selectors
+from diagnosis import files, selectors
 from diagnosis.models import Evaluation, ModelVersion, ValidationSplit
 from diagnosis.pseudonyms import key_counts
 from diagnosis.services.cleaning import training_pool
@@ -128,11 +128,16 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
     of the pool, whole patients at a time. Either way the split is cut once more, by patient,
     into the selection part and the gate part (GATE_FRACTION); a split frozen before the
     parts existed is cut the first time it is asked for."""
-    from ml.data import patient_of, read_manifest, split_by_patient
-
     current = selectors.validation_split_current()
     if current is not None:
         return current if current.gate_manifest else _validation_split_cut(current, seed=seed)
+    with files.scratch_folder("validation-split"):
+        return _validation_split_create(base_data=base_data, seed=seed, user=user)
+
+
+def _validation_split_create(*, base_data: Path | None, seed: int, user) -> ValidationSplit:
+    from ml.data import patient_of, read_manifest, split_by_patient
+
     pool = training_pool(base_data=base_data, exclude_held_out=False)
     if len(pool) < 4:
         raise ValueError(f"the training pool has {len(pool)} images; retraining needs more")
@@ -140,8 +145,9 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
     active = selectors.model_version_active()
     manifest = Path(str((active.train_args if active else {}).get("val_manifest") or ""))
     if manifest.name and manifest.is_file():
-        held = {item.path.resolve() for item in read_manifest(manifest)}
-        val = [item for item in pool if Path(item.path).resolve() in held]
+        # By key where the manifest has one (a reviewed study's copy may sit elsewhere).
+        held = {item.source or item.path.resolve() for item in read_manifest(manifest)}
+        val = [i for i in pool if i.source in held or Path(i.path).resolve() in held]
         origin = f"the validation images of {active.name} ({manifest.name})"
     if len({item.label for item in val}) < 2 or len(val) < 10:
         _, val = split_by_patient(pool, val_fraction=VALIDATION_FRACTION, seed=seed)
@@ -162,7 +168,8 @@ def validation_split_get_or_create(*, base_data: Path | None, seed: int = 0, use
 def _validation_split_cut(split: ValidationSplit, *, seed: int) -> ValidationSplit:
     from ml.data import patient_of, read_manifest
 
-    val = read_manifest(default_storage.path(split.manifest))
+    with files.scratch_folder("validation-split"):
+        val = read_manifest(files.stored_manifest(split.manifest))
     counts = key_counts(patient_of(item) for item in val)
     with atomic_files() as written, transaction.atomic():
         ValidationSplit.objects.filter(pk=split.pk).update(
@@ -203,10 +210,15 @@ def _manifest_save(name: str, items: list, written: list) -> tuple[str, str]:
     return stored, manifest_hash(items)
 
 
-def validation_split_parts(split: ValidationSplit) -> tuple[Path, Path]:
-    """(selection part, gate part) of the split as CSV manifest paths."""
-    return Path(default_storage.path(split.selection_manifest)), Path(
-        default_storage.path(split.gate_manifest)
+def validation_split_parts(
+    split: ValidationSplit, *, base_data: Path | None = None
+) -> tuple[Path, Path]:
+    """(selection part, gate part) of the split as local CSV manifests of local images
+    (files.stored_manifest; base images under `base_data` when given). Call inside
+    files.scratch_folder()."""
+    return (
+        files.stored_manifest(split.selection_manifest, base_data=base_data),
+        files.stored_manifest(split.gate_manifest, base_data=base_data),
     )
 
 

@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import model_loader, selectors
+from diagnosis.files import is_outage
 from diagnosis.models import Prediction
 from diagnosis.services.outbox import deliveries_for_predictions
 from pneumo_site.celery import app
@@ -210,7 +211,10 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
                 with default_storage.open(prediction.study.image.name, "rb") as fh:
                     sources.append(fh.read())
             images, subtype_images = _heatmaps(predictor, sources)
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc):  # still owed: the next ask or the sweeper draws them
+                logger.warning("Storage unavailable; heatmaps wait: %r", exc)
+                break
             logger.exception("Heatmaps of predictions %s dropped.", [p.pk for p in batch])
             owed.filter(pk__in=[p.pk for p in batch]).update(heatmap_due=False)
             continue
@@ -329,16 +333,25 @@ def _record(batch: list[Prediction], version, results: dict, runtime: str = "") 
         pk__in=[p.pk for p in batch], status=Prediction.Status.RUNNING, claim=batch[0].claim
     )
     held = set(ours.select_for_update().values_list("pk", flat=True))
-    now, rows = timezone.now(), []
+    now, rows, released = timezone.now(), [], []
     for prediction in batch:
         result = results[prediction.pk]
-        if prediction.pk in held:
+        if prediction.pk in held and isinstance(result, Exception) and is_outage(result):
+            released.append(prediction.pk)
+        elif prediction.pk in held:
             _outcome(prediction, version, result, runtime, now)
             rows.append(prediction)
         elif not isinstance(result, Exception):  # another worker's result stands
             for written in filter(None, result[1:3]):
                 default_storage.delete(written)
     _write(rows, _OUTCOME_FIELDS)
+    if released:
+        # The storage did not answer: not the image's fault. Back to pending, as if just
+        # enqueued, so the sweeper sends them again after PREDICTION_REQUEUE_AFTER.
+        logger.warning("Storage unavailable; predictions %s wait for the sweeper.", released)
+        ours.filter(pk__in=released).update(
+            status=Prediction.Status.PENDING, claim="", started_at=None, enqueued_at=now
+        )
     deliveries_for_predictions(rows)  # results of PACS studies are owed to the PACS
 
 

@@ -13,7 +13,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from diagnosis import model_loader, roles
+from diagnosis import files, model_loader, roles
 from diagnosis.models import INTENDED_USE, Evaluation, ModelActivation, ModelVersion, Prediction
 from diagnosis.services.predictions import prediction_enqueue
 from diagnosis.services.storage import atomic_files
@@ -121,6 +121,21 @@ def model_version_activate(
     return version
 
 
+RECORD = "_record"  # train_args keys that name a manifest kept in the storage
+
+
+def model_version_records(version: ModelVersion, manifests: dict[str, Path], folder: str) -> None:
+    """Keep the manifests a version was trained and tuned on in the storage under `folder`
+    (their sources name each image wherever it is stored) and note each stored name in its
+    train_args as KEY_record; the local paths its checkpoint recorded were in a scratch
+    folder. Discarding the version deletes them."""
+    with atomic_files() as written, transaction.atomic():
+        for key, path in manifests.items():
+            written.append(files.keep(path, f"{folder}/{key}.csv"))
+            version.train_args = version.train_args | {f"{key}{RECORD}": written[-1]}
+        version.save(update_fields=["train_args"])
+
+
 def model_version_discard(version: ModelVersion) -> None:
     """Delete a candidate that the workflow which registered it could not finish (a retrain
     whose evaluation or gate failed, an adaptation whose audit could not be stored): its rows
@@ -132,6 +147,7 @@ def model_version_discard(version: ModelVersion) -> None:
     for evaluation in version.evaluations.all():
         names += list(evaluation.plots.values())
     names += [a.file for a in version.runtimes.all() if a.file]
+    names += [v for k, v in version.train_args.items() if k.endswith(RECORD) and v]
     version.delete()
     for name in names:
         default_storage.delete(name)
@@ -177,6 +193,7 @@ def model_train(*, config, name: str = "", activate: bool = False, user=None):
 # ---------------------------------------------------------------------------- evaluations
 
 
+@files.with_scratch("evaluation")
 def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evaluation:
     """Evaluate `version` with ml.evaluate on a labeled folder (Kaggle layout) or a CSV
     manifest, and keep its figures and plots with the version."""
@@ -226,7 +243,7 @@ def _validation_items(version: ModelVersion, data: Path | None) -> list:
     if data is None:
         split = selectors.validation_split_current()
         if split is not None:
-            data = Path(default_storage.path(split.manifest))
+            data = files.stored_manifest(split.manifest)
         elif version.train_args.get("val_manifest"):
             data = Path(version.train_args["val_manifest"])
         else:
@@ -267,6 +284,7 @@ def _subtype_scores(version: ModelVersion, items: list, reference: list, candida
     )
 
 
+@files.with_scratch("runtime")
 def runtime_artifact_create(
     *,
     version: ModelVersion,

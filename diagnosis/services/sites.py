@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
-from diagnosis import model_loader, roles, selectors
+from diagnosis import files, model_loader, roles, selectors
 from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
 from diagnosis.pseudonyms import key_counts, patient_group
 from diagnosis.services.adaptation import audit_figures, site_adapt
@@ -118,6 +117,7 @@ def _patients_csv(data: Path, items) -> dict[Path, str]:
 # ---------------------------------------------------------------------------- audits
 
 
+@files.with_scratch("site-audit")
 def site_audit_run(
     *, site: Site, user=None, version: ModelVersion | None = None, data_source: str = "",
     fraction: float = 0.5, rule: str = "sensitivity", target: float = 0.95, repeats: int = 0,
@@ -147,7 +147,7 @@ def site_audit_run(
         )
     items = [
         Item(
-            Path(default_storage.path(s.image.name)),
+            files.local_path(s.image.name),
             s.current_label,
             source=f"study:{s.pk}",
             patient=patient_group(s.patient_key, s.original_filename, f"study:{s.pk}"),
@@ -206,7 +206,6 @@ def site_audit_run(
     except BaseException:
         if candidate is not None:
             model_version_discard(candidate)
-            shutil.rmtree(metrics["adapted"]["workdir"], ignore_errors=True)
         raise
     if (
         candidate is not None

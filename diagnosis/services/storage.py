@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.core.files.storage import default_storage
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -20,5 +23,8 @@ def atomic_files() -> Iterator[list[str]]:
         yield written
     except BaseException:
         for name in written:
-            default_storage.delete(name)
+            try:
+                default_storage.delete(name)
+            except Exception:  # the storage went down meanwhile: say which file is left
+                logger.exception("Could not delete %s after a failed write; remove it.", name)
         raise

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from diagnosis import model_loader, roles, selectors
+from diagnosis import files, model_loader, roles, selectors
 from diagnosis.models import ModelVersion, TrainingJob
 from diagnosis.pseudonyms import key_counts, key_counts_text
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
@@ -39,6 +39,7 @@ from diagnosis.services.registry import (
     evaluation_create,
     model_version_activate,
     model_version_discard,
+    model_version_records,
     model_version_register,
 )
 from diagnosis.yielding import yielding_training
@@ -170,7 +171,9 @@ def training_job_run(job_id: int, *, echo=None) -> TrainingJob | None:
         return None
     log = _JobLog(job, echo=echo)
     try:
-        with contextlib.redirect_stdout(log):
+        # Every local file of the job (manifests, copies of stored images, checkpoints) is
+        # in its scratch folder, removed when the job ends however it ends.
+        with contextlib.redirect_stdout(log), files.scratch_folder(f"job-{job.pk}"):
             candidate, verdict = _retrain(job, log)
     except Exception as exc:
         print(traceback.format_exc(), file=log)
@@ -212,9 +215,9 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     split = validation_split_get_or_create(base_data=base_data, user=job.created_by)
     pool = training_pool(base_data=base_data)
     pool = limit_base_images(pool, params.get("limit_per_class"), seed=params.get("seed", 0))
-    workdir = Path(settings.VAR_DIR) / "training" / f"job-{job.pk}"
+    workdir = files.scratch() / "job"
     train_csv = write_manifest(workdir / "train.csv", pool)
-    selection_csv, gate_csv = validation_split_parts(split)
+    selection_csv, gate_csv = validation_split_parts(split, base_data=base_data)
     data_hash = manifest_hash(pool)
     keys = key_counts(patient_of(item) for item in pool)
     print(
@@ -245,8 +248,9 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     arch = read_meta(checkpoint).arch  # the active model's when continuing from it
     name = f"{arch.replace('_', '-')}-job{job.pk}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=job.created_by)
-    checkpoint.unlink()  # the registry keeps its own copy; the manifests stay as the record
+    checkpoint.unlink()  # the registry keeps its own copy
     try:
+        model_version_records(candidate, {"manifest": train_csv}, f"training/job-{job.pk}")
         verdict = _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash)
     except BaseException:
         model_version_discard(candidate)  # no promotable candidate without its verdict

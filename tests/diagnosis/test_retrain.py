@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
-from diagnosis import services
+from diagnosis import files, services
 from diagnosis.models import (
     CleaningRun,
     ModelActivation,
@@ -27,8 +28,9 @@ from tests.synthetic import make_xray
 pytestmark = pytest.mark.slow  # trains, or starts a process (not in make test-unit)
 
 
-def manifest_rows(path: Path) -> dict[str, str]:
-    with open(path, newline="") as f:
+def manifest_rows(name: str) -> dict[str, str]:
+    """source -> label of a manifest kept in the storage."""
+    with default_storage.open(name, "r") as f:
         return {row["source"]: row["label"] for row in csv.DictReader(f)}
 
 
@@ -75,7 +77,7 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
     # ml.train chose the epoch and the threshold on the selection part only.
     assert candidate.metrics["threshold_rule"]["manifest_hash"] == split.selection_hash
     # The run trained on the pool with the decisions applied, without the validation images.
-    train = manifest_rows(Path(candidate.train_args["manifest"]))
+    train = manifest_rows(candidate.train_args["manifest_record"])
     assert excluded not in train
     reviewed = f"study:{study.pk}"
     assert (reviewed in train) != (reviewed in split.item_keys)
@@ -123,9 +125,10 @@ def test_a_candidate_whose_threshold_misses_the_floor_on_the_gate_part_is_reject
     shutil.copytree(base, tmp_path / "base")
     settings.TRAINING_BASE_DATA = str(tmp_path / "base")
     split = services.validation_split_get_or_create(base_data=tmp_path / "base")
-    selection_csv, gate_csv = services.validation_split_parts(split)
-    gate = read_manifest(gate_csv)
-    selection = {item.path.resolve() for item in read_manifest(selection_csv)}
+    with files.scratch_folder("test"):
+        selection_csv, gate_csv = services.validation_split_parts(split)
+        gate = read_manifest(gate_csv)
+        selection = {item.path.resolve() for item in read_manifest(selection_csv)}
     for i, item in enumerate(it for it in gate if it.label == "PNEUMONIA"):
         make_xray("NORMAL", seed=900 + i, size=64).save(item.path)
     read = []
@@ -154,8 +157,9 @@ def test_a_candidate_whose_threshold_misses_the_floor_on_the_gate_part_is_reject
 
 def test_the_validation_split_is_cut_by_patient_into_selection_and_gate_parts(base, db):
     split = services.validation_split_get_or_create(base_data=base)
-    selection_csv, gate_csv = services.validation_split_parts(split)
-    selection, gate = read_manifest(selection_csv), read_manifest(gate_csv)
+    with files.scratch_folder("test"):
+        selection_csv, gate_csv = services.validation_split_parts(split)
+        selection, gate = read_manifest(selection_csv), read_manifest(gate_csv)
     assert split.n_selection == len(selection) > 0 and split.n_gate == len(gate) > 0
     assert {i.source for i in selection} | {i.source for i in gate} == set(split.item_keys)
     assert {patient_id(i.path) for i in selection}.isdisjoint(patient_id(i.path) for i in gate)

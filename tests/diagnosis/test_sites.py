@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -319,10 +320,9 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     # fine-tune that did not train on it. Neither fine-tune saw an evaluation case: the site
     # rows of their training manifests are calibration cases, and the two halves are disjoint.
     assert adapted["crossfit"] and adapted["n_threshold"] == calibrated["n_cal"]
-    halves, training = [], Path(settings.VAR_DIR, "training")
-    for part in ("a", "b"):
-        train_csv = next(training.glob(f"site-inverted-*/{part}/train.csv"))
-        with open(train_csv, newline="") as f:
+    halves = []
+    for key in ("manifest_record", "crossfit_manifest_record"):
+        with default_storage.open(candidate.train_args[key], "r") as f:
             sources = {row["source"] for row in csv.DictReader(f)}
         halves.append({int(s.split(":")[1]) for s in sources if s.startswith("study:")})
     assert halves[0] and halves[1] and not halves[0] & halves[1]
@@ -351,6 +351,7 @@ def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
         n = next(copies)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "train.csv").write_text("path,label\n")
+        (workdir / "tune.csv").write_text("path,label\n")
         if where == "second fine-tune" and n == 1:
             raise RuntimeError("it broke")
         path = workdir / f"adapted-{n}.pt"
@@ -375,7 +376,7 @@ def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
     assert next(copies) == 2  # both fine-tunes were asked for
     assert set(ModelVersion.objects.values_list("name", flat=True)) == versions
     assert not SiteAudit.objects.exists() and not SiteThreshold.objects.exists()
-    assert list(Path(settings.VAR_DIR, "training").glob(f"site-{site_b.name}-*")) == []
+    assert list(Path(settings.SCRATCH_DIR).iterdir()) == []  # the work folder is gone
     # What may remain is what belongs to the audited model: its evaluation on the gate part
     # of the frozen validation split the gate asked for, and that split with its parts.
     kept = {media / name for e in Evaluation.objects.all() for name in e.plots.values()}

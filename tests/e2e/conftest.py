@@ -102,7 +102,7 @@ def start_worker(transactional_db, broker, tmp_path) -> Iterator[Callable[..., P
         ]
         if "-Q" not in extra_args:  # the prediction queue, as scripts/up.sh starts it
             args += ["-Q", settings.CELERY_TASK_DEFAULT_QUEUE]
-        worker = Process(args, child_env(VAR_DIR=str(tmp_path), **env))
+        worker = Process(args, child_env(**{"VAR_DIR": str(tmp_path), **env}))
         started.append(worker)
         worker.wait_for_output("ready.", timeout=60)
         return worker
