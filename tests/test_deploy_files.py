@@ -13,16 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings_variables() -> set[str]:
     source = (ROOT / "pneumo_site" / "settings.py").read_text()
-    return set(
-        re.findall(
-            r'(?:getenv|envbool|envint|envfloat|envlist|envchoice|envrate)\(\s*"([A-Z_]+)"', source
-        )
-    )
+    readers = "getenv|envbool|envint|envfloat|envlist|envchoice|envrate"
+    return set(re.findall(rf'(?:{readers})\(\s*"([A-Z][A-Z0-9_]*)"', source))
 
 
 def example_variables() -> set[str]:
     lines = (ROOT / ".env.example").read_text().splitlines()
-    return {line.split("=", 1)[0] for line in lines if re.match(r"^[A-Z_]+=", line)}
+    return {line.split("=", 1)[0] for line in lines if re.match(r"^[A-Z][A-Z0-9_]*=", line)}
 
 
 def test_it_documents_every_setting_in_env_example():
@@ -34,7 +31,7 @@ def test_it_describes_web_workers_beat_redis_and_postgres_in_compose():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"web", "worker", "training-worker", "beat", "redis", "postgres",
-                             "pacs-listener", "orthanc"}  # fmt: skip
+                             "pacs-listener", "orthanc", "seaweedfs"}  # fmt: skip
     for name in ("web", "worker", "training-worker", "beat", "pacs-listener"):
         env = services[name]["environment"]
         assert set(env) <= settings_variables(), name
@@ -51,6 +48,27 @@ def test_it_describes_web_workers_beat_redis_and_postgres_in_compose():
     assert services["pacs-listener"]["environment"]["ORTHANC_URL"] == "http://orthanc:8042"
     assert services["orthanc"]["build"]["target"] == "orthanc"
     assert "orthanc" in services["pacs-listener"]["depends_on"]
+
+
+def test_compose_keeps_files_in_the_bucket_and_shares_no_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    platform = ("web", "worker", "training-worker", "beat", "pacs-listener")
+    for name in platform:
+        env = services[name]["environment"]
+        assert env["STORAGE_URL"].startswith("s3://"), name
+        assert env["AWS_S3_ENDPOINT_URL"] == "http://seaweedfs:8333", name
+        assert "MEDIA_ROOT" not in env, name
+        assert services[name]["depends_on"]["seaweedfs"] == {"condition": "service_healthy"}
+    mounted = [
+        (name, volume.split(":")[0])
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+    ]
+    volumes = [volume for _, volume in mounted]
+    assert len(volumes) == len(set(volumes)), f"a volume shared by two services: {mounted}"
+    assert services["seaweedfs"]["build"]["target"] == "seaweedfs"
+    assert "AS seaweedfs" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_compose_orthanc_config_keeps_authentication_and_known_modalities():
@@ -92,7 +110,8 @@ def test_compose_builds_each_service_from_its_roles_stage():
     assert {"web", "onnx-worker", "torch-worker", "orthanc"} <= stages
     target = {name: s["build"]["target"] for name, s in compose.items() if "build" in s}
     assert target == {"web": "web", "beat": "web", "pacs-listener": "web", "orthanc": "orthanc",
-                      "worker": "torch-worker", "training-worker": "torch-worker"}  # fmt: skip
+                      "worker": "torch-worker", "training-worker": "torch-worker",
+                      "seaweedfs": "seaweedfs"}  # fmt: skip
     dockerfile = (ROOT / "Dockerfile").read_text()
     web_stage = dockerfile.split("AS web\n")[1].split("\nFROM ")[0]
     assert "requirements-web.txt" in web_stage and "requirements-torch" not in web_stage
