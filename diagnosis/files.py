@@ -61,6 +61,36 @@ def has_local_paths() -> bool:
     return True
 
 
+def read_many(names: list[str], *, threads: int = 8, storage=None) -> list[bytes | Exception]:
+    """The bytes of each stored file, in order, or the exception reading it raised. From S3
+    each is one GET (django-storages' file object asks for the object's size first and runs
+    a transfer manager: 7.9 ms per small image against 1.7 ms, bench/storage.py), `threads`
+    at a time: a remote server's round trips overlap while a worker reads a whole batch."""
+    storage = storage or default_storage
+    bucket = getattr(storage, "bucket_name", None)
+    # One client for every thread (boto3's clients are thread-safe; django-storages makes a
+    # connection per thread, which costs more than the reads).
+    client = storage.connection.meta.client if bucket is not None else None
+
+    def read(name: str) -> bytes | Exception:
+        try:
+            if bucket is None:
+                with storage.open(name, "rb") as fh:
+                    return fh.read()
+            key = f"{storage.location.strip('/')}/{name}".lstrip("/")
+            answer = client.get_object(Bucket=bucket, Key=key)
+            return answer["Body"].read()
+        except Exception as exc:
+            return exc
+
+    if len(names) < 2 or bucket is None:
+        return [read(name) for name in names]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(names)), thread_name_prefix="read") as pool:
+        return list(pool.map(read, names))
+
+
 @contextmanager
 def scratch_folder(label: str) -> Iterator[Path]:
     """A private folder for one piece of work (`label` names it), removed when the block

@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import model_loader, selectors
-from diagnosis.files import is_outage
+from diagnosis.files import is_outage, read_many
 from diagnosis.models import Prediction
 from diagnosis.services.outbox import deliveries_for_predictions
 from pneumo_site.celery import app
@@ -206,10 +206,9 @@ def heatmaps_draw(*, quiet: float | None = None, wait: bool = False) -> int:
         batch = [p for p in batch if p.model_version_id == version.pk]
         try:
             predictor = model_loader.predictor_for(version)
-            sources = []
-            for prediction in batch:
-                with default_storage.open(prediction.study.image.name, "rb") as fh:
-                    sources.append(fh.read())
+            sources = read_many([p.study.image.name for p in batch])
+            for failed in (s for s in sources if isinstance(s, Exception)):
+                raise failed
             images, subtype_images = _heatmaps(predictor, sources)
         except Exception as exc:
             if is_outage(exc):  # still owed: the next ask or the sweeper draws them
@@ -267,15 +266,15 @@ def _run_batch(predictor, batch: list[Prediction], version) -> dict:
 
 def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap) or the exception for that
-    image. Images are read one by one (a damaged file fails alone), then run as one batch."""
+    image. Images are read each on its own (a damaged file fails alone), then run as one
+    batch."""
     results, sources, ready = {}, [], []
-    for prediction in batch:
-        try:
-            with default_storage.open(prediction.study.image.name, "rb") as fh:
-                sources.append(fh.read())
+    for prediction, read in zip(batch, read_many([p.study.image.name for p in batch]), strict=True):
+        if isinstance(read, Exception):
+            results[prediction.pk] = read
+        else:
+            sources.append(read)
             ready.append(prediction)
-        except Exception as exc:
-            results[prediction.pk] = exc
     if not ready:
         return results
     try:

@@ -151,3 +151,18 @@ def test_a_manifest_from_the_bucket_names_local_copies_removed_after_the_work(
     assert not scratch.exists()
     with pytest.raises(RuntimeError, match="scratch_folder"):
         files.local_path(study.image.name)
+
+
+def test_a_batch_is_read_in_order_with_a_missing_file_failing_alone(s3_storage):
+    names = [
+        default_storage.save(f"studies/{i}.jpg", ContentFile(jpeg_bytes(seed=i))) for i in range(5)
+    ]
+    read = files.read_many([names[0], "studies/missing.jpg", *names[1:]])
+    assert read[0] == jpeg_bytes(seed=0) and read[2:] == [jpeg_bytes(seed=i) for i in range(1, 5)]
+    assert isinstance(read[1], Exception) and not files.is_outage(read[1])
+    s3_storage.stop()
+    try:
+        down = files.read_many(names[:3])
+    finally:
+        s3_storage.start()
+    assert all(files.is_outage(r) for r in down)
