@@ -114,6 +114,7 @@ class Platform:
     queue: str
     log_dir: Path
     worker_env: dict[str, str] = field(default_factory=dict)
+    beat: bool = False  # the worker runs the beat schedule too (the sweeper), as make up's does
     web_workers: int = 2
     web_threads: int = 4
     url: str = ""
@@ -134,7 +135,9 @@ class Platform:
         self.worker = self._spawn(
             "worker",
             [py, "-m", "celery", "-A", "pneumo_site", "worker", "--concurrency", "1",
-             "--loglevel", "INFO", "-Q", self.queue, "-n", self.worker_name],
+             "--loglevel", "INFO", "-Q", self.queue, "-n", self.worker_name,
+             *(["--beat", "--schedule", str(self.log_dir / f"beat-{self.queue}")]
+               if self.beat else [])],
             {**env, **self.worker_env},
         )  # fmt: skip
         # Without a control socket: its default path is one per user, which the gunicorn of
@@ -215,10 +218,13 @@ def _answers(url: str) -> bool:
 
 @contextmanager
 def platform(
-    env: dict[str, str], *, queue: str, log_dir: Path, worker_env: dict[str, str] | None = None
-) -> Iterator[Platform]:
+    env: dict[str, str], *, queue: str, log_dir: Path, worker_env: dict[str, str] | None = None,
+    beat: bool = False,
+) -> Iterator[Platform]:  # fmt: skip
     """The platform started, and stopped however the block ends (SIGTERM included)."""
-    running = Platform(env=env, queue=queue, log_dir=log_dir, worker_env=worker_env or {})
+    running = Platform(
+        env=env, queue=queue, log_dir=log_dir, worker_env=worker_env or {}, beat=beat
+    )
     with _sigterm_raises():
         try:
             running.start()

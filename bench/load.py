@@ -152,6 +152,7 @@ def burst(url: str, tokens: list[str], paths: list[Path], *, timeout: float = 18
     return {
         "sent": len(paths),
         "accepted": len(accepted),
+        "studies": sorted(accepted),
         "uploads_per_s": len(accepted) / sent["seconds"],
         "upload_latency": sent["latencies"],
         "to_prediction": [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)],

@@ -138,10 +138,12 @@ def preprocessing_rows(version, folder: Path, rows) -> None:
 
 
 def own_platform_rows(
-    worker_env: dict[str, str], e2e: tuple, rows, say=print, pacs: dict | None = None
-) -> None:
+    worker_env: dict[str, str], e2e: tuple, rows, say=print, pacs: dict | None = None,
+    s3: dict | None = None,
+) -> None:  # fmt: skip
     """The end-to-end rows on a platform started here, as children sharing this command's
-    database, media folder and broker; stopped however the measurement ends."""
+    database, media folder and broker; stopped however the measurement ends. With `s3`
+    ({"version", "n_outage"}), the S3 rows after them (s3_rows)."""
     from django.db import connection
 
     from bench.launch import PlatformError, database_url, platform
@@ -171,20 +173,114 @@ def own_platform_rows(
             described = ", ".join(f"{k}={v}" for k, v in config.items()) or "the defaults"
             rows.append(("platform", f"started here: {web}, one worker ({described})"))
             held = partial(_held, running.worker_name, queue)
-            platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
+            local = platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
             if pacs and (pacs["n_idle"] or pacs["n_burst"]):
                 from bench.pacs import pacs_rows
 
                 n_idle, n, n_backlog, paths = e2e[0], e2e[1], e2e[2], e2e[4]
                 unused = paths[n + n_backlog : len(paths) - n_idle]  # none uploaded above
                 pacs_rows(running, unused, rows, say=say, **pacs)
+        if s3 and local:
+            s3_rows(env, worker_env, queue, e2e, local, rows, say=say, **s3)
     except PlatformError as exc:
         raise CommandError(f"The platform did not start: {exc}") from exc
     finally:
         _delete_queue(queue)
 
 
-def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None) -> None:
+def s3_rows(env, worker_env, queue, e2e, local, rows, *, version, n_outage, say=print) -> None:
+    """The same platform with its files in S3 (a SeaweedFS server started here, its own
+    model cache): the worker's drain of the same held backlog, against `local`'s; then, with
+    the sweeper running, a burst of `n_outage` uploads during which the S3 server is
+    stopped for 30 s: how many uploads were refused (503), and whether every accepted one
+    was predicted, once."""
+    import threading
+    import time
+
+    from storages.backends.s3 import S3Storage
+
+    from bench.launch import platform
+    from bench.load import backlog as held_backlog
+    from bench.load import bench_tokens, burst, idle
+    from diagnosis.models import Prediction
+    from pneumo_site.storages import s3_storage
+    from scripts.seaweed import SeaweedProcess
+
+    _, n, n_backlog, c, paths, _, _ = e2e
+    # Images no other row uploaded (the same bytes again would be a duplicate of a study).
+    fresh = paths[n + n_backlog : n + 2 * n_backlog + 1 + n_outage]
+    warm, backlog, outage = fresh[:1], fresh[1 : n_backlog + 1], fresh[n_backlog + 1 :]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = SeaweedProcess(
+            Path(tmp) / "s3", bucket="pneumo-bench", access_key="bench", secret_key="bench-key-1"
+        )
+        with server:
+            url = f"s3://{server.bucket}/bench"
+            bucket = S3Storage(**s3_storage(
+                url, endpoint_url=server.endpoint_url, access_key=server.access_key,
+                secret_key=server.secret_key,
+            )["OPTIONS"])  # fmt: skip
+            # What the worker reads of the model, under the names the rows give.
+            for name in [version.file, *(a.file for a in version.runtimes.all() if a.file)]:
+                with default_storage.open(name, "rb") as fh:
+                    bucket.save(name, fh)
+            s3_env = {
+                "STORAGE_URL": url, "AWS_S3_ENDPOINT_URL": server.endpoint_url,
+                "AWS_ACCESS_KEY_ID": server.access_key,
+                "AWS_SECRET_ACCESS_KEY": server.secret_key, "STORAGE_TIMEOUT_SECONDS": "5",
+                "MODEL_CACHE_DIR": str(Path(tmp) / "model-cache"),
+                "SCRATCH_DIR": str(Path(tmp) / "scratch"),
+                # The sweeper sends predictions held back by the outage again after 10 s.
+                "PREDICTION_REQUEUE_AFTER": "10", "SWEEP_INTERVAL_SECONDS": "5",
+            }  # fmt: skip
+            logs = Path(settings.VAR_DIR) / "log" / "s3"  # beside the first platform's logs
+            say(
+                f"Starting the platform again with its files in S3 ({server.endpoint_url}), "
+                f"logs {logs}/bench-*.log"
+            )
+            with platform(
+                env | s3_env, queue=f"{queue}-s3", log_dir=logs, worker_env=worker_env,
+                beat=True,
+            ) as running:  # fmt: skip
+                tokens = bench_tokens(c + 1)
+                if not idle(running.url, tokens.pop(), warm, timeout=180):
+                    raise CommandError("The first upload with S3 storage got no prediction.")
+                held = partial(_held, running.worker_name, f"{queue}-s3")
+                b = held_backlog(running.url, tokens, backlog, held=held)
+                rows.append((
+                    f"worker drain, files in S3 (SeaweedFS, same machine), {n_backlog} held",
+                    f"{b['drain_per_s']:.2f} predictions/s = "
+                    f"{b['drain_per_s'] / local['drain_per_s']:.2f} x the local files' drain; "
+                    f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
+                ))  # fmt: skip
+                if not n_outage:
+                    return
+                result: dict = {}
+                batch = outage
+                uploading = threading.Thread(
+                    target=lambda: result.update(burst(running.url, tokens, batch, timeout=600))
+                )
+                uploading.start()
+                time.sleep(1.0)
+                server.stop()
+                time.sleep(30)
+                server.start()
+                uploading.join()
+            # urllib raises HTTPError for a 503: "NAME: HTTP Error 503: Service Unavailable".
+            refused = [e for e in result["errors"] if "HTTP Error 503" in e]
+            made = Prediction.objects.filter(study_id__in=result["studies"])
+            rows.append((
+                f"S3 stopped 30 s during a burst of {len(batch)} uploads",
+                f"accepted {result['accepted']}, refused with 503 {len(refused)}, other errors "
+                f"{len(result['errors']) - len(refused)}; predicted {result['done']}, failed "
+                f"{result['failed']}, lost {result['lost']}; predictions per study "
+                f"{made.count()}/{len(result['studies'])}, tried again after the outage "
+                f"{made.filter(attempts__gt=1).count()}",
+            ))  # fmt: skip
+
+
+def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None):
+    """The end-to-end rows; returns the held backlog's figures (bench.load.backlog), if any."""
     from bench.load import backlog as held_backlog
     from bench.load import bench_tokens, burst, idle, ps
 
@@ -209,6 +305,7 @@ def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss,
         ("burst: upload -> prediction p50 / p95 (s)", ps(r["to_prediction"], (50, 95), ".1f")),
         ("burst: errors / lost studies", f"{len(r['errors'])} / {r['lost']}"),
     ]  # fmt: skip
+    b = None
     if n_backlog and held is not None:
         b = held_backlog(url, tokens, paths[n : n + n_backlog], held=held)
         runtime = ",".join(b["runtimes"]) or "?"
@@ -226,6 +323,7 @@ def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss,
         ))  # fmt: skip
     web, worker = rss()
     rows.append(("peak RSS web / worker (largest process)", f"{web:.0f} / {worker:.0f} MB"))
+    return b
 
 
 def refuse_a_backlog() -> None:

@@ -105,3 +105,36 @@ def test_it_stops_the_web_server_when_the_worker_does_not_start(tmp_path):
 def test_it_refuses_worker_variables_without_a_platform_to_start(db):
     with pytest.raises(CommandError, match="--worker-env is for the platform"):
         call_command("bench", "--no-platform", "--worker-env", "PREDICTION_HEATMAPS=false")
+
+
+def test_with_s3_it_measures_the_drain_against_local_files_and_an_outage(
+    bench_model, s3_server, tmp_path, capsys
+):
+    """The S3 rows: the same held backlog drained with the files in a SeaweedFS the command
+    starts, and a burst during which that server is stopped for 30 s: every accepted upload
+    predicted once, the rest refused with a 503."""
+    write_dataset(tmp_path / "more", 8, size=64, seed=4)  # 16 distinct JPEGs
+    call_command(
+        "bench", "--runtimes", "torch", "--images", str(tmp_path / "more"),
+        "--full-resolution", str(tmp_path / "none"), "--idle", "1", "-n", "2", "-c", "2",
+        "--backlog", "3", "--pacs-idle", "0", "--pacs-burst", "0", "--s3", "--s3-outage", "6",
+        "--worker-env", "PREDICTION_HEATMAPS=false",
+    )  # fmt: skip
+
+    rows = table_rows(capsys.readouterr().out)
+    drain = rows["worker drain, files in S3 (SeaweedFS, same machine), 3 held"]
+    assert "x the local files' drain" in drain and drain.endswith("errors 0, lost 0")
+    outage = rows["S3 stopped 30 s during a burst of 6 uploads"]
+    figures = dict(
+        part.rsplit(" ", 1) for piece in outage.split("; ") for part in piece.split(", ")
+    )
+    accepted, refused = int(figures["accepted"]), int(figures["refused with 503"])
+    assert accepted + refused + int(figures["other errors"]) == 6
+    assert int(figures["predicted"]) == accepted and figures["lost"] == "0"
+    assert figures["predictions per study"] == f"{accepted}/{accepted}"
+    assert processes_of(os.getpid()) == []
+
+
+def test_s3_rows_need_a_backlog_and_no_pacs_rows(db):
+    with pytest.raises(CommandError, match="--s3 needs"):
+        call_command("bench", "--no-platform", "--s3")

@@ -65,6 +65,15 @@ class Command(BaseCommand):
             help="studies C-STOREd one at a time into an Orthanc this command starts, each timed "
             "to its report in Orthanc (the platform this command starts only; 0: none)",
         )  # fmt: skip
+        parser.add_argument(
+            "--s3",
+            action="store_true",
+            help="then again with the files in S3 (a SeaweedFS this command starts): the held "
+            "backlog's drain against the local one's, and an S3 outage during a burst",
+        )
+        parser.add_argument(
+            "--s3-outage", type=int, default=100, help="uploads in the burst S3 stops during"
+        )
         parser.add_argument("--pacs-burst", type=int, default=200, help="studies in the PACS burst")
         parser.add_argument("--pacs-senders", type=int, default=4, help="senders of the burst")
         parser.add_argument(
@@ -81,6 +90,14 @@ class Command(BaseCommand):
 
         if worker_env and (url or no_platform):
             raise CommandError("--worker-env is for the platform this command starts.")
+        if options["s3"] and (
+            url or no_platform or not options["backlog"] or options["pacs_idle"]
+            or options["pacs_burst"]
+        ):  # fmt: skip
+            raise CommandError(
+                "--s3 needs the platform this command starts, a --backlog, and "
+                "--pacs-idle 0 --pacs-burst 0 (it uploads images of its own)"
+            )
         version = (
             ModelVersion.objects.filter(name=model).first()
             if model
@@ -94,6 +111,8 @@ class Command(BaseCommand):
         n_backlog = 0 if url else options["backlog"]
         paths = sorted(images.rglob("*.jpeg")) if images.is_dir() else []
         n_pacs = 0 if (url or no_platform) else options["pacs_idle"] + options["pacs_burst"] + 1
+        if options["s3"]:
+            n_pacs = n_backlog + 1 + options["s3_outage"]  # the images of the S3 rows
         if not no_platform and len(paths) < n + n_backlog + n_idle + n_pacs:
             raise CommandError(f"need {n + n_backlog + n_idle + n_pacs} images under {images}")
         size = version.preprocessing["input_size"]
@@ -112,7 +131,10 @@ class Command(BaseCommand):
         elif not no_platform:
             pacs = {"n_idle": options["pacs_idle"], "n_burst": options["pacs_burst"],
                     "senders": options["pacs_senders"]}  # fmt: skip
-            speed.own_platform_rows(dict(worker_env), e2e, rows, say=self.stderr.write, pacs=pacs)
+            s3 = {"version": version, "n_outage": options["s3_outage"]} if options["s3"] else None
+            speed.own_platform_rows(
+                dict(worker_env), e2e, rows, say=self.stderr.write, pacs=pacs, s3=s3
+            )
         from bench.load import table
 
         self.stdout.write(table(rows))
