@@ -139,11 +139,12 @@ def preprocessing_rows(version, folder: Path, rows) -> None:
 
 def own_platform_rows(
     worker_env: dict[str, str], e2e: tuple, rows, say=print, pacs: dict | None = None,
-    s3: dict | None = None,
+    s3: dict | None = None, retrain: dict | None = None,
 ) -> None:  # fmt: skip
     """The end-to-end rows on a platform started here, as children sharing this command's
-    database, media folder and broker; stopped however the measurement ends. With `s3`
-    ({"version", "n_outage"}), the S3 rows after them (s3_rows)."""
+        database, media folder and broker; stopped however the measurement ends. With `s3`
+        ({"version", "n_outage"}), the S3 rows after them (s3_rows); with `retrain`
+    ({"base_data", "params"}), the retrain rows (retrain_rows)."""
     from django.db import connection
 
     from bench.launch import PlatformError, database_url, platform
@@ -180,6 +181,9 @@ def own_platform_rows(
                 n_idle, n, n_backlog, paths = e2e[0], e2e[1], e2e[2], e2e[4]
                 unused = paths[n + n_backlog : len(paths) - n_idle]  # none uploaded above
                 pacs_rows(running, unused, rows, say=say, **pacs)
+            if retrain:
+                fresh = e2e[4][len(e2e[4]) // 2 : len(e2e[4]) - e2e[0]]  # uploaded by no row
+                retrain_rows(running, queue, fresh, rows, say=say, **retrain)
         if s3 and local:
             s3_rows(env, worker_env, queue, e2e, local, rows, say=say, **s3)
     except PlatformError as exc:
@@ -408,3 +412,67 @@ def _dicom_from(jpeg: Path) -> bytes:
     from bench.pacs import as_dicom
 
     return as_dicom(jpeg, bits=16)
+
+
+def retrain_rows(running, queue: str, paths: list[Path], rows, *, base_data: Path, params: dict,
+                 say=print) -> None:  # fmt: skip
+    """A training worker beside the platform's prediction worker, on the same cores: a retrain
+    alone, then the same retrain while an upload arrives every 5 s, each timed to its
+    prediction (what the training worker's yielding keeps short), and the two retrains'
+    times."""
+    import sys
+    import time
+
+    from bench.load import bench_tokens, idle
+    from diagnosis import services
+    from diagnosis.models import TrainingJob
+    from diagnosis.services.gate import validation_split_get_or_create
+    from pneumo_site.celery import app
+
+    training_queue = f"{queue}-training"
+    running.spawn(
+        "training-worker",
+        [sys.executable, "-m", "celery", "-A", "pneumo_site", "worker", "--concurrency", "1",
+         "--loglevel", "INFO", "-Q", training_queue, "-n", f"bench-training-{os.getpid()}@%h"],
+        running.child_env | {"TRAINING_BASE_DATA": str(base_data)},
+    )  # fmt: skip
+    validation_split_get_or_create(base_data=base_data)  # made once, before either run
+    token = bench_tokens(1)[0]
+    from diagnosis import selectors
+    from diagnosis.roles import SYSTEM
+
+    active = selectors.model_version_active()
+
+    def retrain(upload_every: float | None) -> tuple[float, list[float], str]:
+        job = services.training_job_create(user=SYSTEM, parameters=params, enqueue=False)
+        app.send_task("diagnosis.tasks.retrain", (job.pk,), queue=training_queue, retry=False)
+        latencies, uploads = [], iter(paths)
+        while True:
+            job.refresh_from_db()
+            if job.status in (TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED):
+                break
+            if upload_every and job.status == TrainingJob.Status.RUNNING:
+                latencies += idle(running.url, token, [next(uploads)], timeout=120)
+                time.sleep(upload_every)
+            else:
+                time.sleep(0.5)
+        if job.status != TrainingJob.Status.SUCCEEDED:
+            raise CommandError(f"The bench's retrain failed:\n{job.error}")
+        if job.promoted:  # both runs start from, and predict with, the same model
+            services.model_version_activate(version=active, user=SYSTEM, reason="bench")
+        pauses = [line for line in job.log.splitlines() if "paused" in line]
+        return (job.finished_at - job.started_at).total_seconds(), latencies, (pauses or [""])[-1]
+
+    say(f"Retraining alone ({params})")
+    alone, _, _ = retrain(None)
+    say("Retraining again, an upload every 5 s")
+    shared, latencies, paused = retrain(5.0)
+    from bench.load import ps
+
+    rows += [
+        ("retrain alone (s)", f"{alone:.0f}"),
+        ("retrain with an upload every 5 s (s)", f"{shared:.0f} = {shared / alone:.2f}x alone"),
+        (f"upload -> prediction during that retrain, {len(latencies)} uploads, p50 / p95 (s)",
+         ps(latencies, (50, 95), ".3f")),
+        ("the training worker's last pause line", paused.strip() or "no pause"),
+    ]  # fmt: skip

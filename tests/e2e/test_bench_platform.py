@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.models import Q
 
 from bench.launch import PlatformError, platform, processes_of
-from diagnosis.models import Prediction
+from diagnosis.models import ModelVersion, Prediction, TrainingJob
 from diagnosis.roles import SYSTEM
 from tests.conftest import make_checkpoint
 from tests.synthetic import write_dataset
@@ -138,3 +138,29 @@ def test_with_s3_it_measures_the_drain_against_local_files_and_an_outage(
 def test_s3_rows_need_a_backlog_and_no_pacs_rows(db):
     with pytest.raises(CommandError, match="--s3 needs"):
         call_command("bench", "--no-platform", "--s3")
+
+
+def test_with_retrain_it_times_a_retrain_alone_and_beside_predictions(
+    bench_model, tmp_path, capsys
+):
+    """The retrain rows: a training worker beside the prediction worker, a retrain alone and
+    one during which an upload arrives every 5 s, each upload timed to its prediction; the
+    candidates never stay active (both runs start from the same model)."""
+    write_dataset(tmp_path / "base", 16, size=64, seed=6)  # 32 distinct JPEGs, the base set
+    call_command(
+        "bench", "--runtimes", "torch", "--images", str(tmp_path / "base"),
+        "--full-resolution", str(tmp_path / "none"), "--idle", "1", "-n", "2", "-c", "2",
+        "--backlog", "2", "--pacs-idle", "0", "--pacs-burst", "0", "--retrain", "8",
+        "--worker-env", "PREDICTION_HEATMAPS=false",
+    )  # fmt: skip
+
+    rows = table_rows(capsys.readouterr().out)
+    alone = float(rows["retrain alone (s)"])
+    shared, ratio = rows["retrain with an upload every 5 s (s)"].split(" = ")
+    # Both times are printed to the second: their ratio to within that rounding.
+    assert alone > 0 and abs(float(ratio.removesuffix("x alone")) - float(shared) / alone) < 0.1
+    (during,) = [k for k in rows if k.startswith("upload -> prediction during that retrain")]
+    assert all(float(x) > 0 for x in rows[during].split(" / ") if x != "nan")
+    assert TrainingJob.objects.filter(status="succeeded").count() == 2
+    assert ModelVersion.objects.get(is_active=True) == bench_model
+    assert processes_of(os.getpid()) == []

@@ -72,6 +72,11 @@ class Command(BaseCommand):
             "backlog's drain against the local one's, and an S3 outage during a burst",
         )
         parser.add_argument(
+            "--retrain", type=int, default=0, metavar="IMAGES_PER_CLASS",
+            help="also retrain (1 frozen + 1 unfrozen epoch on this many --images per class) "
+            "alone, then while an upload arrives every 5 s (the training worker yielding)",
+        )  # fmt: skip
+        parser.add_argument(
             "--s3-outage", type=int, default=100, help="uploads in the burst S3 stops during"
         )
         parser.add_argument("--pacs-burst", type=int, default=200, help="studies in the PACS burst")
@@ -132,9 +137,15 @@ class Command(BaseCommand):
             pacs = {"n_idle": options["pacs_idle"], "n_burst": options["pacs_burst"],
                     "senders": options["pacs_senders"]}  # fmt: skip
             s3 = {"version": version, "n_outage": options["s3_outage"]} if options["s3"] else None
+            retrain = None
+            if options["retrain"]:
+                params = {"freeze_epochs": 1, "epochs": 1, "clean": False,
+                          "limit_per_class": options["retrain"]}  # fmt: skip
+                retrain = {"base_data": images, "params": params}
             speed.own_platform_rows(
-                dict(worker_env), e2e, rows, say=self.stderr.write, pacs=pacs, s3=s3
-            )
+                dict(worker_env), e2e, rows, say=self.stderr.write, pacs=pacs, s3=s3,
+                retrain=retrain,
+            )  # fmt: skip
         from bench.load import table
 
         self.stdout.write(table(rows))
