@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     workers: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # the CUDA card when there is one (mixed precision), else the CPU
     print_freq: int = 10
 
     def __post_init__(self) -> None:
@@ -282,7 +282,12 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         type=int,
         help="DataLoader worker processes (0: main process)",
     )
-    add("--device", default=default("device"), help="torch device, e.g. cpu or cuda")
+    add(
+        "--device",
+        default=default("device"),
+        help="torch device: auto (a CUDA card when there is one, trained in mixed precision; "
+        "else the CPU), cpu, cuda, cuda:1",
+    )
     add(
         "--print-freq",
         default=default("print_freq"),

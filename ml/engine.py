@@ -75,6 +75,22 @@ class Schedule:
     print_freq: int = 10
 
 
+def training_device(name: str) -> torch.device:
+    """`name` as a torch device; "auto" is the CUDA card when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_precision(device: torch.device) -> str:
+    """The precision training runs in on `device`: mixed precision on a CUDA card (bf16
+    autocast where the card has it, else fp16 with a gradient scaler), fp32 on the CPU
+    (bf16 there helps only some CPUs, and then for inference: README, "Runtimes")."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -84,18 +100,26 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     print_freq: int = 10,
+    precision: str = "fp32",
 ) -> float:
     """One pass over (images, targets, weights, subtypes) batches, stepping the scheduler
-    every batch. Returns the mean loss."""
+    every batch; the forward pass and the loss under autocast at `precision` ("bf16" or
+    "fp16", the latter with a gradient scaler; the weights and the optimizer stay fp32).
+    Returns the mean loss."""
     model.train()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     total_loss, n_seen, start = 0.0, 0, time.perf_counter()
     for i, (images, targets, weights, subtypes) in enumerate(loader, start=1):
         images = images.to(device, memory_format=torch.channels_last)  # (B, 3, S, S)
         targets, weights = targets.to(device), weights.to(device)  # (B,), (B,)
-        loss = criterion(model(images), targets, weights, subtypes.to(device))  # logits (B, C)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)  # (B, C)
+            loss = criterion(logits.float(), targets, weights, subtypes.to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         batch_done()
         total_loss += loss.item() * len(targets)
@@ -233,6 +257,7 @@ def fit_one_cycle(
             run.device,
             epoch,
             run.schedule.print_freq,
+            training_precision(run.device),
         )
         val = evaluate(
             run.model, run.val_loader, run.criterion, run.device, positive_index, run.subtype

@@ -66,7 +66,14 @@ from ml.data import (
     write_manifest,
 )
 from ml.dataset import ImageDataset
-from ml.engine import Best, Run, class_weights, fine_tune
+from ml.engine import (
+    Best,
+    Run,
+    class_weights,
+    fine_tune,
+    training_device,
+    training_precision,
+)
 from ml.heads import NO_SUBTYPE, QuestionsLoss, n_outputs
 from ml.metrics import choose_threshold, roc_auc, sensitivity_specificity, youden_threshold
 from ml.models import (
@@ -167,7 +174,8 @@ def main(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
+    device = training_device(config.device)
+    print(f"Training on {device} in {training_precision(device)}", flush=True)
     out = config.out
 
     pre = init[1].preprocessing if init else default_preprocessing(config.arch, config.img_size)
