@@ -102,7 +102,30 @@ def model_rows(version, runtimes, paths: list[Path], rows) -> dict:
                     f"({serial / throughput[runtime]:.2f}x model only); next batch decoded "
                     f"on a second thread meanwhile {overlapped:.1f} img/s",
                 ))  # fmt: skip
+    peak_rows(version, throughput, rows)
     return throughput
+
+
+def peak_rows(version, throughput: dict[str, float], rows) -> None:
+    """Each runtime's batch-16 rate as a share of the CPU's fp32 peak (ml.peak)."""
+    from ml.checkpoint import load_checkpoint
+    from ml.peak import cpu_peak, gemm_gflops, model_flops
+
+    model, _ = load_checkpoint(model_loader.model_path(version), map_location="cpu")
+    flops = model_flops(model, version.preprocessing["input_size"])
+    peak, gemm = cpu_peak(), gemm_gflops()
+    rows.append((
+        "CPU fp32 peak, from its units (ml.peak)",
+        f"{peak.describe()}; a 2048x2048 fp32 GEMM measured {gemm:.0f} GFLOP/s "
+        f"({gemm / peak.gflops:.0%})",
+    ))  # fmt: skip
+    for runtime, rate in throughput.items():
+        achieved = rate * flops / 1e9
+        rows.append((
+            f"share of the fp32 peak, {runtime} b16",
+            f"{rate:.1f} img/s x {flops / 1e9:.3f} GFLOP = {achieved:.0f} GFLOP/s = "
+            f"{achieved / peak.gflops:.0%} of the peak",
+        ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ preprocessing
