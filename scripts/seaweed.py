@@ -114,8 +114,8 @@ class SeaweedProcess:
                 raise RuntimeError(f"weed exited at start; see {self.folder / 'weed.log'}")
             try:
                 # Anonymous requests are refused (403) once S3 answers; the bucket is made
-                # just after, so wait for it to exist.
-                if self._bucket_ready():
+                # just after, and the volume server may come up later still.
+                if self._ready():
                     return self
             except requests.RequestException:
                 pass
@@ -123,7 +123,7 @@ class SeaweedProcess:
         self.stop()
         raise RuntimeError(f"SeaweedFS did not answer within {timeout} s")
 
-    def _bucket_ready(self) -> bool:
+    def _ready(self) -> bool:
         import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
@@ -134,10 +134,12 @@ class SeaweedProcess:
             config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}),
         )  # fmt: skip
         try:
+            # The bucket answering is not enough: an object must go to a volume and back.
             client.head_bucket(Bucket=self.bucket)
+            client.put_object(Bucket=self.bucket, Key=".ready", Body=b"ready")
+            return client.get_object(Bucket=self.bucket, Key=".ready")["Body"].read() == b"ready"
         except (BotoCoreError, ClientError):
             return False
-        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
