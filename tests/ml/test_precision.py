@@ -43,7 +43,7 @@ def test_mixed_precision_learns_as_fp32_does_and_keeps_fp32_weights(precision):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
         seen = set()
-        model[0].register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+        model[0].register_forward_hook(lambda m, i, out, seen=seen: seen.add(out.dtype))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
         first = engine.train_one_epoch(model, list(batches(20)), QuestionsLoss(torch.ones(2)),
