@@ -61,52 +61,11 @@ def has_local_paths() -> bool:
     return True
 
 
-# Reads started ahead (read_ahead): the names, and the future of their read_many.
-_ahead: dict = {"names": (), "future": None}
-
-
-def read_ahead(names: list[str]) -> None:
-    """Start reading `names` from S3 on a background thread, for the next read_many that asks
-    for them: a prediction worker reads the next batch's images while the current batch's
-    forward pass runs (torch leaves the GIL meanwhile). Replaces a read ahead not taken; does
-    nothing on a local disk."""
-    if not names or getattr(default_storage, "bucket_name", None) is None:
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    if "pool" not in _ahead:
-        _ahead["pool"] = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
-    _ahead["names"], _ahead["future"] = tuple(names), _ahead["pool"].submit(read_many, names)
-
-
-def read_ahead_wait(timeout: float | None = None) -> None:
-    """Wait until the read started ahead, if any, has ended (its files stay to be taken)."""
-    from concurrent.futures import wait
-
-    if _ahead["future"] is not None:
-        wait([_ahead["future"]], timeout=timeout)
-
-
-def _taken_ahead(names: list[str]) -> dict[str, bytes]:
-    """The files of `names` read ahead (waiting for that read to end), once each."""
-    future, ahead = _ahead["future"], _ahead["names"]
-    if future is None or not set(names) & set(ahead):
-        return {}
-    _ahead["names"], _ahead["future"] = (), None
-    return {n: r for n, r in zip(ahead, future.result(), strict=True) if isinstance(r, bytes)}
-
-
 def read_many(names: list[str], *, threads: int = 8, storage=None) -> list[bytes | Exception]:
     """The bytes of each stored file, in order, or the exception reading it raised. From S3
     each is one GET (django-storages' file object asks for the object's size first and runs
     a transfer manager: 7.9 ms per small image against 1.7 ms, bench/storage.py), `threads`
     at a time: a remote server's round trips overlap while a worker reads a whole batch."""
-    if storage is None and _ahead["future"] is not None:
-        ready = _taken_ahead(names)
-        if ready:
-            rest = [n for n in names if n not in ready]
-            fetched = dict(zip(rest, read_many(rest, threads=threads), strict=True))
-            return [ready[n] if n in ready else fetched[n] for n in names]
     storage = storage or default_storage
     bucket = getattr(storage, "bucket_name", None)
     # One client for every thread (boto3's clients are thread-safe; django-storages makes a

@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis import model_loader, selectors
-from diagnosis.files import is_outage, read_ahead, read_many
+from diagnosis.files import is_outage, read_many
 from diagnosis.models import Prediction
 from diagnosis.services.outbox import deliveries_for_predictions
 from pneumo_site.celery import app
@@ -124,7 +124,7 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     try:
         predictor = model_loader.predictor_for(version)
         runtime = predictor.runtime
-        results = _run_batch(predictor, batch, version, upcoming=_upcoming(batch))
+        results = _run_batch(predictor, batch, version)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
     ran = time.perf_counter()
@@ -245,17 +245,7 @@ def _heatmaps(predictor, sources: list) -> tuple[list, list]:
     return maps["pneumonia"], maps["subtype"]
 
 
-def _upcoming(batch: list[Prediction]) -> list[str]:
-    """The images of the predictions the next batch will most likely claim (the oldest
-    pending), when the storage is S3 (files.read_ahead); none on a local disk."""
-    if getattr(default_storage, "bucket_name", None) is None:
-        return []
-    pending = Prediction.objects.filter(status=Prediction.Status.PENDING)
-    size = max(1, settings.PREDICTION_BATCH_SIZE)
-    return list(pending.order_by("created_at", "id").values_list("study__image", flat=True)[:size])
-
-
-def _run_batch(predictor, batch: list[Prediction], version, *, upcoming=()) -> dict:
+def _run_batch(predictor, batch: list[Prediction], version) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap, site threshold) or the
     exception for that
     image (_record). Each study's site threshold decides, where one is in force for the
@@ -268,15 +258,13 @@ def _run_batch(predictor, batch: list[Prediction], version, *, upcoming=()) -> d
     results = {}
     for site_threshold, group in groups.items():
         threshold = None if site_threshold is None else site_threshold.threshold
-        found = _run_group(predictor, group, threshold, upcoming)
-        upcoming = ()  # read ahead once
-        for pk, result in found.items():
+        for pk, result in _run_group(predictor, group, threshold).items():
             ok = not isinstance(result, Exception)
             results[pk] = (*result, site_threshold) if ok else result
     return results
 
 
-def _run_group(predictor, batch: list[Prediction], threshold: float | None, upcoming=()) -> dict:
+def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap) or the exception for that
     image. Images are read each on its own (a damaged file fails alone), then run as one
     batch."""
@@ -287,7 +275,6 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None, upco
         else:
             sources.append(read)
             ready.append(prediction)
-    read_ahead(list(upcoming))  # the next batch's images, while this one runs
     if not ready:
         return results
     try:

@@ -246,8 +246,8 @@ def test_a_batch_leaves_a_row_another_worker_took_over_as_that_worker_wrote_it(
     taken = studies[2].predictions.get()
     run_batch = predictions._run_batch
 
-    def slow_batch(*args, **kwargs):
-        results = run_batch(*args, **kwargs)
+    def slow_batch(*args):
+        results = run_batch(*args)
         # Meanwhile this worker's lease ran out and another worker took one row and finished.
         Prediction.objects.filter(pk=taken.pk).update(
             claim="other", status="done", probability=0.125, heatmap="heatmaps/other.png"

@@ -166,25 +166,3 @@ def test_a_batch_is_read_in_order_with_a_missing_file_failing_alone(s3_storage):
     finally:
         s3_storage.start()
     assert all(files.is_outage(r) for r in down)
-
-
-def test_the_next_batchs_images_are_read_ahead_while_one_runs(
-    s3_storage, s3_model, alice, settings
-):
-    settings.PREDICTION_HEATMAPS, settings.PREDICTION_BATCH_SIZE = "off", 1
-    client = api_client_for(alice)
-    first, second = (
-        Study.objects.get(pk=upload(client, seed=seed).json()["id"]) for seed in (1, 2)
-    )
-    model_loader.predictor_for(s3_model)
-    assert services.prediction_run(first.predictions.get().pk).status == Prediction.Status.DONE
-    files.read_ahead([])  # nothing to read: the one started by that run stays
-    files.read_ahead_wait(timeout=30)
-    s3_storage.stop()  # the second image can now come only from what was read ahead
-    try:
-        done = services.prediction_run(second.predictions.get().pk)
-    finally:
-        s3_storage.start()
-    assert done.status == Prediction.Status.DONE and done.attempts == 1
-    # Taken once: a third read of it goes to the server.
-    assert files.read_many([second.image.name]) == [jpeg_bytes(seed=2)]
