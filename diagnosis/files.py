@@ -52,15 +52,6 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
-def has_local_paths() -> bool:
-    """Whether the storage is a local disk whose files can be read in place."""
-    try:
-        default_storage.path("probe")
-    except NotImplementedError:
-        return False
-    return True
-
-
 def read_many(names: list[str], *, threads: int = 8, storage=None) -> list[bytes | Exception]:
     """The bytes of each stored file, in order, or the exception reading it raised. From S3
     each is one GET (django-storages' file object asks for the object's size first and runs
