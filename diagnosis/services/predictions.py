@@ -6,6 +6,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
@@ -26,9 +27,10 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- predictions
 
 
-def prediction_enqueue(prediction_id: int) -> bool:
+def prediction_enqueue(prediction_id: int, *, covers: Iterable[int] = ()) -> bool:
     """Send the job to the broker. If the broker is down the prediction stays pending and
-    the sweeper sends it later: an accepted upload is never lost."""
+    the sweeper sends it later: an accepted upload is never lost. `covers`: other pending
+    predictions this task's batch will take (predictions_sweep), marked as enqueued too."""
     try:
         app.send_task("diagnosis.tasks.predict", (prediction_id,), retry=False)
     except Exception:
@@ -38,12 +40,21 @@ def prediction_enqueue(prediction_id: int) -> bool:
             exc_info=True,
         )
         return False
-    Prediction.objects.filter(pk=prediction_id).update(enqueued_at=timezone.now())
+    Prediction.objects.filter(pk__in=[prediction_id, *covers]).update(enqueued_at=timezone.now())
     return True
 
 
 def predictions_sweep() -> int:
-    """Enqueue again what should be queued but may not be. Returns how many were sent."""
+    """Enqueue again what should be queued but may not be: pending predictions not enqueued
+    for PREDICTION_REQUEUE_AFTER (the broker was down, or lost its queue), and running ones
+    whose worker held them past the lease (it died). Returns how many tasks were sent.
+
+    A task takes its own prediction and the oldest pending others up to a batch
+    (predictions_claim), so pending ones are sent one task per PREDICTION_BATCH_SIZE, oldest
+    first: a backlog waiting longer than PREDICTION_REQUEUE_AFTER (a burst, a worker down for
+    a while) costs each sweep a task per batch, not one per prediction, which would flood the
+    queue and the worker with tasks that find nothing left to claim. A running prediction
+    whose lease is over is claimed only by its own task: one each."""
     if selectors.model_version_active() is None:
         return 0  # Nothing can run; activation enqueues everything pending.
     now = timezone.now()
@@ -51,10 +62,12 @@ def predictions_sweep() -> int:
         pending_before=now - timedelta(seconds=settings.PREDICTION_REQUEUE_AFTER),
         running_before=now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS),
     )
-    sent = 0
-    for pk in stale.values_list("pk", flat=True):
-        sent += prediction_enqueue(pk)
-    return sent
+    rows = list(stale.order_by("created_at", "id").values_list("pk", "status"))
+    pending = [pk for pk, status in rows if status == Prediction.Status.PENDING]
+    batch = max(1, settings.PREDICTION_BATCH_SIZE)
+    groups = [pending[start : start + batch] for start in range(0, len(pending), batch)]
+    groups += [[pk] for pk, status in rows if status != Prediction.Status.PENDING]
+    return sum(prediction_enqueue(group[0], covers=group[1:]) for group in groups)
 
 
 def prediction_model_load() -> str | None:
@@ -121,19 +134,27 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         return None
     claimed = time.perf_counter()
     runtime = ""
+    loaded = read = claimed
     try:
         predictor = model_loader.predictor_for(version)
         runtime = predictor.runtime
-        results = _run_batch(predictor, batch, version)
+        loaded = read = time.perf_counter()
+        # Every image of the batch in one read (parallel GETs from S3), each on its own: a
+        # damaged or missing file fails alone.
+        images = read_many([p.study.image.name for p in batch])
+        sources = dict(zip([p.pk for p in batch], images, strict=True))
+        read = time.perf_counter()
+        results = _run_batch(predictor, batch, version, sources)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
     ran = time.perf_counter()
     with transaction.atomic():  # one commit for the batch, not one per prediction
         _record(batch, version, results, runtime)
     logger.info(
-        "Batch of %d (%s): claim %.0f ms, predict %.0f ms, record %.0f ms",
-        len(batch), runtime, 1000 * (claimed - start), 1000 * (ran - claimed),
-        1000 * (time.perf_counter() - ran),
+        "Batch of %d (%s): claim %.0f ms, load %.0f ms, read %.0f ms, predict %.0f ms, "
+        "record %.0f ms",
+        len(batch), runtime, 1000 * (claimed - start), 1000 * (loaded - claimed),
+        1000 * (read - loaded), 1000 * (ran - read), 1000 * (time.perf_counter() - ran),
     )  # fmt: skip
     if any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch):
         transaction.on_commit(heatmaps_schedule)
@@ -245,12 +266,12 @@ def _heatmaps(predictor, sources: list) -> tuple[list, list]:
     return maps["pneumonia"], maps["subtype"]
 
 
-def _run_batch(predictor, batch: list[Prediction], version) -> dict:
+def _run_batch(predictor, batch: list[Prediction], version, sources: dict) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap, site threshold) or the
-    exception for that
-    image (_record). Each study's site threshold decides, where one is in force for the
-    version; the version's own otherwise. A batch from several such sites runs a pass per
-    threshold."""
+    exception for that image (_record); `sources`: prediction id -> the image's bytes, or the
+    exception reading it raised. Each study's site threshold decides, where one is in force
+    for the version; the version's own otherwise. A batch from several such sites runs a
+    pass per threshold."""
     in_force = selectors.site_thresholds_in_force(version, {p.study.site_id for p in batch})
     groups: dict = {}
     for prediction in batch:
@@ -258,22 +279,22 @@ def _run_batch(predictor, batch: list[Prediction], version) -> dict:
     results = {}
     for site_threshold, group in groups.items():
         threshold = None if site_threshold is None else site_threshold.threshold
-        for pk, result in _run_group(predictor, group, threshold).items():
+        for pk, result in _run_group(predictor, group, threshold, sources).items():
             ok = not isinstance(result, Exception)
             results[pk] = (*result, site_threshold) if ok else result
     return results
 
 
-def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> dict:
+def _run_group(predictor, batch: list[Prediction], threshold: float | None, read: dict) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap) or the exception for that
-    image. Images are read each on its own (a damaged file fails alone), then run as one
-    batch."""
+    image; `read`: prediction id -> its image's bytes or the exception reading it raised.
+    The images run as one batch."""
     results, sources, ready = {}, [], []
-    for prediction, read in zip(batch, read_many([p.study.image.name for p in batch]), strict=True):
-        if isinstance(read, Exception):
-            results[prediction.pk] = read
+    for prediction in batch:
+        if isinstance(read[prediction.pk], Exception):
+            results[prediction.pk] = read[prediction.pk]
         else:
-            sources.append(read)
+            sources.append(read[prediction.pk])
             ready.append(prediction)
     if not ready:
         return results
@@ -304,7 +325,7 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None) -> d
         # One image the batch could not decode: run each alone, so only that one fails.
         for prediction in ready:
             try:
-                results[prediction.pk] = _run_group(predictor, [prediction], threshold)[
+                results[prediction.pk] = _run_group(predictor, [prediction], threshold, read)[
                     prediction.pk
                 ]
             except Exception as single:

@@ -354,3 +354,35 @@ def test_it_sweeps_predictions_the_broker_never_got(
     assert services.predictions_sweep() == 1
     prediction.refresh_from_db()
     assert prediction.enqueued_at is not None
+
+
+def test_the_sweeper_sends_a_task_per_batch_of_a_waiting_backlog_and_every_one_is_predicted(
+    alice, xray_upload, active_model, broker, settings, monkeypatch
+):
+    from diagnosis.services import predictions
+
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_REQUEUE_AFTER = 4, 0
+    studies = [  # on_commit never ran: the broker never got them
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
+    ]
+    waiting = [s.predictions.get().pk for s in studies]
+    dead = services.study_create(uploaded_by=alice, image=xray_upload("dead.jpg"))
+    held = dead.predictions.get()
+    predictions.predictions_claim(held.pk)  # a worker took it, then died
+    settings.PREDICTION_LEASE_SECONDS = -1
+    sent = []
+    send = predictions.app.send_task
+    monkeypatch.setattr(
+        predictions.app,
+        "send_task",
+        lambda name, args, **kw: sent.append(args[0]) or send(name, args, **kw),
+    )
+
+    assert services.predictions_sweep() == 4
+    # The oldest of each batch of the waiting ones (10 = 4 + 4 + 2), and the one taken back.
+    assert sent == [waiting[0], waiting[4], waiting[8], held.pk]
+    assert not Prediction.objects.filter(pk__in=waiting, enqueued_at__isnull=True).exists()
+
+    for pk in sent:  # what the worker does with those tasks
+        services.prediction_run(pk)
+    assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
