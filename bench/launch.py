@@ -115,6 +115,7 @@ class Platform:
     log_dir: Path
     worker_env: dict[str, str] = field(default_factory=dict)
     beat: bool = False  # the worker runs the beat schedule too (the sweeper), as make up's does
+    worker_python: str = ""  # the worker's interpreter (a role's own venv); else this one's
     web_workers: int = 2
     web_threads: int = 4
     url: str = ""
@@ -134,7 +135,8 @@ class Platform:
         py = sys.executable
         self.worker = self._spawn(
             "worker",
-            [py, "-m", "celery", "-A", "pneumo_site", "worker", "--concurrency", "1",
+            [self.worker_python or py, "-m", "celery", "-A", "pneumo_site", "worker",
+             "--concurrency", "1",
              "--loglevel", "INFO", "-Q", self.queue, "-n", self.worker_name,
              *(["--beat", "--schedule", str(self.log_dir / f"beat-{self.queue}")]
                if self.beat else [])],
@@ -219,12 +221,13 @@ def _answers(url: str) -> bool:
 @contextmanager
 def platform(
     env: dict[str, str], *, queue: str, log_dir: Path, worker_env: dict[str, str] | None = None,
-    beat: bool = False,
+    beat: bool = False, worker_python: str = "",
 ) -> Iterator[Platform]:  # fmt: skip
     """The platform started, and stopped however the block ends (SIGTERM included)."""
     running = Platform(
-        env=env, queue=queue, log_dir=log_dir, worker_env=worker_env or {}, beat=beat
-    )
+        env=env, queue=queue, log_dir=log_dir, worker_env=worker_env or {}, beat=beat,
+        worker_python=worker_python,
+    )  # fmt: skip
     with _sigterm_raises():
         try:
             running.start()
