@@ -49,7 +49,7 @@ def predictors(version, runtime: str, paths: list[Path], tmp: str):
         return Predictor.from_checkpoint(checkpoint, precision=precision), note
     artifact = version.runtimes.filter(runtime=runtime).first()
     if artifact is not None:
-        path, note = Path(default_storage.path(artifact.file)), ""
+        path, note = Path(model_loader.artifact_path(artifact)), ""
     else:
         calibration = random.Random(0).sample(paths, min(128, len(paths)))
         path = build_artifact(

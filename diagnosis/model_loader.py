@@ -48,6 +48,13 @@ def _verified_path(version: ModelVersion) -> str:
     return _file_checked(version.file, version.sha256, f"model file of {version.name}")
 
 
+def artifact_path(artifact) -> str:
+    """A local path of a runtime artifact's file (a RuntimeArtifact with one), checked like
+    the checkpoint: in place from a local MEDIA_ROOT, else through the model cache."""
+    what = f"{artifact.runtime} artifact of {artifact.version.name}"
+    return _file_checked(artifact.file, artifact.sha256, what)
+
+
 def _file_checked(name: str, sha256: str, what: str) -> str:
     """A local path of the stored file `name`, checked to be the content `sha256`: the
     storage's own path when it has one (a local MEDIA_ROOT), else a copy in MODEL_CACHE_DIR
@@ -114,8 +121,7 @@ def build_predictor(version: ModelVersion, runtime: str):
     from ml.core import Preprocessing
     from ml.runtimes import OnnxPredictor
 
-    artifact = version.runtimes.get(runtime=runtime)
-    path = _file_checked(artifact.file, artifact.sha256, f"{runtime} artifact of {version.name}")
+    path = artifact_path(version.runtimes.get(runtime=runtime))
     return OnnxPredictor(
         path, Preprocessing.from_dict(version.preprocessing), version.threshold,
         version.class_names, version.positive_class, threads=settings.INFERENCE_THREADS,

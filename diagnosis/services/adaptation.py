@@ -62,7 +62,8 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     )
     fit = [items[cal_idx[i]] for i in fit_part]
     tune = [items[cal_idx[i]] for i in tune_part]
-    base_data = Path(params.get("base_data") or settings.TRAINING_BASE_DATA or "") or None
+    base = params.get("base_data") or settings.TRAINING_BASE_DATA
+    base_data = Path(base) if base else None  # Path("") would be the working directory
     site_keys = {item.source for item in items}
     pool = [i for i in training_pool(base_data=base_data) if i.source not in site_keys]
     pool = limit_base_images(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))

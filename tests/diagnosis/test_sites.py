@@ -330,6 +330,20 @@ def test_adaptation_improves_the_evaluation_part_on_a_shifted_site(
     assert not (halves[0] | halves[1]) & set(calibrated["eval_studies"])
 
 
+def test_adaptation_without_a_base_pool_says_so_and_keeps_nothing(
+    random_active, rita, ada, site_b, settings, monkeypatch, tmp_path
+):
+    """No TRAINING_BASE_DATA and no base_data parameter: the clear error, not a scan of the
+    working directory for class folders."""
+    settings.TRAINING_BASE_DATA = ""
+    labeled_studies(site_b, rita, n_per_class=8)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no base training pool"):
+        services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params={"seed": 0})
+    assert not SiteAudit.objects.exists()
+    assert set(ModelVersion.objects.values_list("name", flat=True)) == {random_active.name}
+
+
 @pytest.mark.parametrize("where", ["second fine-tune", "gate", "storing the audit"])
 def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
     where, base, random_active, rita, ada, site_b, tmp_path, settings, monkeypatch

@@ -166,3 +166,21 @@ def test_a_batch_is_read_in_order_with_a_missing_file_failing_alone(s3_storage):
     finally:
         s3_storage.start()
     assert all(files.is_outage(r) for r in down)
+
+
+def test_the_benchmark_times_an_accepted_onnx_artifact_read_from_the_bucket(
+    s3_storage, checkpoint_path, tmp_path
+):
+    from bench.speed import predictors
+    from tests.synthetic import write_dataset
+
+    version = services.model_version_register(path=checkpoint_path, name="v1", user=SYSTEM)
+    write_dataset(tmp_path / "gate", 8, size=64, seed=3)
+    artifact = services.runtime_artifact_create(
+        version=version, runtime="onnx-fp32", data=tmp_path / "gate"
+    )
+    predictor, note = predictors(version, "onnx-fp32", [], str(tmp_path))
+    assert note == ""  # the accepted artifact, not one built for timing
+    assert predictor.predict_batch([jpeg_bytes(seed=2)])[0].label in ("NORMAL", "PNEUMONIA")
+    cached = Path(model_loader.artifact_path(artifact))
+    assert cached.parent == tmp_path / "model-cache" and cached.name.endswith(".onnx")
