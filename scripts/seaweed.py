@@ -6,6 +6,7 @@ STORAGE_URL and AWS_S3_ENDPOINT_URL at it (README, "Scaling out").
 
     python scripts/seaweed.py --dir var/seaweed --port 8333 --bucket pneumo \\
         --access-key pneumo --secret-key secret       # runs until stopped
+    python scripts/seaweed.py --check --port 8333     # 0 if an object round-trips (AWS_*)
 
     with SeaweedProcess(folder, bucket="b", access_key="k", secret_key="s") as s3:  # free ports
         s3.endpoint_url
@@ -50,6 +51,27 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def round_trips(endpoint_url: str, bucket: str, access_key: str, secret_key: str) -> bool:
+    """Whether an object goes into `bucket` and back with the key pair: the bucket answering
+    is not enough, the volume server may come up later still. What start() waits for, and
+    the container's health check (--check)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key, region_name="us-east-1",
+        config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}),
+    )  # fmt: skip
+    try:
+        client.head_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=".ready", Body=b"ready")
+        return client.get_object(Bucket=bucket, Key=".ready")["Body"].read() == b"ready"
+    except (BotoCoreError, ClientError):
+        return False
 
 
 class SeaweedProcess:
@@ -124,22 +146,7 @@ class SeaweedProcess:
         raise RuntimeError(f"SeaweedFS did not answer within {timeout} s")
 
     def _ready(self) -> bool:
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client = boto3.client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name="us-east-1",
-            config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}),
-        )  # fmt: skip
-        try:
-            # The bucket answering is not enough: an object must go to a volume and back.
-            client.head_bucket(Bucket=self.bucket)
-            client.put_object(Bucket=self.bucket, Key=".ready", Body=b"ready")
-            return client.get_object(Bucket=self.bucket, Key=".ready")["Body"].read() == b"ready"
-        except (BotoCoreError, ClientError):
-            return False
+        return round_trips(self.endpoint_url, self.bucket, self.access_key, self.secret_key)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -160,7 +167,12 @@ class SeaweedProcess:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, required=True, help="data and log folder")
+    parser.add_argument("--dir", type=Path, help="data and log folder (required to serve)")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="exit 0 if an object round-trips through the server at --port, else 1 (the "
+        "container's health check)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=8333, help="the S3 port")
     parser.add_argument(
         "--bind", default="127.0.0.1", help="the address to listen on (0.0.0.0 in a container)"
@@ -171,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.access_key or not args.secret_key:
         parser.error("--access-key and --secret-key (or AWS_*) are required: S3 auth is on")
+    if args.check:
+        url = f"http://127.0.0.1:{args.port}"
+        sys.exit(0 if round_trips(url, args.bucket, args.access_key, args.secret_key) else 1)
+    if args.dir is None:
+        parser.error("--dir is required to serve")
     server = SeaweedProcess(
         args.dir, bucket=args.bucket, access_key=args.access_key, secret_key=args.secret_key,
         port=args.port, bind=args.bind,

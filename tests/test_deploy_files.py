@@ -69,6 +69,11 @@ def test_compose_keeps_files_in_the_bucket_and_shares_no_volume():
     assert len(volumes) == len(set(volumes)), f"a volume shared by two services: {mounted}"
     assert services["seaweedfs"]["build"]["target"] == "seaweedfs"
     assert "AS seaweedfs" in (ROOT / "Dockerfile").read_text()
+    # Healthy once an object round-trips (scripts/seaweed.py --check, tested against a real
+    # server in tests/diagnosis/test_storage_s3.py), where the Dockerfile copies the script.
+    check = services["seaweedfs"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "/usr/local/bin/seaweed.py"] and "--check" in check
+    assert "COPY scripts/seaweed.py /usr/local/bin/seaweed.py" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_compose_orthanc_config_keeps_authentication_and_known_modalities():

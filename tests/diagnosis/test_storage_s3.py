@@ -184,3 +184,25 @@ def test_the_benchmark_times_an_accepted_onnx_artifact_read_from_the_bucket(
     assert predictor.predict_batch([jpeg_bytes(seed=2)])[0].label in ("NORMAL", "PNEUMONIA")
     cached = Path(model_loader.artifact_path(artifact))
     assert cached.parent == tmp_path / "model-cache" and cached.name.endswith(".onnx")
+
+
+def test_the_health_check_passes_only_when_an_object_round_trips(s3_server):
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT
+
+    def check(port: int, secret: str) -> int:
+        env = os.environ | {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                            "AWS_SECRET_ACCESS_KEY": secret}  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "scripts/seaweed.py", "--check", "--port", str(port), "--bucket",
+             s3_server.bucket], cwd=ROOT, env=env, capture_output=True, timeout=60,
+        ).returncode  # fmt: skip
+
+    from scripts.seaweed import free_port
+
+    assert check(s3_server.port, s3_server.secret_key) == 0
+    assert check(s3_server.port, "not-the-secret") == 1
+    assert check(free_port(), s3_server.secret_key) == 1  # nothing there
