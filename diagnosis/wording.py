@@ -170,4 +170,6 @@ def evaluation_split(evaluation) -> str:
         return "held-out test split (by patient): nothing was chosen on it"
     if source.endswith(".val.csv"):
         return "validation split (by patient): it chose the epoch and the threshold, so it flatters"
+    if source.startswith("gate part of validation split"):
+        return f"{source}: no training choice saw it"
     return f"labeled data set {source}"

@@ -156,6 +156,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
         evaluation_on_split,
         gate_decide,
         gate_images,
+        gate_source,
         validation_split_get_or_create,
         validation_split_parts,
     )
@@ -167,9 +168,11 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     )
     split = validation_split_get_or_create(base_data=base_data, user=user)
     _, gate_csv = validation_split_parts(split, base_data=base_data)
-    candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=user)
+    candidate_eval = evaluation_create(
+        version=candidate, data=gate_csv, user=user, source=gate_source(split)
+    )
     active_eval = evaluation_on_split(version, split) or evaluation_create(
-        version=version, data=gate_csv, user=user
+        version=version, data=gate_csv, user=user, source=gate_source(split)
     )
     verdict = gate_decide(candidate_eval.metrics, active_eval.metrics)
     verdict |= {"site": site.name} | gate_images(split)

@@ -231,6 +231,12 @@ def gate_images(split: ValidationSplit) -> dict:
     }
 
 
+def gate_source(split: ValidationSplit) -> str:
+    """What an evaluation on the gate part records as its data: the stored manifest, not the
+    scratch copy the evaluation read (gone once the job ends)."""
+    return f"gate part of validation split #{split.pk} ({split.gate_manifest})"
+
+
 def evaluation_on_split(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
     """An evaluation of `version` on exactly this split's gate part, if one was stored."""
     return version.evaluations.filter(data_hash=split.gate_hash).order_by("-created_at").first()

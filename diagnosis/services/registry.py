@@ -194,9 +194,12 @@ def model_train(*, config, name: str = "", activate: bool = False, user=None):
 
 
 @files.with_scratch("evaluation")
-def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evaluation:
+def evaluation_create(
+    *, version: ModelVersion, data: Path, user=None, source: str = ""
+) -> Evaluation:
     """Evaluate `version` with ml.evaluate on a labeled folder (Kaggle layout) or a CSV
-    manifest, and keep its figures and plots with the version."""
+    manifest, and keep its figures and plots with the version. `source`: what the row records
+    as its data when `data` is a scratch copy (the stored manifest it came from)."""
     from ml.evaluate import evaluate_checkpoint
     from ml.plots import save_plots
 
@@ -211,7 +214,7 @@ def evaluation_create(*, version: ModelVersion, data: Path, user=None) -> Evalua
         row = Evaluation.objects.create(
             model_version=version,
             created_by=user,
-            data_source=str(data),
+            data_source=source or str(data),
             data_hash=metrics["data"]["manifest_hash"],
             metrics=metrics,
         )

@@ -32,6 +32,7 @@ from diagnosis.services.gate import (
     evaluation_on_split,
     gate_decide,
     gate_images,
+    gate_source,
     validation_split_get_or_create,
     validation_split_parts,
 )
@@ -262,12 +263,14 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
 def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> dict:
     """Evaluate the registered candidate and the active model on the gate part, record the
     verdict on the candidate and promote it if it passed. Returns the verdict."""
-    candidate_eval = evaluation_create(version=candidate, data=gate_csv, user=job.created_by)
+    candidate_eval = evaluation_create(
+        version=candidate, data=gate_csv, user=job.created_by, source=gate_source(split)
+    )
     print(f"candidate {candidate.name}: {candidate_eval.summary}", flush=True)
     active_eval = None
     if active is not None:
         active_eval = evaluation_on_split(active, split) or evaluation_create(
-            version=active, data=gate_csv, user=job.created_by
+            version=active, data=gate_csv, user=job.created_by, source=gate_source(split)
         )
         print(f"active {active.name}: {active_eval.summary}", flush=True)
 

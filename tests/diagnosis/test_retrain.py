@@ -20,6 +20,7 @@ from diagnosis.models import (
     ValidationSplit,
 )
 from diagnosis.roles import SYSTEM
+from diagnosis.wording import evaluation_split
 from ml.data import manifest_hash, patient_id, read_manifest
 from tests.conftest import make_checkpoint
 from tests.diagnosis.conftest import QUICK
@@ -68,6 +69,13 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
         e.data_hash for e in random_active.evaluations.all()
     }
     assert hashes == {split.gate_hash}
+    # Each records the stored manifest of those images, not the scratch copy it read.
+    sources = {
+        e.data_source for e in [*candidate.evaluations.all(), *random_active.evaluations.all()]
+    }
+    assert sources == {f"gate part of validation split #{split.pk} ({split.gate_manifest})"}
+    assert default_storage.exists(split.gate_manifest)
+    assert evaluation_split(candidate.evaluations.get()).endswith(": no training choice saw it")
     assert candidate.gate["judged_on"] == {
         "part": "gate",
         "n": split.n_gate,
