@@ -252,12 +252,27 @@ def _retrain(job: TrainingJob, log: _JobLog) -> tuple[ModelVersion, dict]:
     checkpoint.unlink()  # the registry keeps its own copy
     try:
         model_version_records(candidate, {"manifest": train_csv}, f"training/job-{job.pk}")
+        _rules_chose_on(candidate, split)
         verdict = _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash)
     except BaseException:
         model_version_discard(candidate)  # no promotable candidate without its verdict
         raise
     candidate.refresh_from_db()
     return candidate, verdict
+
+
+def _rules_chose_on(candidate: ModelVersion, split) -> None:
+    """Name the stored selection manifest as the images each threshold rule of the candidate
+    (pneumonia, subtype) chose on: ml.train recorded the scratch copy it read, gone once the
+    job ends. The rules' manifest hashes say the two hold the same images."""
+    metrics = candidate.metrics
+    for rule in (
+        metrics.get("threshold_rule"),
+        (metrics.get("subtype") or {}).get("threshold_rule"),
+    ):
+        if rule and rule.get("manifest_hash") == split.selection_hash:
+            rule["images"] = split.selection_manifest
+    candidate.save(update_fields=["metrics"])
 
 
 def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> dict:

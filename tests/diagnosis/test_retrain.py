@@ -84,6 +84,7 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
     assert candidate.gate["chosen_on"]["n"] == split.n_selection
     # ml.train chose the epoch and the threshold on the selection part only.
     assert candidate.metrics["threshold_rule"]["manifest_hash"] == split.selection_hash
+    assert candidate.metrics["threshold_rule"]["images"] == split.selection_manifest
     # The run trained on the pool with the decisions applied, without the validation images.
     train = manifest_rows(candidate.train_args["manifest_record"])
     assert excluded not in train
