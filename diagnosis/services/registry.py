@@ -206,6 +206,10 @@ def evaluation_create(
     items = _labeled_items(data)
     evaluation = evaluate_checkpoint(model_loader.model_path(version), items, source=data)
     metrics = evaluation.to_dict()
+    # What ml read were local copies (the model cache, a scratch manifest): record the names
+    # every process can find instead.
+    metrics["model"]["checkpoint"] = version.file
+    metrics["data"]["source"] = source or str(data)
     with (
         tempfile.TemporaryDirectory() as tmp,
         atomic_files() as written,
@@ -214,7 +218,7 @@ def evaluation_create(
         row = Evaluation.objects.create(
             model_version=version,
             created_by=user,
-            data_source=source or str(data),
+            data_source=metrics["data"]["source"],
             data_hash=metrics["data"]["manifest_hash"],
             metrics=metrics,
         )

@@ -75,6 +75,9 @@ def test_a_candidate_better_than_the_active_model_is_registered_and_promoted(
     }
     assert sources == {f"gate part of validation split #{split.pk} ({split.gate_manifest})"}
     assert default_storage.exists(split.gate_manifest)
+    for e in [*candidate.evaluations.all(), *random_active.evaluations.all()]:
+        assert e.metrics["model"]["checkpoint"] == e.model_version.file
+        assert e.metrics["data"]["source"] == e.data_source
     assert evaluation_split(candidate.evaluations.get()).endswith(": no training choice saw it")
     assert candidate.gate["judged_on"] == {
         "part": "gate",
