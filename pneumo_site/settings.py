@@ -376,6 +376,10 @@ RETRAIN_MIN_SENSITIVITY = envfloat("RETRAIN_MIN_SENSITIVITY", "0.9")
 # other pending ones (oldest first) and runs them as one batch. It never waits for a batch
 # to fill: an isolated upload runs alone at once; under load, batches form by themselves.
 PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
+# Once its batch is recorded, a task claims the next batch of the oldest pending predictions,
+# in the same transaction, for up to this many seconds (well under the soft time limit): a
+# backlog drains without a broker round trip per batch. 0: one batch per task.
+PREDICTION_DRAIN_SECONDS = envfloat("PREDICTION_DRAIN_SECONDS", "30")
 
 # Each prediction also gets a Grad-CAM overlay of what drove the call (a forward and a
 # backward pass more per image, torch runtimes only). deferred: the result is recorded first

@@ -81,29 +81,37 @@ def prediction_model_load() -> str | None:
     return version.name
 
 
-def predictions_claim(prediction_id: int, *, batch_size: int = 1) -> list[Prediction]:
+def predictions_claim(prediction_id: int | None, *, batch_size: int = 1) -> list[Prediction]:
     """Take predictions for this worker with conditional UPDATEs under one claim token: this
-    task's own (unless another worker has it), then up to batch_size - 1 other pending ones,
-    oldest first. A duplicate delivery, or a second worker, finds nothing to claim. A running
-    prediction whose lease is over (its worker died) can be claimed again."""
-    now = timezone.now()
-    token = uuid.uuid4().hex
-    lease_over = now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS)
-    take = {"status": Prediction.Status.RUNNING, "started_at": now, "claim": token,
-            "attempts": F("attempts") + 1}  # fmt: skip
+    task's own (unless another worker has it; None: no own one), then up to batch_size - 1
+    other pending ones, oldest first. A duplicate delivery, or a second worker, finds nothing
+    to claim. A running prediction whose lease is over (its worker died) can be claimed
+    again."""
     with transaction.atomic():  # one commit for the claim
-        _claim_rows(prediction_id, batch_size, take, lease_over)
+        token = _claim_rows(prediction_id, batch_size)
+    return _claimed(token)
+
+
+def _claimed(token: str) -> list[Prediction]:
     return list(
         Prediction.objects.filter(claim=token).select_related("study").order_by("created_at")
     )
 
 
-def _claim_rows(prediction_id: int, batch_size: int, take: dict, lease_over) -> None:
-    own = Prediction.objects.filter(
-        Q(status=Prediction.Status.PENDING)
-        | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
-        pk=prediction_id,
-    ).update(**take)
+def _claim_rows(prediction_id: int | None, batch_size: int) -> str:
+    """Claim rows (predictions_claim) inside the caller's transaction; returns the token."""
+    now = timezone.now()
+    token = uuid.uuid4().hex
+    take = {"status": Prediction.Status.RUNNING, "started_at": now, "claim": token,
+            "attempts": F("attempts") + 1}  # fmt: skip
+    own = 0
+    if prediction_id is not None:
+        lease_over = now - timedelta(seconds=settings.PREDICTION_LEASE_SECONDS)
+        own = Prediction.objects.filter(
+            Q(status=Prediction.Status.PENDING)
+            | Q(status=Prediction.Status.RUNNING, started_at__lt=lease_over),
+            pk=prediction_id,
+        ).update(**take)
     # A task whose prediction another batch took fills a whole batch with others.
     room = batch_size - own
     if room > 0:
@@ -118,23 +126,49 @@ def _claim_rows(prediction_id: int, batch_size: int, take: dict, lease_over) -> 
         Prediction.objects.filter(pk__in=list(others), status=Prediction.Status.PENDING).update(
             **take
         )
+    return token
 
 
 def prediction_run(prediction_id: int) -> Prediction | None:
     """Run the active model on the prediction's study, batched with other pending ones
-    (PREDICTION_BATCH_SIZE). Returns this task's prediction as it ended, or None when there
-    was nothing to do for it (already taken, or no active model yet)."""
+    (PREDICTION_BATCH_SIZE), then, while predictions wait and for up to
+    PREDICTION_DRAIN_SECONDS, on the next batch of the oldest pending ones: a worker drains
+    a backlog without a round trip through the broker between batches, and claims each next
+    batch in the transaction that records the last. Returns this task's prediction as it
+    ended, or None when there was nothing to do for it (already taken, or no active model
+    yet)."""
     version = selectors.model_version_active()
     if version is None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
         return None
+    size = max(1, settings.PREDICTION_BATCH_SIZE)
+    deadline = time.monotonic() + settings.PREDICTION_DRAIN_SECONDS
     start = time.perf_counter()
-    batch = predictions_claim(prediction_id, batch_size=max(1, settings.PREDICTION_BATCH_SIZE))
-    if not batch:
+    batch = predictions_claim(prediction_id, batch_size=size)
+    mine = next((p for p in batch if p.pk == prediction_id), None)
+    owes_heatmaps = False
+    claim_ms = 1000 * (time.perf_counter() - start)
+    while batch:
+        more = size if time.monotonic() < deadline else 0
+        batch, owed, claim_ms = _run_claimed(batch, version, claim_ms, more)
+        owes_heatmaps |= owed
+    if owes_heatmaps:
+        transaction.on_commit(heatmaps_schedule)
+    if mine is None:
         return None
-    claimed = time.perf_counter()
+    mine.refresh_from_db()
+    return mine
+
+
+def _run_claimed(
+    batch: list[Prediction], version, claim_ms: float, more: int
+) -> tuple[list[Prediction], bool, float]:
+    """Run and record one claimed batch; in the same transaction claim up to `more` of the
+    oldest pending predictions, if `version` is still the active one. Returns the next batch,
+    whether this one left heatmaps owed, and the next claim's time in ms."""
+    start = time.perf_counter()
     runtime = ""
-    loaded = read = claimed
+    loaded = read = start
     try:
         predictor = model_loader.predictor_for(version)
         runtime = predictor.runtime
@@ -148,21 +182,28 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
     ran = time.perf_counter()
-    with transaction.atomic():  # one commit for the batch, not one per prediction
+    token = None
+    with transaction.atomic():  # one commit for the batch and the next claim
         _record(batch, version, results, runtime)
+        recorded = time.perf_counter()
+        if more and _still_active(version):
+            token = _claim_rows(None, more)
     logger.info(
         "Batch of %d (%s): claim %.0f ms, load %.0f ms, read %.0f ms, predict %.0f ms, "
         "record %.0f ms",
-        len(batch), runtime, 1000 * (claimed - start), 1000 * (loaded - claimed),
-        1000 * (read - loaded), 1000 * (ran - read), 1000 * (time.perf_counter() - ran),
+        len(batch), runtime, claim_ms, 1000 * (loaded - start), 1000 * (read - loaded),
+        1000 * (ran - read), 1000 * (recorded - ran),
     )  # fmt: skip
-    if any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch):
-        transaction.on_commit(heatmaps_schedule)
-    mine = next((p for p in batch if p.pk == prediction_id), None)
-    if mine is None:
-        return None
-    mine.refresh_from_db()
-    return mine
+    owed = any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch)
+    following = _claimed(token) if token else []
+    return following, owed, 1000 * (time.perf_counter() - recorded)
+
+
+def _still_active(version) -> bool:
+    """Whether `version` is still the active model: a drain stops at an activation (which
+    enqueues what is pending for the new one)."""
+    active = selectors.model_version_active()
+    return active is not None and active.pk == version.pk
 
 
 def _owes_heatmap(result) -> bool:

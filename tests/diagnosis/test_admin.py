@@ -49,7 +49,8 @@ def test_it_relabels_in_bulk_through_the_audit_trail(ada, alice, xray_upload):
 
 
 def test_it_filters_studies_by_disagreement(ada, alice, rita, active_model, xray_upload, settings):
-    settings.PREDICTION_BATCH_SIZE = 1  # one study must stay pending
+    # one study must stay pending
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 1, 0
     agree = services.study_create(uploaded_by=alice, image=xray_upload("agree.jpg"))
     disagree = services.study_create(uploaded_by=alice, image=xray_upload("disagree.jpg", seed=1))
     services.study_create(uploaded_by=alice, image=xray_upload("unreviewed.jpg"))

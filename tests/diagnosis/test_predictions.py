@@ -15,7 +15,7 @@ from django.utils import timezone
 from PIL import Image
 
 from diagnosis import services
-from diagnosis.models import Prediction
+from diagnosis.models import ModelVersion, Prediction
 from diagnosis.roles import SYSTEM
 from diagnosis.services import predictions
 from diagnosis.services.predictions import predictions_claim as claim
@@ -74,7 +74,7 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
 ):
     from ml.inference import Predictor
 
-    settings.PREDICTION_BATCH_SIZE = 4
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 4, 0  # a batch a task
     studies = [
         services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
     ]
@@ -107,10 +107,43 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
         assert prediction.attempts == 1
 
 
+def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
+    alice, xray_upload, active_model, settings, monkeypatch
+):
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 4, 30
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
+    ]
+    # One task runs the whole backlog: its own batch, then the oldest pending four, then two,
+    # each a batch of its own (one claim each), without going back to the broker.
+    assert services.prediction_run(studies[0].predictions.get().pk).status == "done"
+    done = [s.predictions.get() for s in studies]
+    assert {p.status for p in done} == {"done"} and {p.attempts for p in done} == {1}
+    claims = [p.claim for p in done]
+    assert [len(set(claims[a:b])) for a, b in ((0, 4), (4, 8), (8, 10))] == [1, 1, 1]
+    assert len(set(claims)) == 3
+    assert services.prediction_run(studies[5].predictions.get().pk) is None  # nothing left
+
+    # Another version activated meanwhile: the drain records its batch and claims no more.
+    later = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"l{i}.jpg", seed=i))
+        for i in range(6)
+    ]
+    run_batch = predictions._run_batch
+
+    def activation_meanwhile(*args):
+        ModelVersion.objects.filter(pk=active_model.pk).update(is_active=False)
+        return run_batch(*args)
+
+    monkeypatch.setattr(predictions, "_run_batch", activation_meanwhile)
+    services.prediction_run(later[0].predictions.get().pk)
+    assert [s.predictions.get().status for s in later] == ["done"] * 4 + ["pending"] * 2
+
+
 def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
     alice, xray_upload, active_model, settings
 ):
-    settings.PREDICTION_BATCH_SIZE = 2
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 2, 0
     studies = [
         services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
     ]
@@ -143,7 +176,7 @@ def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
 def test_an_ask_for_heatmaps_gives_way_to_a_waiting_prediction(
     alice, xray_upload, active_model, settings, monkeypatch
 ):
-    settings.PREDICTION_BATCH_SIZE = 1
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 1, 0
     studies = [
         services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(2)
     ]
@@ -199,7 +232,7 @@ def test_it_drops_owed_heatmaps_the_model_cannot_draw_and_keeps_the_results(
 ):
     from diagnosis import model_loader
 
-    settings.PREDICTION_BATCH_SIZE = 1
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 1, 0
     studies = [
         services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(2)
     ]
