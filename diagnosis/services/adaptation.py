@@ -153,14 +153,10 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     gate part of the frozen validation split of the base population (the adaptation chose its
     epoch on site images and its threshold by cross-fitting on the calibration part)."""
     from diagnosis.services.gate import (
-        evaluation_on_split,
-        gate_decide,
-        gate_images,
-        gate_source,
+        gate_judge,
         validation_split_get_or_create,
         validation_split_parts,
     )
-    from diagnosis.services.registry import evaluation_create
     from ml.evaluate import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(
@@ -168,14 +164,7 @@ def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     )
     split = validation_split_get_or_create(base_data=base_data, user=user)
     _, gate_csv = validation_split_parts(split, base_data=base_data)
-    candidate_eval = evaluation_create(
-        version=candidate, data=gate_csv, user=user, source=gate_source(split)
-    )
-    active_eval = evaluation_on_split(version, split) or evaluation_create(
-        version=version, data=gate_csv, user=user, source=gate_source(split)
-    )
-    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics)
-    verdict |= {"site": site.name} | gate_images(split)
+    verdict = gate_judge(candidate, version, split, gate_csv, user=user)[2] | {"site": site.name}
     site_threshold_activate(
         site=site, version=candidate, threshold=threshold, user=roles.SYSTEM,
         reason=f"chosen when {candidate.name} was adapted to {site.name}",

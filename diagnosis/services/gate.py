@@ -240,3 +240,23 @@ def gate_source(split: ValidationSplit) -> str:
 def evaluation_on_split(version: ModelVersion, split: ValidationSplit) -> Evaluation | None:
     """An evaluation of `version` on exactly this split's gate part, if one was stored."""
     return version.evaluations.filter(data_hash=split.gate_hash).order_by("-created_at").first()
+
+
+def gate_judge(candidate: ModelVersion, active: ModelVersion | None, split: ValidationSplit,
+               gate_csv: Path, *, user) -> tuple[Evaluation, Evaluation | None, dict]:  # fmt: skip
+    """The gate any new version goes through (a retrain, a site adaptation): the candidate
+    evaluated on the split's gate part, the active version too (its stored evaluation on that
+    part when it has one), and the verdict, which records which images chose and which
+    judged. Returns (candidate's evaluation, active's or None, verdict)."""
+    from diagnosis.services.registry import evaluation_create
+
+    candidate_eval = evaluation_create(
+        version=candidate, data=gate_csv, user=user, source=gate_source(split)
+    )
+    active_eval = None
+    if active is not None:
+        active_eval = evaluation_on_split(active, split) or evaluation_create(
+            version=active, data=gate_csv, user=user, source=gate_source(split)
+        )
+    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics if active_eval else None)
+    return candidate_eval, active_eval, verdict | gate_images(split)

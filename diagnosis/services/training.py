@@ -29,15 +29,11 @@ from diagnosis.models import ModelVersion, TrainingJob
 from diagnosis.pseudonyms import key_counts, key_counts_text
 from diagnosis.services.cleaning import cleaning_run_create, training_pool
 from diagnosis.services.gate import (
-    evaluation_on_split,
-    gate_decide,
-    gate_images,
-    gate_source,
+    gate_judge,
     validation_split_get_or_create,
     validation_split_parts,
 )
 from diagnosis.services.registry import (
-    evaluation_create,
     model_version_activate,
     model_version_discard,
     model_version_records,
@@ -278,19 +274,13 @@ def _rules_chose_on(candidate: ModelVersion, split) -> None:
 def _judge_and_gate(job, candidate, active, split, gate_csv, log, data_hash) -> dict:
     """Evaluate the registered candidate and the active model on the gate part, record the
     verdict on the candidate and promote it if it passed. Returns the verdict."""
-    candidate_eval = evaluation_create(
-        version=candidate, data=gate_csv, user=job.created_by, source=gate_source(split)
+    candidate_eval, active_eval, verdict = gate_judge(
+        candidate, active, split, gate_csv, user=job.created_by
     )
     print(f"candidate {candidate.name}: {candidate_eval.summary}", flush=True)
-    active_eval = None
-    if active is not None:
-        active_eval = evaluation_on_split(active, split) or evaluation_create(
-            version=active, data=gate_csv, user=job.created_by, source=gate_source(split)
-        )
+    if active_eval is not None:
         print(f"active {active.name}: {active_eval.summary}", flush=True)
-
-    verdict = gate_decide(candidate_eval.metrics, active_eval.metrics if active_eval else None)
-    verdict |= {"job": job.pk} | gate_images(split)
+    verdict |= {"job": job.pk}
     word = "PROMOTED" if verdict["passed"] else "kept as a candidate"
     print(f"== 5. Gate: {word}: {verdict['reason']}", flush=True)
     with transaction.atomic():
