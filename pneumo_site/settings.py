@@ -380,6 +380,10 @@ PREDICTION_BATCH_SIZE = envint("PREDICTION_BATCH_SIZE", "16")
 # in the same transaction, for up to this many seconds (well under the soft time limit): a
 # backlog drains without a broker round trip per batch. 0: one batch per task.
 PREDICTION_DRAIN_SECONDS = envfloat("PREDICTION_DRAIN_SECONDS", "30")
+# The size of those next batches (0: PREDICTION_BATCH_SIZE; inline heatmaps keep that): the
+# per-batch claim and record (~20 ms) spread over more images, for more memory (README,
+# "Micro-batching").
+PREDICTION_DRAIN_BATCH_SIZE = envint("PREDICTION_DRAIN_BATCH_SIZE", "32")
 
 # Each prediction also gets a Grad-CAM overlay of what drove the call (a forward and a
 # backward pass more per image, torch runtimes only). deferred: the result is recorded first

@@ -13,12 +13,12 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 
 from diagnosis import model_loader, selectors
 from diagnosis.files import is_outage, read_many
-from diagnosis.models import Prediction
+from diagnosis.models import ModelVersion, Prediction
 from diagnosis.services.outbox import deliveries_for_predictions
 from pneumo_site.celery import app
 
@@ -93,13 +93,19 @@ def predictions_claim(prediction_id: int | None, *, batch_size: int = 1) -> list
 
 
 def _claimed(token: str) -> list[Prediction]:
+    # Only what running and recording a batch reads: a backlog is drained a batch at a time,
+    # and building full model instances was most of this query's time.
     return list(
-        Prediction.objects.filter(claim=token).select_related("study").order_by("created_at")
+        Prediction.objects.filter(claim=token)
+        .select_related("study")
+        .only("claim", "status", "created_at", "study__image", "study__site_id")
+        .order_by("created_at")
     )
 
 
-def _claim_rows(prediction_id: int | None, batch_size: int) -> str:
-    """Claim rows (predictions_claim) inside the caller's transaction; returns the token."""
+def _claim_rows(prediction_id: int | None, batch_size: int, *, version=None) -> str:
+    """Claim rows (predictions_claim) inside the caller's transaction; returns the token.
+    With `version`, nothing is claimed unless it is still the active model."""
     now = timezone.now()
     token = uuid.uuid4().hex
     take = {"status": Prediction.Status.RUNNING, "started_at": now, "claim": token,
@@ -115,28 +121,25 @@ def _claim_rows(prediction_id: int | None, batch_size: int) -> str:
     # A task whose prediction another batch took fills a whole batch with others.
     room = batch_size - own
     if room > 0:
-        others = (
-            Prediction.objects.filter(status=Prediction.Status.PENDING)
-            .exclude(pk=prediction_id)
-            .order_by("created_at", "id")
-            .values_list("pk", flat=True)[:room]
-        )
-        # The status condition is evaluated again by the UPDATE: a row another worker took
-        # meanwhile is not taken twice.
-        Prediction.objects.filter(pk__in=list(others), status=Prediction.Status.PENDING).update(
-            **take
-        )
+        pending = Prediction.objects.filter(status=Prediction.Status.PENDING)
+        oldest = pending.exclude(pk=prediction_id).order_by("created_at", "id").values("pk")
+        # One statement: the status condition is evaluated again on each row the UPDATE
+        # takes, so a row another worker took meanwhile is not taken twice.
+        rows = pending.filter(pk__in=oldest[:room])
+        if version is not None:
+            rows = rows.filter(Exists(ModelVersion.objects.filter(pk=version.pk, is_active=True)))
+        rows.update(**take)
     return token
 
 
 def prediction_run(prediction_id: int) -> Prediction | None:
     """Run the active model on the prediction's study, batched with other pending ones
     (PREDICTION_BATCH_SIZE), then, while predictions wait and for up to
-    PREDICTION_DRAIN_SECONDS, on the next batch of the oldest pending ones: a worker drains
-    a backlog without a round trip through the broker between batches, and claims each next
-    batch in the transaction that records the last. Returns this task's prediction as it
-    ended, or None when there was nothing to do for it (already taken, or no active model
-    yet)."""
+    PREDICTION_DRAIN_SECONDS, on the next batch of the oldest pending ones (up to
+    PREDICTION_DRAIN_BATCH_SIZE): a worker drains a backlog without a round trip through the
+    broker between batches, and claims each next batch in the transaction that records the
+    last. Returns this task's prediction as it ended, or None when there was nothing to do
+    for it (already taken, or no active model yet)."""
     version = selectors.model_version_active()
     if version is None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
@@ -148,8 +151,11 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     mine = next((p for p in batch if p.pk == prediction_id), None)
     owes_heatmaps = False
     claim_ms = 1000 * (time.perf_counter() - start)
+    # Draining a backlog, bigger batches spread the claim and record over more images.
+    # Inline heatmaps keep the batch size: Grad-CAM's memory grows with the batch.
+    drain = size if settings.PREDICTION_HEATMAPS == "inline" else _drain_batch_size()
     while batch:
-        more = size if time.monotonic() < deadline else 0
+        more = drain if time.monotonic() < deadline else 0
         batch, owed, claim_ms = _run_claimed(batch, version, claim_ms, more)
         owes_heatmaps |= owed
     if owes_heatmaps:
@@ -158,6 +164,10 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         return None
     mine.refresh_from_db()
     return mine
+
+
+def _drain_batch_size() -> int:
+    return max(1, settings.PREDICTION_DRAIN_BATCH_SIZE or settings.PREDICTION_BATCH_SIZE)
 
 
 def _run_claimed(
@@ -186,8 +196,8 @@ def _run_claimed(
     with transaction.atomic():  # one commit for the batch and the next claim
         _record(batch, version, results, runtime)
         recorded = time.perf_counter()
-        if more and _still_active(version):
-            token = _claim_rows(None, more)
+        if more:  # the next batch, unless another model was activated meanwhile
+            token = _claim_rows(None, more, version=version)
     logger.info(
         "Batch of %d (%s): claim %.0f ms, load %.0f ms, read %.0f ms, predict %.0f ms, "
         "record %.0f ms",
@@ -197,13 +207,6 @@ def _run_claimed(
     owed = any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch)
     following = _claimed(token) if token else []
     return following, owed, 1000 * (time.perf_counter() - recorded)
-
-
-def _still_active(version) -> bool:
-    """Whether `version` is still the active model: a drain stops at an activation (which
-    enqueues what is pending for the new one)."""
-    active = selectors.model_version_active()
-    return active is not None and active.pk == version.pk
 
 
 def _owes_heatmap(result) -> bool:

@@ -110,23 +110,37 @@ def test_it_runs_pending_predictions_as_one_batch_with_each_its_own_result(
 def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
     alice, xray_upload, active_model, settings, monkeypatch
 ):
-    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 4, 30
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 2, 30
+    settings.PREDICTION_DRAIN_BATCH_SIZE = 4
     studies = [
         services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
     ]
-    # One task runs the whole backlog: its own batch, then the oldest pending four, then two,
-    # each a batch of its own (one claim each), without going back to the broker.
+    # One task runs the whole backlog: its own batch of two, then the oldest pending four,
+    # twice, each a batch of its own (one claim each), without going back to the broker.
     assert services.prediction_run(studies[0].predictions.get().pk).status == "done"
     done = [s.predictions.get() for s in studies]
     assert {p.status for p in done} == {"done"} and {p.attempts for p in done} == {1}
     claims = [p.claim for p in done]
-    assert [len(set(claims[a:b])) for a, b in ((0, 4), (4, 8), (8, 10))] == [1, 1, 1]
+    assert [len(set(claims[a:b])) for a, b in ((0, 2), (2, 6), (6, 10))] == [1, 1, 1]
     assert len(set(claims)) == 3
     assert services.prediction_run(studies[5].predictions.get().pk) is None  # nothing left
 
+    # Inline heatmaps (Grad-CAM's memory grows with the batch): the drain keeps the batch size.
+    settings.PREDICTION_HEATMAPS = "inline"
+    inline = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"i{i}.jpg", seed=100 + i))
+        for i in range(6)
+    ]
+    services.prediction_run(inline[0].predictions.get().pk)
+    done = [s.predictions.get() for s in inline]
+    assert all(p.status == "done" and p.heatmap for p in done)
+    assert [len({p.claim for p in done[a : a + 2]}) for a in (0, 2, 4)] == [1, 1, 1]
+    assert len({p.claim for p in done}) == 3
+
     # Another version activated meanwhile: the drain records its batch and claims no more.
+    settings.PREDICTION_HEATMAPS = "off"
     later = [
-        services.study_create(uploaded_by=alice, image=xray_upload(f"l{i}.jpg", seed=i))
+        services.study_create(uploaded_by=alice, image=xray_upload(f"l{i}.jpg", seed=200 + i))
         for i in range(6)
     ]
     run_batch = predictions._run_batch
@@ -137,7 +151,7 @@ def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
 
     monkeypatch.setattr(predictions, "_run_batch", activation_meanwhile)
     services.prediction_run(later[0].predictions.get().pk)
-    assert [s.predictions.get().status for s in later] == ["done"] * 4 + ["pending"] * 2
+    assert [s.predictions.get().status for s in later] == ["done"] * 2 + ["pending"] * 4
 
 
 def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
