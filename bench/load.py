@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -180,6 +181,7 @@ def backlog(url: str, tokens: list[str], paths: list[Path], *, held, timeout: fl
     last = max((datetime.fromisoformat(r["prediction"]["finished_at"]) for r in done), default=None)
     return {
         "accepted": len(sent["accepted"]),
+        "released": released,
         "drain_per_s": len(done) / (last - released).total_seconds() if done else 0.0,
         "errors": sent["errors"],
         "lost": len(sent["accepted"]) - len(results),
@@ -284,3 +286,35 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# The worker's line for each batch it records (diagnosis.services.predictions).
+BATCH_LINE = re.compile(
+    r"^\[(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] Batch of (?P<n>\d+) "
+    r"\([^)]*\): claim (?P<claim>\d+) ms, load (?P<load>\d+) ms, read (?P<read>\d+) ms, "
+    r"predict (?P<predict>\d+) ms, record (?P<record>\d+) ms",
+    re.MULTILINE,
+)
+
+
+def drain_breakdown(log: str, since: datetime) -> dict | None:
+    """Where a drain's time went, from the worker's log (its local time): the batches it
+    recorded from `since` on: how many, their mean size, each step's mean milliseconds, and
+    the share of the time from `since` to the last batch's line spent predicting (decoding
+    and the forward pass); the rest is claims, records, reads and the broker. None when no
+    batch was logged since."""
+    batches = [
+        m for m in BATCH_LINE.finditer(log)
+        if datetime.strptime(m["at"], "%Y-%m-%d %H:%M:%S,%f").astimezone() >= since
+    ]  # fmt: skip
+    if not batches:
+        return None
+    last = datetime.strptime(batches[-1]["at"], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+    steps = {k: sum(int(m[k]) for m in batches) for k in ("claim", "read", "predict", "record")}
+    span = max((last - since).total_seconds(), 1e-3)
+    return {
+        "batches": len(batches),
+        "mean_size": sum(int(m["n"]) for m in batches) / len(batches),
+        "ms": {k: total / len(batches) for k, total in steps.items()},
+        "predict_share": steps["predict"] / 1000 / span,
+    }

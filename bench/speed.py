@@ -199,7 +199,10 @@ def own_platform_rows(
             described = ", ".join(f"{k}={v}" for k, v in config.items()) or "the defaults"
             rows.append(("platform", f"started here: {web}, one worker ({described})"))
             held = partial(_held, running.worker_name, queue)
-            local = platform_rows(running.url, *e2e, rss=running.peak_rss_mb, held=held)
+            local = platform_rows(
+                running.url, *e2e, rss=running.peak_rss_mb, held=held,
+                worker_log=running.worker.log,
+            )  # fmt: skip
             if pacs and (pacs["n_idle"] or pacs["n_burst"]):
                 from bench.pacs import pacs_rows
 
@@ -308,10 +311,13 @@ def s3_rows(env, worker_env, queue, e2e, local, rows, *, version, n_outage, say=
             ))  # fmt: skip
 
 
-def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None):
-    """The end-to-end rows; returns the held backlog's figures (bench.load.backlog), if any."""
+def platform_rows(
+    url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None, worker_log=None
+):
+    """The end-to-end rows; returns the held backlog's figures (bench.load.backlog), if any.
+    `worker_log`: the worker's log file, for where the held backlog's drain spent its time."""
     from bench.load import backlog as held_backlog
-    from bench.load import bench_tokens, burst, idle, ps
+    from bench.load import bench_tokens, burst, drain_breakdown, idle, ps
 
     tokens = bench_tokens(c + 1)
     # One upload first, not measured: the worker loads the model on its first task.
@@ -343,6 +349,16 @@ def platform_rows(url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss,
             f"{_against(b['drain_per_s'], runtime, throughput)} ({runtime}); "
             f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
         ))  # fmt: skip
+        spent = worker_log and drain_breakdown(worker_log.read_text(), b["released"])
+        if spent:
+            ms = spent["ms"]
+            rows.append((
+                "worker drain: its log, from the release to its last batch",
+                f"{spent['batches']} batches of {spent['mean_size']:.1f} on average; "
+                f"decoding and the forward pass {spent['predict_share']:.0%} of that time; "
+                f"per batch claim {ms['claim']:.0f} ms, read {ms['read']:.0f} ms, "
+                f"predict {ms['predict']:.0f} ms, record {ms['record']:.0f} ms",
+            ))  # fmt: skip
     else:  # the worker's pace, roughly, without a held backlog to measure it on (--url)
         rate = r["backlog_per_s"]
         rows.append((

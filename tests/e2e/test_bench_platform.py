@@ -65,6 +65,9 @@ def test_it_measures_the_end_to_end_rows_on_a_platform_of_its_own(bench_model, b
     assert "x model-only b16 (torch)" in drain and held["lost"] == "0"
     assert int(held["accepted"]) + int(held["errors"]) == 4
     accepted += int(held["accepted"])
+    # Where the drain's time went, from the worker's own log.
+    spent = rows["worker drain: its log, from the release to its last batch"]
+    assert " batches of " in spent and "of that time; per batch claim " in spent
     p50, p95 = (float(x) for x in rows["upload -> prediction at idle p50 / p95 (s)"].split(" / "))
     assert 0 < p50 <= p95
     web, worker = rows["peak RSS web / worker (largest process)"].removesuffix(" MB").split(" / ")
