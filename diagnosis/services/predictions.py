@@ -145,7 +145,9 @@ def prediction_run(prediction_id: int) -> Prediction | None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
         return None
     size = max(1, settings.PREDICTION_BATCH_SIZE)
-    deadline = time.monotonic() + settings.PREDICTION_DRAIN_SECONDS
+    # Well inside the task's soft time limit, whatever the setting says.
+    drain_for = min(settings.PREDICTION_DRAIN_SECONDS, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
+    deadline = time.monotonic() + drain_for
     start = time.perf_counter()
     batch = predictions_claim(prediction_id, batch_size=size)
     mine = next((p for p in batch if p.pk == prediction_id), None)

@@ -154,6 +154,18 @@ def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
     assert [s.predictions.get().status for s in later] == ["done"] * 2 + ["pending"] * 4
 
 
+def test_a_drain_ends_well_inside_the_tasks_soft_time_limit(
+    alice, xray_upload, active_model, settings
+):
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 2, 3600
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 0  # half of it is already over: no next batch
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(3)
+    ]
+    services.prediction_run(studies[0].predictions.get().pk)
+    assert [s.predictions.get().status for s in studies] == ["done", "done", "pending"]
+
+
 def test_it_records_a_burst_first_and_draws_its_heatmaps_once_nothing_waits(
     alice, xray_upload, active_model, settings
 ):
