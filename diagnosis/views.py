@@ -406,6 +406,7 @@ def site_detail(request, name: str):
         "audits": selectors.site_audits(site),
         "history": selectors.site_threshold_history(site),
         "can_promote": roles.can_promote(request.user),
+        "subtype_caveat": SUBTYPE_CAVEAT,
     }
     return render(request, "diagnosis/site_detail.html", context)
 

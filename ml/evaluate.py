@@ -19,6 +19,7 @@ probabilities, without torch: ml.scores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ def evaluate_checkpoint(
             y_true, [subtype_of(item) for item in items], scores, bacterial,
             threshold=threshold, subtype_threshold=meta.subtype.threshold,
         )  # fmt: skip
-    return evaluate_scores(
+    evaluation = evaluate_scores(
         y_true,
         scores,
         threshold,
@@ -91,6 +92,10 @@ def evaluate_checkpoint(
             "manifest_hash": manifest_hash(items),
         },
     )
+    if subtype is None:
+        return evaluation
+    # Per image, for figures on a part of the items (a site audit's evaluation part).
+    return dataclasses.replace(evaluation, p_bacterial=tuple(bacterial))
 
 
 # ---------------------------------------------------------------------------------------------

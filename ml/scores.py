@@ -132,6 +132,7 @@ class Evaluation:
     # What the figures were computed from, kept for plots; not part of to_dict().
     y_true: tuple[int, ...] = field(default=(), repr=False)
     scores: tuple[float, ...] = field(default=(), repr=False)
+    p_bacterial: tuple[float | None, ...] = field(default=(), repr=False)  # with `subtype`
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN (a figure that needs both classes, given one) becomes None, because

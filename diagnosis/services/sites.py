@@ -32,7 +32,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
 from diagnosis import files, model_loader, roles, selectors
-from diagnosis.models import ModelVersion, Site, SiteAudit, SiteThreshold
+from diagnosis.models import Label, ModelVersion, Site, SiteAudit, SiteThreshold
 from diagnosis.pseudonyms import key_counts, patient_group
 from diagnosis.services.adaptation import audit_figures, site_adapt
 from diagnosis.services.registry import model_version_activate, model_version_discard
@@ -62,7 +62,10 @@ def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
     imported (same bytes) are not stored twice; their label is reviewed again only if it
     changed. A `patients.csv` beside the class folders (columns file, patient_id; file as in
     NORMAL/x.jpeg) gives each image's patient, kept as a keyed hash (diagnosis.pseudonyms).
+    A pneumonia's subtype, where its Kermany-style file name gives one (`person1_bacteria_1`,
+    `person1_virus_6`), is recorded with its review, as training and ml.evaluate read it.
     Returns counts."""
+    from ml.data import kermany_subtype
     from ml.evaluate import scan_eval_folder
 
     if not roles.can_review(user):
@@ -76,13 +79,17 @@ def site_import(*, site: Site, data: Path, user, chunk: int = 50) -> dict:
         uploads = [SimpleUploadedFile(Path(p).name, Path(p).read_bytes()) for p, _ in part]
         ids = [patients.get(Path(p).resolve(), "") for p, _ in part]
         studies = study_create_many(uploaded_by=user, images=uploads, site=site, patient_ids=ids)
-        for study, (_, label) in zip(studies, part, strict=True):
+        for study, (path, label) in zip(studies, part, strict=True):
             if study.site_id != site.pk:
                 elsewhere += 1  # the same image is a study of another site
                 continue
             touched.add(study.pk)
-            if study.current_label != label:
-                review_create(study=study, reviewer=user, label=label, note=f"imported from {data}")
+            subtype = kermany_subtype(path) if label == Label.PNEUMONIA else ""
+            if (study.current_label, study.current_subtype) != (label, subtype):
+                review_create(
+                    study=study, reviewer=user, label=label, subtype=subtype,
+                    note=f"imported from {data}",
+                )  # fmt: skip
     return {
         "images": len(items),
         "imported": len(touched - before),
@@ -180,6 +187,9 @@ def site_audit_run(
     }
     before = _evaluate_part(y, scores, eval_idx, threshold)
     metrics["calibrated"]["in_force_on_eval"] = audit_figures(before)
+    # The second question on the same evaluation part, at the version's subtype threshold
+    # (None: the version does not answer it).
+    metrics["calibrated"]["subtype_on_eval"] = _subtype_part(audit_eval, items, eval_idx)
     evaluations = {
         "": audit_eval,
         "eval_in_force": before,
@@ -191,6 +201,7 @@ def site_audit_run(
         f"{calibration.sensitivity:.3f}, specificity {calibration.specificity:.3f} (at the "
         f"threshold in force {threshold:.4f}: {before.sensitivity:.3f} / {before.specificity:.3f})"
     )
+    say(_subtype_line(metrics["calibrated"]["subtype_on_eval"]))
     candidate = None
     if adapt:
         candidate, metrics["adapted"], evaluations["eval_adapted"] = site_adapt(
@@ -261,6 +272,37 @@ def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
     from ml.scores import evaluate_scores
 
     return evaluate_scores([y[i] for i in idx], [scores[i] for i in idx], threshold)
+
+
+def _subtype_part(evaluation, items: list, idx: list) -> dict | None:
+    from ml.data import subtype_of
+    from ml.scores import evaluate_subtype
+
+    if evaluation.subtype is None:
+        return None
+    part = evaluate_subtype(
+        [evaluation.y_true[i] for i in idx], [subtype_of(items[i]) for i in idx],
+        [evaluation.scores[i] for i in idx], [evaluation.p_bacterial[i] for i in idx],
+        threshold=evaluation.threshold, subtype_threshold=evaluation.subtype.threshold,
+    )  # fmt: skip
+    return part.to_dict()
+
+
+def _subtype_line(subtype: dict | None) -> str:
+    if subtype is None:
+        return "Subtype: not predicted by this model."
+    n = subtype["n"]
+    if not n["bacterial"] or not n["viral"]:
+        return (
+            f"Subtype: the evaluation part has {n['bacterial']} bacterial and {n['viral']} "
+            "viral pneumonias of known subtype; figures need both."
+        )
+    return (
+        f"Subtype on the evaluation part ({n['bacterial']} bacterial, {n['viral']} viral, "
+        f"{n['unknown']} unknown): AUC {subtype['auc']:.3f}; at the version's subtype threshold "
+        f"{subtype['threshold']:.4f} sensitivity {subtype['sensitivity']:.3f}, specificity "
+        f"{subtype['specificity']:.3f}"
+    )
 
 
 def _store_audit(

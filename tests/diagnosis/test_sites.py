@@ -161,19 +161,24 @@ def test_the_command_imports_a_labeled_folder_and_writes_the_json(good_model, ri
     write_dataset(folder, 6, size=128, seed=4)
     out = tmp_path / "audit.json"
     args = ["--site", "clinic-c", "--data", str(folder), "--import-user", "rita"]
-    call_command("site_audit", *args, "--json", str(out), "--repeats", "1", stdout=io.StringIO())
+    said = io.StringIO()
+    call_command("site_audit", *args, "--json", str(out), "--repeats", "1", stdout=said)
 
     site = Site.objects.get(name="clinic-c")
     assert site.studies.count() == 12
     reviews = Review.objects.filter(study__site=site)
     assert reviews.count() == 12 and {r.reviewer for r in reviews} == {rita}
     body = json.loads(out.read_text())
-    evaluate_keys = set(Evaluation.__dataclass_fields__) - {"y_true", "scores", "labels"}
+    kept_for_plots = {"y_true", "scores", "p_bacterial", "labels"}  # not in to_dict()
+    evaluate_keys = set(Evaluation.__dataclass_fields__) - kept_for_plots
     assert evaluate_keys <= set(body)
     assert {"threshold", "sensitivity", "specificity", "accuracy", "n_eval"} <= set(
         body["calibrated"]
     )
     assert body["site"] == "clinic-c" and body["model_version"] == good_model.name
+    # A binary version: the audit says so of the second question.
+    assert body["calibrated"]["subtype_on_eval"] is None
+    assert "Subtype: not predicted by this model." in said.getvalue()
 
     # Once more with --activate: nothing imported twice, the threshold put in force.
     call_command("site_audit", *args, "--activate", "--user", "ada", stdout=io.StringIO())

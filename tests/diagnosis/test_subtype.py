@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.test import Client
 from django.urls import reverse
@@ -360,7 +361,7 @@ def test_a_subtype_model_draws_a_heatmap_of_each_question(
     assert prediction.heatmap and prediction.subtype_heatmap and not prediction.heatmap_due
 
     # The subtype map is the one Grad-CAM draws for that question, not the pneumonia one.
-    predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, subtype_model.file))
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, subtype_model.file))
     (expected,) = predictor.heatmaps([study.image.path], question="subtype", layer=True)
     drawn = np.asarray(Image.open(prediction.subtype_heatmap.path), np.int16)
     assert np.abs(drawn - np.asarray(expected, np.int16)).max() <= 1
@@ -391,3 +392,61 @@ def test_a_binary_model_has_no_subtype_heatmap(active_model, alice, xray_upload)
     assert _client(alice).get(base).status_code == 200
     body = api_client_for(alice).get(reverse("api:study-detail", args=[study.pk])).json()
     assert body["prediction"]["subtype_heatmap_url"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# A site audit
+
+
+def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
+    subtype_model, rita, ada, tmp_path
+):
+    import io
+
+    from django.core.management import call_command
+
+    from diagnosis.models import SiteAudit
+    from ml.data import kermany_subtype
+    from ml.inference import Predictor
+    from ml.metrics import roc_auc
+    from tests.synthetic import write_dataset
+
+    written = write_dataset(tmp_path / "site", 14, size=96, seed=5, subtypes=True)
+    out = io.StringIO()
+    call_command(
+        "site_audit", "--site", "clinic-s", "--data", str(tmp_path / "site"),
+        "--import-user", "rita", stdout=out,
+    )  # fmt: skip
+
+    # Each pneumonia's subtype, as its file name says, recorded with its imported review.
+    studies = {s.original_filename: s for s in Study.objects.filter(site__name="clinic-s")}
+    said = {
+        path.name: kermany_subtype(path) if label == "PNEUMONIA" else "" for path, label in written
+    }
+    assert {name: s.current_subtype for name, s in studies.items()} == said
+    assert {"bacterial", "viral"} <= set(said.values())
+    reviews = Review.objects.filter(study__site__name="clinic-s")
+    assert set(reviews.values_list("subtype", flat=True)) == {"", "bacterial", "viral"}
+
+    # The figures on the evaluation part equal a hand count and a model run on those images.
+    audit = SiteAudit.objects.get(site__name="clinic-s")
+    figures = audit.metrics["calibrated"]["subtype_on_eval"]
+    part = [s for s in studies.values() if s.pk in audit.metrics["calibrated"]["eval_studies"]]
+    known = [s for s in part if s.current_subtype in ("bacterial", "viral")]
+    assert figures["n"] == {
+        "bacterial": sum(s.current_subtype == "bacterial" for s in known),
+        "viral": sum(s.current_subtype == "viral" for s in known),
+        "unknown": 0,
+    }
+    assert figures["n"]["bacterial"] and figures["n"]["viral"]
+    assert len(part) < len(studies)  # the evaluation part only
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, subtype_model.file))
+    p = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in known])]
+    assert_outputs_vary(p)
+    y = [int(s.current_subtype == "bacterial") for s in known]
+    assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
+    assert figures["threshold"] == subtype_model.subtype["threshold"]
+    assert "Subtype on the evaluation part" in out.getvalue()
+    page = _client(ada).get(reverse("site-detail", args=["clinic-s"])).content.decode()
+    assert "Subtype (bacterial against viral) on the evaluation part" in page
+    assert SUBTYPE_CAVEAT in page
