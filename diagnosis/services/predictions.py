@@ -193,12 +193,16 @@ def _run_claimed(
         results = _run_batch(predictor, batch, version, sources)
     except Exception as exc:  # the model, not an image: every prediction of the batch fails
         results = {p.pk: exc for p in batch}
+        more = 0  # and the next batch would fail alike: the tasks still queued take it
     ran = time.perf_counter()
     token = None
     with transaction.atomic():  # one commit for the batch and the next claim
         _record(batch, version, results, runtime)
         recorded = time.perf_counter()
-        if more:  # the next batch, unless another model was activated meanwhile
+        # The next batch, unless another model was activated meanwhile, or the storage did
+        # not answer (those predictions went back to pending for the sweeper: taking them
+        # again at once would only meet the outage again).
+        if more and not any(_storage_outage(r) for r in results.values()):
             token = _claim_rows(None, more, version=version)
     logger.info(
         "Batch of %d (%s): claim %.0f ms, load %.0f ms, read %.0f ms, predict %.0f ms, "
@@ -209,6 +213,10 @@ def _run_claimed(
     owed = any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch)
     following = _claimed(token) if token else []
     return following, owed, 1000 * (time.perf_counter() - recorded)
+
+
+def _storage_outage(result) -> bool:
+    return isinstance(result, Exception) and is_outage(result)
 
 
 def _owes_heatmap(result) -> bool:
@@ -402,7 +410,7 @@ def _record(batch: list[Prediction], version, results: dict, runtime: str = "") 
     now, rows, released = timezone.now(), [], []
     for prediction in batch:
         result = results[prediction.pk]
-        if prediction.pk in held and isinstance(result, Exception) and is_outage(result):
+        if prediction.pk in held and _storage_outage(result):
             released.append(prediction.pk)
         elif prediction.pk in held:
             _outcome(prediction, version, result, runtime, now)

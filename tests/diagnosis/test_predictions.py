@@ -369,13 +369,17 @@ def test_it_waits_for_a_model_then_runs_on_activation(
 
 
 def test_it_marks_a_prediction_failed_when_the_model_file_is_gone(
-    alice, xray_upload, active_model, tmp_path
+    alice, xray_upload, active_model, tmp_path, settings
 ):
     Path(settings.MEDIA_ROOT, active_model.file).unlink()
+    settings.PREDICTION_BATCH_SIZE = settings.PREDICTION_DRAIN_BATCH_SIZE = 1
     study = services.study_create(uploaded_by=alice, image=xray_upload())
+    waiting = services.study_create(uploaded_by=alice, image=xray_upload("b.jpg", seed=9))
 
     prediction = services.prediction_run(study.predictions.get().pk)
     assert prediction.status == "failed" and prediction.model_error
+    # The task drains no further: the next batch would fail alike (its own task takes it).
+    assert waiting.predictions.get().status == "pending"
     assert "The active model cannot be used" in prediction.error and "missing" in prediction.error
     assert prediction.label == "" and prediction.probability is None
 
