@@ -285,6 +285,9 @@ def s3_rows(env, worker_env, queue, e2e, local, rows, *, version, n_outage, say=
                     f"{b['drain_per_s'] / local['drain_per_s']:.2f} x the local files' drain; "
                     f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
                 ))  # fmt: skip
+                rows += drain_log_row(
+                    "worker drain, files in S3: its log", running.worker.log, b["released"]
+                )
                 if not n_outage:
                     return
                 result: dict = {}
@@ -311,13 +314,31 @@ def s3_rows(env, worker_env, queue, e2e, local, rows, *, version, n_outage, say=
             ))  # fmt: skip
 
 
+def drain_log_row(label: str, worker_log: Path, released) -> list[tuple[str, str]]:
+    """The row (none when no batch was logged) of where a held backlog's drain spent its
+    time, read from the worker's log from its release on (bench.load.drain_breakdown)."""
+    from bench.load import drain_breakdown
+
+    spent = drain_breakdown(worker_log.read_text(), released)
+    if not spent:
+        return []
+    ms = spent["ms"]
+    return [(
+        f"{label}, from the release to its last batch",
+        f"{spent['batches']} batches of {spent['mean_size']:.1f} on average; "
+        f"decoding and the forward pass {spent['predict_share']:.0%} of that time; "
+        f"per batch claim {ms['claim']:.0f} ms, read {ms['read']:.0f} ms, "
+        f"predict {ms['predict']:.0f} ms, record {ms['record']:.0f} ms",
+    )]  # fmt: skip
+
+
 def platform_rows(
     url, n_idle, n, n_backlog, c, paths, throughput, rows, *, rss, held=None, worker_log=None
 ):
     """The end-to-end rows; returns the held backlog's figures (bench.load.backlog), if any.
     `worker_log`: the worker's log file, for where the held backlog's drain spent its time."""
     from bench.load import backlog as held_backlog
-    from bench.load import bench_tokens, burst, drain_breakdown, idle, ps
+    from bench.load import bench_tokens, burst, idle, ps
 
     tokens = bench_tokens(c + 1)
     # One upload first, not measured: the worker loads the model on its first task.
@@ -349,16 +370,8 @@ def platform_rows(
             f"{_against(b['drain_per_s'], runtime, throughput)} ({runtime}); "
             f"accepted {b['accepted']}, errors {len(b['errors'])}, lost {b['lost']}",
         ))  # fmt: skip
-        spent = worker_log and drain_breakdown(worker_log.read_text(), b["released"])
-        if spent:
-            ms = spent["ms"]
-            rows.append((
-                "worker drain: its log, from the release to its last batch",
-                f"{spent['batches']} batches of {spent['mean_size']:.1f} on average; "
-                f"decoding and the forward pass {spent['predict_share']:.0%} of that time; "
-                f"per batch claim {ms['claim']:.0f} ms, read {ms['read']:.0f} ms, "
-                f"predict {ms['predict']:.0f} ms, record {ms['record']:.0f} ms",
-            ))  # fmt: skip
+        if worker_log:
+            rows += drain_log_row("worker drain: its log", worker_log, b["released"])
     else:  # the worker's pace, roughly, without a held backlog to measure it on (--url)
         rate = r["backlog_per_s"]
         rows.append((

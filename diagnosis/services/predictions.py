@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import Exists, F, Q
 from django.utils import timezone
 
@@ -138,8 +141,11 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     PREDICTION_DRAIN_SECONDS, on the next batch of the oldest pending ones (up to
     PREDICTION_DRAIN_BATCH_SIZE): a worker drains a backlog without a round trip through the
     broker between batches, and claims each next batch in the transaction that records the
-    last. Returns this task's prediction as it ended, or None when there was nothing to do
-    for it (already taken, or no active model yet)."""
+    last. While a batch runs, a helper thread records the one before it, claims the next and
+    reads its images (_Ahead), so the forward pass does not wait for the database or the
+    storage (PREDICTION_DRAIN_AHEAD); inside a caller's transaction, which that thread could
+    not see, the steps run in turn. Returns this task's prediction as it ended, or None when
+    there was nothing to do for it (already taken, or no active model yet)."""
     version = selectors.model_version_active()
     if version is None:
         logger.info("No active model; prediction %s stays pending.", prediction_id)
@@ -151,15 +157,13 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     start = time.perf_counter()
     batch = predictions_claim(prediction_id, batch_size=size)
     mine = next((p for p in batch if p.pk == prediction_id), None)
-    owes_heatmaps = False
-    claim_ms = 1000 * (time.perf_counter() - start)
+    claimed = _Claimed(batch, {"claim": 1000 * (time.perf_counter() - start)})
     # Draining a backlog, bigger batches spread the claim and record over more images.
     # Inline heatmaps keep the batch size: Grad-CAM's memory grows with the batch.
     drain = size if settings.PREDICTION_HEATMAPS == "inline" else _drain_batch_size()
-    while batch:
-        more = drain if time.monotonic() < deadline else 0
-        batch, owed, claim_ms = _run_claimed(batch, version, claim_ms, more)
-        owes_heatmaps |= owed
+    helper = settings.PREDICTION_DRAIN_AHEAD and not connection.in_atomic_block
+    with _Ahead(enabled=helper) as ahead:
+        owes_heatmaps = _drain(claimed, version, deadline, drain, ahead)
     if owes_heatmaps:
         transaction.on_commit(heatmaps_schedule)
     if mine is None:
@@ -172,47 +176,151 @@ def _drain_batch_size() -> int:
     return max(1, settings.PREDICTION_DRAIN_BATCH_SIZE or settings.PREDICTION_BATCH_SIZE)
 
 
-def _run_claimed(
-    batch: list[Prediction], version, claim_ms: float, more: int
-) -> tuple[list[Prediction], bool, float]:
-    """Run and record one claimed batch; in the same transaction claim up to `more` of the
-    oldest pending predictions, if `version` is still the active one. Returns the next batch,
-    whether this one left heatmaps owed, and the next claim's time in ms."""
+@dataclass
+class _Claimed:
+    """A claimed batch on its way: its rows, their images once read (prediction id -> bytes
+    or the exception reading raised), its results once run, and each step's milliseconds."""
+
+    rows: list[Prediction]
+    ms: dict = field(default_factory=dict)
+    sources: dict | None = None
+    results: dict | None = None
+    runtime: str = ""
+
+    def outage(self) -> bool:
+        return any(_storage_outage(r) for r in (self.sources or {}).values())
+
+
+class _Ahead:
+    """One helper thread for a drain's database and storage steps (its own connection,
+    closed at the end), or, when not `enabled`, those steps in the caller's thread."""
+
+    def __init__(self, *, enabled: bool):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="drain") if enabled else None
+
+    def __enter__(self) -> _Ahead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.submit(connections.close_all).result()
+            self.pool.shutdown()
+
+    def start(self, work, *args) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(work, *args)
+        done: Future = Future()
+        try:
+            done.set_result(work(*args))
+        except BaseException as exc:  # re-raised by .result(), as from the thread
+            done.set_exception(exc)
+        return done
+
+
+def _drain(claimed: _Claimed, version, deadline: float, drain: int, ahead: _Ahead) -> bool:
+    """Run claimed batches until none is left; returns whether any left heatmaps owed.
+
+    With a helper thread: while batch N runs, the helper records batch N-1 and, in the same
+    transaction, claims batch N+1 and reads its images. In turn (no helper): batch N is
+    recorded, then N+1 claimed, in one transaction, then read. The next batch is claimed only
+    while the drain has time, the version is still the active one (_claim_rows), and the
+    storage answered the batch now running (an outage sends its predictions back to pending
+    for the sweeper: taking more at once would only meet it again). A model that cannot run
+    ends the drain: a batch claimed meanwhile goes back to pending, with a task sent for it."""
+    pipelined = ahead.pool is not None
+    _read(claimed)
+    behind, owed = None, False
+    while claimed.rows:
+        more = drain if time.monotonic() < deadline and not claimed.outage() else 0
+        if pipelined:
+            following = ahead.start(_record_and_claim, behind, version, more)
+            model_failed = _predict(claimed, version)
+            next_claimed = following.result()
+            behind = claimed
+        else:
+            model_failed = _predict(claimed, version)
+            next_claimed = _record_and_claim(claimed, version, 0 if model_failed else more)
+        owed |= any(_owes_heatmap(r) for r in claimed.results.values())
+        if model_failed:
+            _release(next_claimed.rows)
+            break
+        claimed = next_claimed
+    if behind is not None:
+        _record_and_claim(behind, version, 0)
+    return owed
+
+
+def _read(claimed: _Claimed) -> None:
+    """Read every image of the batch in one call (parallel GETs from S3), each on its own: a
+    damaged or missing file fails alone."""
     start = time.perf_counter()
-    runtime = ""
-    loaded = read = start
+    images = read_many([p.study.image.name for p in claimed.rows])
+    claimed.sources = dict(zip([p.pk for p in claimed.rows], images, strict=True))
+    claimed.ms["read"] = 1000 * (time.perf_counter() - start)
+
+
+def _predict(claimed: _Claimed, version) -> bool:
+    """Run the batch's images (claimed.results); returns whether the model itself failed
+    (every prediction of the batch then fails with it)."""
+    start = loaded = time.perf_counter()
+    failed = False
     try:
         predictor = model_loader.predictor_for(version)
-        runtime = predictor.runtime
-        loaded = read = time.perf_counter()
-        # Every image of the batch in one read (parallel GETs from S3), each on its own: a
-        # damaged or missing file fails alone.
-        images = read_many([p.study.image.name for p in batch])
-        sources = dict(zip([p.pk for p in batch], images, strict=True))
-        read = time.perf_counter()
-        results = _run_batch(predictor, batch, version, sources)
-    except Exception as exc:  # the model, not an image: every prediction of the batch fails
-        results = {p.pk: exc for p in batch}
-        more = 0  # and the next batch would fail alike: the tasks still queued take it
-    ran = time.perf_counter()
+        claimed.runtime = predictor.runtime
+        loaded = time.perf_counter()
+        claimed.results = _run_batch(predictor, claimed.rows, version, claimed.sources)
+    except Exception as exc:  # the model, not an image
+        claimed.results = {p.pk: exc for p in claimed.rows}
+        failed = True
+    claimed.ms["load"] = 1000 * (loaded - start)
+    claimed.ms["predict"] = 1000 * (time.perf_counter() - loaded)
+    return failed
+
+
+def _record_and_claim(claimed: _Claimed | None, version, more: int) -> _Claimed:
+    """Record `claimed` (when given) and claim up to `more` of the oldest pending predictions
+    if `version` is still the active one, in one transaction; returns the next batch, its
+    images read."""
+    start = time.perf_counter()
     token = None
     with transaction.atomic():  # one commit for the batch and the next claim
-        _record(batch, version, results, runtime)
+        if claimed is not None:
+            _record(claimed.rows, version, claimed.results, claimed.runtime)
         recorded = time.perf_counter()
-        # The next batch, unless another model was activated meanwhile, or the storage did
-        # not answer (those predictions went back to pending for the sweeper: taking them
-        # again at once would only meet the outage again).
-        if more and not any(_storage_outage(r) for r in results.values()):
+        if more:
             token = _claim_rows(None, more, version=version)
+    if claimed is not None:
+        claimed.ms["record"] = 1000 * (recorded - start)
+        _log_batch(claimed)
+    following = _Claimed(_claimed(token) if token else [])
+    following.ms["claim"] = 1000 * (time.perf_counter() - recorded)
+    if following.rows:
+        _read(following)
+    return following
+
+
+def _log_batch(claimed: _Claimed) -> None:
+    ms = collections.defaultdict(float, claimed.ms)
     logger.info(
         "Batch of %d (%s): claim %.0f ms, load %.0f ms, read %.0f ms, predict %.0f ms, "
         "record %.0f ms",
-        len(batch), runtime, claim_ms, 1000 * (loaded - start), 1000 * (read - loaded),
-        1000 * (ran - read), 1000 * (recorded - ran),
+        len(claimed.rows), claimed.runtime, ms["claim"], ms["load"], ms["read"],
+        ms["predict"], ms["record"],
     )  # fmt: skip
-    owed = any(p.pk in results and _owes_heatmap(results[p.pk]) for p in batch)
-    following = _claimed(token) if token else []
-    return following, owed, 1000 * (time.perf_counter() - recorded)
+
+
+def _release(rows: list[Prediction]) -> None:
+    """Give back a batch claimed ahead but not run: pending again, its claim's attempt taken
+    back, and a task sent for it once that is committed."""
+    if not rows:
+        return
+    pks = [p.pk for p in rows]
+    with transaction.atomic():
+        Prediction.objects.filter(
+            pk__in=pks, claim=rows[0].claim, status=Prediction.Status.RUNNING
+        ).update(status=Prediction.Status.PENDING, claim="", started_at=None,
+                 attempts=F("attempts") - 1)  # fmt: skip
+        transaction.on_commit(lambda: prediction_enqueue(pks[0], covers=pks[1:]))
 
 
 def _storage_outage(result) -> bool:

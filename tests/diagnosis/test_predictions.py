@@ -154,6 +154,98 @@ def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
     assert [s.predictions.get().status for s in later] == ["done"] * 2 + ["pending"] * 4
 
 
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_helper_records_claims_and_reads_while_a_batch_runs(
+    alice, xray_upload, active_model, settings, monkeypatch
+):
+    import threading
+
+    from ml.inference import Predictor
+
+    settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 2, 30
+    settings.PREDICTION_DRAIN_BATCH_SIZE = 4
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
+    ]
+    steps = []  # (step, thread, ids) in the order they ran
+    for name in ("_record_and_claim", "_predict"):
+        step = getattr(predictions, name)
+
+        def traced(claimed, *args, step=step, name=name):
+            ids = [p.pk for p in claimed.rows] if claimed else []
+            steps.append((name, threading.current_thread().name, ids))
+            return step(claimed, *args)
+
+        monkeypatch.setattr(predictions, name, traced)
+
+    assert services.prediction_run(studies[0].predictions.get().pk).status == "done"
+    done = [s.predictions.get() for s in studies]
+    assert {p.status for p in done} == {"done"} and {p.attempts for p in done} == {1}
+    claims = [p.claim for p in done]
+    assert [len(set(claims[a:b])) for a, b in ((0, 2), (2, 6), (6, 10))] == [1, 1, 1]
+    assert len(set(claims)) == 3
+    ids = [p.pk for p in done]
+    main = threading.current_thread().name
+    # Batch N runs here while the helper records N-1 and claims N+1; the last is recorded
+    # here once it has run.
+    here = [(name, rows) for name, thread, rows in steps if thread == main]
+    helper = [(name, rows) for name, thread, rows in steps if thread != main]
+    assert here == [
+        ("_predict", ids[:2]),
+        ("_predict", ids[2:6]),
+        ("_predict", ids[6:]),
+        ("_record_and_claim", ids[6:]),
+    ]
+    assert (
+        helper
+        == [
+            ("_record_and_claim", []),  # nothing to record yet: claims the second batch
+            ("_record_and_claim", ids[:2]),  # and claims the third
+            ("_record_and_claim", ids[2:6]),  # nothing left to claim
+        ]
+    )
+    # PREDICTION_DRAIN_AHEAD off: every step in this thread, in turn.
+    settings.PREDICTION_DRAIN_AHEAD = False
+    steps.clear()
+    more = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"m{i}.jpg")) for i in range(4)
+    ]
+    services.prediction_run(more[0].predictions.get().pk)
+    assert {s.predictions.get().status for s in more} == {"done"}
+    assert [(name, thread == main) for name, thread, _ in steps] == [
+        ("_predict", True), ("_record_and_claim", True)
+    ] * 2  # fmt: skip
+
+    # The same results as one image at a time.
+    assert_outputs_vary([p.probability for p in done])
+    predictor = Predictor.from_checkpoint(Path(settings.MEDIA_ROOT, active_model.file))
+    for study, prediction in zip(studies, done, strict=True):
+        alone = predictor.predict(study.image.path)
+        assert prediction.probability == pytest.approx(alone.probability, abs=1e-5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_claimed_ahead_of_a_model_that_fails_goes_back_to_pending_with_a_task(
+    alice, xray_upload, active_model, settings, monkeypatch
+):
+    Path(settings.MEDIA_ROOT, active_model.file).unlink()
+    settings.PREDICTION_BATCH_SIZE = settings.PREDICTION_DRAIN_BATCH_SIZE = 2
+    studies = [
+        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(5)
+    ]
+    sent = []
+    monkeypatch.setattr(
+        predictions, "prediction_enqueue", lambda pk, covers=(): sent.append([pk, *covers])
+    )
+    prediction = services.prediction_run(studies[0].predictions.get().pk)
+    assert prediction.status == "failed" and prediction.model_error
+    rows = [s.predictions.get() for s in studies]
+    assert [p.status for p in rows] == ["failed", "failed", "pending", "pending", "pending"]
+    # The next batch was claimed while this one failed: given back as if never taken.
+    assert [(p.claim, p.started_at, p.attempts) for p in rows[2:]] == [("", None, 0)] * 3
+    assert sent == [[rows[2].pk, rows[3].pk]]
+
+
 def test_a_drain_ends_well_inside_the_tasks_soft_time_limit(
     alice, xray_upload, active_model, settings
 ):

@@ -127,6 +127,8 @@ def test_with_s3_it_measures_the_drain_against_local_files_and_an_outage(
     rows = table_rows(capsys.readouterr().out)
     drain = rows["worker drain, files in S3 (SeaweedFS, same machine), 3 held"]
     assert "x the local files' drain" in drain and drain.endswith("errors 0, lost 0")
+    spent = rows["worker drain, files in S3: its log, from the release to its last batch"]
+    assert " batches of " in spent and "of that time; per batch claim " in spent
     outage = rows["S3 stopped 30 s during a burst of 6 uploads"]
     figures = dict(
         part.rsplit(" ", 1) for piece in outage.split("; ") for part in piece.split(", ")
