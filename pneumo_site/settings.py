@@ -384,10 +384,12 @@ PREDICTION_DRAIN_SECONDS = envfloat("PREDICTION_DRAIN_SECONDS", "30")
 # per-batch claim and record (~20 ms) spread over more images, for more memory (README,
 # "Micro-batching").
 PREDICTION_DRAIN_BATCH_SIZE = envint("PREDICTION_DRAIN_BATCH_SIZE", "32")
-# While a drain's batch runs, a helper thread records the batch before it, claims the next
-# and reads its images (a second database connection per worker process): the forward pass
-# no longer waits for the database or the storage. false: those steps run in turn.
-PREDICTION_DRAIN_AHEAD = envbool("PREDICTION_DRAIN_AHEAD", "true")
+# While a drain's batch runs, a helper thread (a second database connection per worker
+# process) does the next steps: claims: records the batch before it and claims the next, so
+# the forward pass no longer waits for the database; reads: also reads the next batch's
+# images (for object storage far away: with the S3 server on the same cores it was slower,
+# README "Micro-batching"); off: every step in turn.
+PREDICTION_DRAIN_AHEAD = envchoice("PREDICTION_DRAIN_AHEAD", "claims", ("off", "claims", "reads"))
 
 # Each prediction also gets a Grad-CAM overlay of what drove the call (a forward and a
 # backward pass more per image, torch runtimes only). deferred: the result is recorded first

@@ -161,8 +161,8 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     # Draining a backlog, bigger batches spread the claim and record over more images.
     # Inline heatmaps keep the batch size: Grad-CAM's memory grows with the batch.
     drain = size if settings.PREDICTION_HEATMAPS == "inline" else _drain_batch_size()
-    helper = settings.PREDICTION_DRAIN_AHEAD and not connection.in_atomic_block
-    with _Ahead(enabled=helper) as ahead:
+    helper = settings.PREDICTION_DRAIN_AHEAD != "off" and not connection.in_atomic_block
+    with _Ahead(enabled=helper, reads=settings.PREDICTION_DRAIN_AHEAD == "reads") as ahead:
         owes_heatmaps = _drain(claimed, version, deadline, drain, ahead)
     if owes_heatmaps:
         transaction.on_commit(heatmaps_schedule)
@@ -192,11 +192,13 @@ class _Claimed:
 
 
 class _Ahead:
-    """One helper thread for a drain's database and storage steps (its own connection,
-    closed at the end), or, when not `enabled`, those steps in the caller's thread."""
+    """One helper thread for a drain's database steps, and its storage reads with `reads`
+    (its own connection, closed at the end), or, when not `enabled`, those steps in the
+    caller's thread."""
 
-    def __init__(self, *, enabled: bool):
+    def __init__(self, *, enabled: bool, reads: bool = False):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="drain") if enabled else None
+        self.reads = enabled and reads
 
     def __enter__(self) -> _Ahead:
         return self
@@ -221,25 +223,29 @@ def _drain(claimed: _Claimed, version, deadline: float, drain: int, ahead: _Ahea
     """Run claimed batches until none is left; returns whether any left heatmaps owed.
 
     With a helper thread: while batch N runs, the helper records batch N-1 and, in the same
-    transaction, claims batch N+1 and reads its images. In turn (no helper): batch N is
-    recorded, then N+1 claimed, in one transaction, then read. The next batch is claimed only
+    transaction, claims batch N+1 (and reads its images, with `ahead.reads`; else this
+    thread reads them before running it). In turn (no helper): batch N is recorded, then N+1
+    claimed, in one transaction, then read. The next batch is claimed only
     while the drain has time, the version is still the active one (_claim_rows), and the
     storage answered the batch now running (an outage sends its predictions back to pending
     for the sweeper: taking more at once would only meet it again). A model that cannot run
     ends the drain: a batch claimed meanwhile goes back to pending, with a task sent for it."""
     pipelined = ahead.pool is not None
-    _read(claimed)
     behind, owed = None, False
     while claimed.rows:
+        if claimed.sources is None:
+            _read(claimed)
         more = drain if time.monotonic() < deadline and not claimed.outage() else 0
         if pipelined:
-            following = ahead.start(_record_and_claim, behind, version, more)
+            following = ahead.start(_record_and_claim, behind, version, more, ahead.reads)
             model_failed = _predict(claimed, version)
             next_claimed = following.result()
             behind = claimed
         else:
             model_failed = _predict(claimed, version)
-            next_claimed = _record_and_claim(claimed, version, 0 if model_failed else more)
+            next_claimed = _record_and_claim(
+                claimed, version, 0 if model_failed else more, read=False
+            )
         owed |= any(_owes_heatmap(r) for r in claimed.results.values())
         if model_failed:
             _release(next_claimed.rows)
@@ -277,10 +283,10 @@ def _predict(claimed: _Claimed, version) -> bool:
     return failed
 
 
-def _record_and_claim(claimed: _Claimed | None, version, more: int) -> _Claimed:
+def _record_and_claim(claimed: _Claimed | None, version, more: int, read: bool = False) -> _Claimed:
     """Record `claimed` (when given) and claim up to `more` of the oldest pending predictions
     if `version` is still the active one, in one transaction; returns the next batch, its
-    images read."""
+    images read with `read`."""
     start = time.perf_counter()
     token = None
     with transaction.atomic():  # one commit for the batch and the next claim
@@ -294,7 +300,7 @@ def _record_and_claim(claimed: _Claimed | None, version, more: int) -> _Claimed:
         _log_batch(claimed)
     following = _Claimed(_claimed(token) if token else [])
     following.ms["claim"] = 1000 * (time.perf_counter() - recorded)
-    if following.rows:
+    if following.rows and read:
         _read(following)
     return following
 

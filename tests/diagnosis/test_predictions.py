@@ -155,7 +155,7 @@ def test_a_task_drains_a_backlog_batch_after_batch_and_stops_at_an_activation(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_helper_records_claims_and_reads_while_a_batch_runs(
+def test_outside_a_transaction_a_helper_records_and_claims_while_a_batch_runs(
     alice, xray_upload, active_model, settings, monkeypatch
 ):
     import threading
@@ -164,38 +164,45 @@ def test_outside_a_transaction_a_helper_records_claims_and_reads_while_a_batch_r
 
     settings.PREDICTION_BATCH_SIZE, settings.PREDICTION_DRAIN_SECONDS = 2, 30
     settings.PREDICTION_DRAIN_BATCH_SIZE = 4
-    studies = [
-        services.study_create(uploaded_by=alice, image=xray_upload(f"{i}.jpg")) for i in range(10)
-    ]
-    steps = []  # (step, thread, ids) in the order they ran
-    for name in ("_record_and_claim", "_predict"):
+    steps = []  # (step, in this thread, ids) in the order each thread ran them
+    for name in ("_record_and_claim", "_predict", "_read"):
         step = getattr(predictions, name)
 
-        def traced(claimed, *args, step=step, name=name):
+        def traced(claimed, *args, step=step, name=name, **kwargs):
             ids = [p.pk for p in claimed.rows] if claimed else []
-            steps.append((name, threading.current_thread().name, ids))
-            return step(claimed, *args)
+            steps.append((name, threading.current_thread() is threading.main_thread(), ids))
+            return step(claimed, *args, **kwargs)
 
         monkeypatch.setattr(predictions, name, traced)
 
-    assert services.prediction_run(studies[0].predictions.get().pk).status == "done"
-    done = [s.predictions.get() for s in studies]
-    assert {p.status for p in done} == {"done"} and {p.attempts for p in done} == {1}
-    claims = [p.claim for p in done]
-    assert [len(set(claims[a:b])) for a, b in ((0, 2), (2, 6), (6, 10))] == [1, 1, 1]
-    assert len(set(claims)) == 3
-    ids = [p.pk for p in done]
-    main = threading.current_thread().name
+    def drain(ahead: str, n: int = 10):
+        settings.PREDICTION_DRAIN_AHEAD = ahead
+        studies = [
+            services.study_create(uploaded_by=alice, image=xray_upload(f"{ahead}{i}.jpg"))
+            for i in range(n)
+        ]
+        steps.clear()
+        assert services.prediction_run(studies[0].predictions.get().pk).status == "done"
+        done = [s.predictions.get() for s in studies]
+        assert {p.status for p in done} == {"done"} and {p.attempts for p in done} == {1}
+        # A claim per batch: the task's two, then the oldest pending four at a time.
+        claims = [p.claim for p in done]
+        batches = [claims[:2]] + [claims[a : a + 4] for a in range(2, n, 4)]
+        assert [len(set(b)) for b in batches] == [1] * len(batches)
+        assert len(set(claims)) == len(batches)
+        here = [(name, rows) for name, main, rows in steps if main]
+        helper = [(name, rows) for name, main, rows in steps if not main]
+        return studies, done, [p.pk for p in done], here, helper
+
     # Batch N runs here while the helper records N-1 and claims N+1; the last is recorded
     # here once it has run.
-    here = [(name, rows) for name, thread, rows in steps if thread == main]
-    helper = [(name, rows) for name, thread, rows in steps if thread != main]
+    studies, done, ids, here, helper = drain("claims")
     assert here == [
-        ("_predict", ids[:2]),
-        ("_predict", ids[2:6]),
-        ("_predict", ids[6:]),
+        ("_read", ids[:2]), ("_predict", ids[:2]),
+        ("_read", ids[2:6]), ("_predict", ids[2:6]),
+        ("_read", ids[6:]), ("_predict", ids[6:]),
         ("_record_and_claim", ids[6:]),
-    ]
+    ]  # fmt: skip
     assert (
         helper
         == [
@@ -204,17 +211,23 @@ def test_outside_a_transaction_a_helper_records_claims_and_reads_while_a_batch_r
             ("_record_and_claim", ids[2:6]),  # nothing left to claim
         ]
     )
-    # PREDICTION_DRAIN_AHEAD off: every step in this thread, in turn.
-    settings.PREDICTION_DRAIN_AHEAD = False
-    steps.clear()
-    more = [
-        services.study_create(uploaded_by=alice, image=xray_upload(f"m{i}.jpg")) for i in range(4)
-    ]
-    services.prediction_run(more[0].predictions.get().pk)
-    assert {s.predictions.get().status for s in more} == {"done"}
-    assert [(name, thread == main) for name, thread, _ in steps] == [
-        ("_predict", True), ("_record_and_claim", True)
-    ] * 2  # fmt: skip
+    # reads: the helper also reads the next batch's images.
+    _, _, ids, here, helper = drain("reads")
+    assert here == [
+        ("_read", ids[:2]), ("_predict", ids[:2]), ("_predict", ids[2:6]),
+        ("_predict", ids[6:]), ("_record_and_claim", ids[6:]),
+    ]  # fmt: skip
+    assert helper == [
+        ("_record_and_claim", []), ("_read", ids[2:6]),
+        ("_record_and_claim", ids[:2]), ("_read", ids[6:]),
+        ("_record_and_claim", ids[2:6]),
+    ]  # fmt: skip
+    # off: every step in this thread, in turn.
+    _, _, ids, here, helper = drain("off", n=6)
+    assert helper == [] and here == [
+        ("_read", ids[:2]), ("_predict", ids[:2]), ("_record_and_claim", ids[:2]),
+        ("_read", ids[2:]), ("_predict", ids[2:]), ("_record_and_claim", ids[2:]),
+    ]  # fmt: skip
 
     # The same results as one image at a time.
     assert_outputs_vary([p.probability for p in done])
