@@ -209,6 +209,12 @@ def site_audit_run(
             eval_idx=eval_idx, calibration=calibration, user=user, params=adapt_params or {},
             say=say,
         )  # fmt: skip
+        # The adapted model's second question on the same evaluation part, at its own
+        # subtype threshold (None: it does not answer it).
+        metrics["adapted"]["subtype_on_eval"] = _subtype_part(
+            evaluations["eval_adapted"], [items[i] for i in eval_idx], range(len(eval_idx))
+        )
+        say(f"Adapted model: {_subtype_line(metrics['adapted']['subtype_on_eval'])}")
     try:
         audit = _store_audit(
             site=site, version=version, user=user, data_source=data_source or "reviewed studies",
@@ -274,7 +280,10 @@ def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
     return evaluate_scores([y[i] for i in idx], [scores[i] for i in idx], threshold)
 
 
-def _subtype_part(evaluation, items: list, idx: list) -> dict | None:
+def _subtype_part(evaluation, items: list, idx) -> dict | None:
+    """The subtype figures (ml.scores.evaluate_subtype) of `evaluation` on its cases `idx`
+    (`items` holds their subtypes, in the evaluation's order); None for a version that does
+    not answer the question."""
     from ml.data import subtype_of
     from ml.scores import evaluate_subtype
 

@@ -450,3 +450,64 @@ def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
     page = _client(ada).get(reverse("site-detail", args=["clinic-s"])).content.decode()
     assert "Subtype (bacterial against viral) on the evaluation part" in page
     assert SUBTYPE_CAVEAT in page
+
+
+@pytest.mark.slow
+def test_an_adapted_model_reports_its_subtype_on_the_same_evaluation_part(
+    base, rita, ada, tmp_path
+):
+    import io
+
+    from django.core.management import call_command
+
+    from diagnosis.models import Site, SiteAudit
+    from ml.inference import Predictor
+    from ml.metrics import roc_auc
+    from tests.diagnosis.conftest import QUICK
+    from tests.synthetic import write_dataset
+
+    path = make_checkpoint(
+        tmp_path / "two-heads-64.pt", seed=3, input_size=64,
+        subtype={"head": "two_heads", "threshold": 0.5},
+    )  # fmt: skip
+    services.model_version_register(path=path, name="two-heads-64", activate=True, user=SYSTEM)
+    write_dataset(tmp_path / "site", 14, size=64, seed=6, subtypes=True)
+    call_command(
+        "site_audit", "--site", "clinic-a", "--data", str(tmp_path / "site"),
+        "--import-user", "rita", stdout=io.StringIO(),
+    )  # fmt: skip
+    site = Site.objects.get(name="clinic-a")
+    out = []
+    audit = services.site_audit_run(
+        site=site, user=ada, adapt=True, echo=out.append,
+        adapt_params=QUICK | {"epochs": 2, "limit_per_class": 6, "crossfit": False},
+    )  # fmt: skip
+
+    # The candidate keeps the second question; its figures are on the audit's evaluation
+    # part, at its own subtype threshold, and equal a run of the candidate on those images.
+    candidate = audit.candidate
+    assert candidate.subtype is not None
+    figures = audit.metrics["adapted"]["subtype_on_eval"]
+    part = Study.objects.filter(pk__in=audit.metrics["calibrated"]["eval_studies"])
+    known = [s for s in part if s.current_subtype in ("bacterial", "viral")]
+    assert figures["n"]["bacterial"] + figures["n"]["viral"] == len(known) > 0
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, candidate.file))
+    p = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in known])]
+    assert_outputs_vary(p)
+    y = [int(s.current_subtype == "bacterial") for s in known]
+    assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
+    assert figures["threshold"] == candidate.subtype["threshold"]
+    # The three-way matrix: the candidate's calls at the adapted threshold, counted by hand.
+    outputs = predictor.predict_batch(
+        [s.image.path for s in part], threshold=audit.metrics["adapted"]["threshold"]
+    )
+    counted = {t: dict.fromkeys(("normal", "bacterial", "viral"), 0) for t in figures["confusion"]}
+    for study, output in zip(part, outputs, strict=True):
+        called = output.subtype if output.label == "PNEUMONIA" else "normal"
+        counted[study.current_subtype or "normal"][called] += 1
+    assert figures["confusion"] == counted
+    assert audit.metrics["calibrated"]["subtype_on_eval"]["n"] == figures["n"]
+    assert any(line.startswith("Adapted model: Subtype on the evaluation part") for line in out)
+    page = _client(ada).get(reverse("site-detail", args=["clinic-a"])).content.decode()
+    assert f"Adapted model {candidate.name}, subtype on the same evaluation part" in page
+    assert SiteAudit.objects.filter(site=site).count() == 2
