@@ -398,6 +398,22 @@ def test_a_binary_model_has_no_subtype_heatmap(active_model, alice, xray_upload)
 # A site audit
 
 
+def assert_subtype_figures_of(version, figures: dict, known: list):
+    """`figures` (subtype_on_eval) are `version`'s on the `known`-subtype studies: its AUC
+    from a run of the version on their images, at its own subtype threshold. Returns the
+    version's predictor."""
+    from ml.inference import Predictor
+    from ml.metrics import roc_auc
+
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, version.file))
+    p = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in known])]
+    assert_outputs_vary(p)
+    y = [int(s.current_subtype == "bacterial") for s in known]
+    assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
+    assert figures["threshold"] == version.subtype["threshold"]
+    return predictor
+
+
 def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
     subtype_model, rita, ada, tmp_path
 ):
@@ -407,8 +423,6 @@ def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
 
     from diagnosis.models import SiteAudit
     from ml.data import kermany_subtype
-    from ml.inference import Predictor
-    from ml.metrics import roc_auc
     from tests.synthetic import write_dataset
 
     written = write_dataset(tmp_path / "site", 14, size=96, seed=5, subtypes=True)
@@ -440,12 +454,7 @@ def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
     }
     assert figures["n"]["bacterial"] and figures["n"]["viral"]
     assert len(part) < len(studies)  # the evaluation part only
-    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, subtype_model.file))
-    p = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in known])]
-    assert_outputs_vary(p)
-    y = [int(s.current_subtype == "bacterial") for s in known]
-    assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
-    assert figures["threshold"] == subtype_model.subtype["threshold"]
+    assert_subtype_figures_of(subtype_model, figures, known)
     assert "Subtype on the evaluation part" in out.getvalue()
     page = _client(ada).get(reverse("site-detail", args=["clinic-s"])).content.decode()
     assert "Subtype (bacterial against viral) on the evaluation part" in page
@@ -461,8 +470,6 @@ def test_an_adapted_model_reports_its_subtype_on_the_same_evaluation_part(
     from django.core.management import call_command
 
     from diagnosis.models import Site, SiteAudit
-    from ml.inference import Predictor
-    from ml.metrics import roc_auc
     from tests.diagnosis.conftest import QUICK
     from tests.synthetic import write_dataset
 
@@ -491,12 +498,7 @@ def test_an_adapted_model_reports_its_subtype_on_the_same_evaluation_part(
     part = Study.objects.filter(pk__in=audit.metrics["calibrated"]["eval_studies"])
     known = [s for s in part if s.current_subtype in ("bacterial", "viral")]
     assert figures["n"]["bacterial"] + figures["n"]["viral"] == len(known) > 0
-    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, candidate.file))
-    p = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in known])]
-    assert_outputs_vary(p)
-    y = [int(s.current_subtype == "bacterial") for s in known]
-    assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
-    assert figures["threshold"] == candidate.subtype["threshold"]
+    predictor = assert_subtype_figures_of(candidate, figures, known)
     # The three-way matrix: the candidate's calls at the adapted threshold, counted by hand.
     outputs = predictor.predict_batch(
         [s.image.path for s in part], threshold=audit.metrics["adapted"]["threshold"]
