@@ -193,8 +193,8 @@ class _Claimed:
 
 class _Ahead:
     """One helper thread for a drain's database steps, and its storage reads with `reads`
-    (its own connection, closed at the end), or, when not `enabled`, those steps in the
-    caller's thread."""
+    (its own connection, closed at the end); not `enabled`: none, and _drain runs those
+    steps in turn in the caller's thread."""
 
     def __init__(self, *, enabled: bool, reads: bool = False):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="drain") if enabled else None
@@ -209,14 +209,8 @@ class _Ahead:
             self.pool.shutdown()
 
     def start(self, work, *args) -> Future:
-        if self.pool is not None:
-            return self.pool.submit(work, *args)
-        done: Future = Future()
-        try:
-            done.set_result(work(*args))
-        except BaseException as exc:  # re-raised by .result(), as from the thread
-            done.set_exception(exc)
-        return done
+        """Run `work(*args)` on the helper thread (only when `enabled`)."""
+        return self.pool.submit(work, *args)
 
 
 def _drain(claimed: _Claimed, version, deadline: float, drain: int, ahead: _Ahead) -> bool:
