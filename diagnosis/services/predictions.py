@@ -141,9 +141,9 @@ def prediction_run(prediction_id: int) -> Prediction | None:
     PREDICTION_DRAIN_SECONDS, on the next batch of the oldest pending ones (up to
     PREDICTION_DRAIN_BATCH_SIZE): a worker drains a backlog without a round trip through the
     broker between batches, and claims each next batch in the transaction that records the
-    last. While a batch runs, a helper thread records the one before it, claims the next and
-    reads its images (_Ahead), so the forward pass does not wait for the database or the
-    storage (PREDICTION_DRAIN_AHEAD); inside a caller's transaction, which that thread could
+    last. While a batch runs, a helper thread records the one before it and claims the next
+    (and with PREDICTION_DRAIN_AHEAD=reads reads its images), so the forward pass does not
+    wait for the database (_Ahead); inside a caller's transaction, which that thread could
     not see, the steps run in turn. Returns this task's prediction as it ended, or None when
     there was nothing to do for it (already taken, or no active model yet)."""
     version = selectors.model_version_active()
@@ -237,9 +237,7 @@ def _drain(claimed: _Claimed, version, deadline: float, drain: int, ahead: _Ahea
             behind = claimed
         else:
             model_failed = _predict(claimed, version)
-            next_claimed = _record_and_claim(
-                claimed, version, 0 if model_failed else more, read=False
-            )
+            next_claimed = _record_and_claim(claimed, version, 0 if model_failed else more)
         owed |= any(_owes_heatmap(r) for r in claimed.results.values())
         if model_failed:
             _release(next_claimed.rows)
