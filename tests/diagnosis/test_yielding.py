@@ -68,10 +68,9 @@ def test_it_waits_while_a_prediction_runs_and_says_so(transactional_db, predicti
     waited = time.monotonic() - started
     worker.join()
     assert waited >= 0.5 and policy.pauses == 1
-    assert "paused 0." in capsys.readouterr().out
-    started = time.monotonic()
-    policy()  # nothing runs now: no wait
-    assert time.monotonic() - started < 0.2 and policy.pauses == 1
+    assert "s for predictions; 1 pauses" in capsys.readouterr().out
+    policy()  # nothing runs now: no pause (counted and logged, not timed: no wall-time bound)
+    assert policy.pauses == 1 and capsys.readouterr().out == ""
 
 
 def test_a_prediction_just_enqueued_counts_and_a_stale_one_does_not(db, prediction):
@@ -86,7 +85,9 @@ def test_a_prediction_just_enqueued_counts_and_a_stale_one_does_not(db, predicti
     Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.RUNNING)
     started = time.monotonic()
     policy()  # a prediction that never ends holds training back max_pause at most
-    assert 0.3 <= time.monotonic() - started < 1.0
+    # it returned although the prediction still runs; the bound is loose, the point is that
+    # it returns (a broken max_pause would hold the test for the prediction's whole run)
+    assert 0.3 <= time.monotonic() - started < 5.0 and policy.pauses == 1
 
 
 def test_it_can_be_turned_off(settings, capsys):
