@@ -55,6 +55,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     min_sensitivity: float = 0.95
     subtype_head: str = "auto"
+    subtype_loss_weight: float = 1.0
     seed: int = 0
     threads: int = 0
     workers: int = 0
@@ -72,6 +73,10 @@ class TrainConfig:
             raise ValueError(
                 f"subtype_head must be one of {', '.join(SUBTYPE_HEAD_CHOICES)}, got "
                 f"{self.subtype_head!r}"
+            )
+        if not self.subtype_loss_weight > 0:
+            raise ValueError(
+                f"subtype_loss_weight must be positive, got {self.subtype_loss_weight!r}"
             )
         if self.pretrained not in PRETRAINED_CHOICES:
             raise ValueError(
@@ -263,6 +268,13 @@ def get_args_parser(add_help: bool = True, *, source: bool = True) -> argparse.A
         f"{DEFAULT_SUBTYPE_HEAD} when training and validation hold both subtypes, else trains "
         "a binary model; none: binary; with --init-checkpoint the model's own "
         "(default: %(default)s)",
+    )
+    add(
+        "--subtype-loss-weight",
+        default=default("subtype_loss_weight"),
+        type=float,
+        help="the subtype question's share of the loss against the pneumonia question's "
+        '(default: %(default)s, both equal; ml/README.md "Bacterial or viral" measures 3)',
     )
     add(
         "--seed",

@@ -208,7 +208,11 @@ def main(config: TrainConfig) -> Path:
         weights,
         label_smoothing=config.label_smoothing,
         head=head,
-        subtype_weights=_subtype_weights(train_loader.dataset.subtypes) if head else None,
+        subtype_weights=subtype_loss_weights(
+            train_loader.dataset.subtypes, config.subtype_loss_weight
+        )
+        if head
+        else None,
     )
     # The head is what training needs; the subtype threshold is chosen after it (0.5 here).
     subtype = SubtypeQuestion(head, 0.5) if head else None
@@ -243,9 +247,10 @@ def main(config: TrainConfig) -> Path:
     )
 
 
-def _subtype_weights(subtypes: list[int]) -> torch.Tensor:
-    """(viral, bacterial) weights, each subtype contributing equally (as class_weights)."""
-    return class_weights([s for s in subtypes if s != NO_SUBTYPE], 2)
+def subtype_loss_weights(subtypes: list[int], scale: float = 1.0) -> torch.Tensor:
+    """(viral, bacterial) weights, each subtype contributing equally (as class_weights), times
+    `scale`: the subtype question's share of the loss against the pneumonia question's."""
+    return scale * class_weights([s for s in subtypes if s != NO_SUBTYPE], 2)
 
 
 def _subtype_answer(

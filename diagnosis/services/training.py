@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 TRAIN_FLAGS = (
     "recipe", "arch", "img_size", "freeze_epochs", "epochs", "batch_size", "lr", "lr_mult",
     "lr_find_iters", "weight_decay", "label_smoothing", "min_sensitivity", "seed", "threads",
-    "device",
+    "device", "subtype_loss_weight",
 )  # fmt: skip
 # Continuing from the active model needs less than a fresh fit: one frozen epoch re-fits the
 # head to the new pool (the fastai order), three unfrozen ones adapt the body.

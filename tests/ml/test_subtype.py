@@ -129,6 +129,39 @@ def test_the_three_class_loss_is_the_softmax_cross_entropy_and_unknowns_teach_pn
     torch.testing.assert_close(gap, -torch.log(p_bacterial / p_pneumonia) / 6)
 
 
+def test_the_subtype_loss_weight_scales_the_subtype_term_only():
+    from ml.config import TrainConfig, get_args_parser
+    from ml.train import subtype_loss_weights
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 3, generator=g)
+    targets = torch.tensor([0, 1, 1, 1, 0, 1])
+    subtypes = torch.tensor([NO_SUBTYPE, 1, 0, 1, NO_SUBTYPE, 0])
+    unknown = torch.full_like(subtypes, NO_SUBTYPE)  # the pneumonia question alone
+    known = [1, 0, 1, 0, 1, 1, 1]  # 5 bacterial, 2 viral: the rarer subtype weighs more
+    one, three = subtype_loss_weights(known, 1.0), subtype_loss_weights(known, 3.0)
+    assert one[0] > one[1]
+    torch.testing.assert_close(three, 3 * one)
+
+    def loss(weights, s):
+        return QuestionsLoss(torch.ones(2), head="two_heads", subtype_weights=weights)(
+            logits, targets, None, s
+        )
+
+    pneumonia = loss(one, unknown)
+    torch.testing.assert_close(loss(three, unknown), pneumonia)
+    torch.testing.assert_close(
+        loss(three, subtypes) - pneumonia, 3 * (loss(one, subtypes) - pneumonia)
+    )
+
+    args = get_args_parser().parse_args(["--data", "d", "--subtype-loss-weight", "3"])
+    assert TrainConfig.from_args(args).subtype_loss_weight == 3.0
+    assert TrainConfig(data="d").subtype_loss_weight == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="subtype_loss_weight must be positive"):
+            TrainConfig(data="d", subtype_loss_weight=bad)
+
+
 def test_a_binary_head_ignores_subtype_targets():
     logits = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([0, 1, 1, 0])
