@@ -292,7 +292,10 @@ class SiteAuditAdmin(AuditTrailAdmin):
 class SiteThresholdAdmin(AuditTrailAdmin):
     """Read-only: a site threshold is activated on the site page, the API or the command."""
 
-    list_display = ["created_at", "site", "model_version", "threshold", "created_by", "reason"]
+    list_display = [
+        "created_at", "site", "model_version", "threshold", "subtype_threshold", "created_by",
+        "reason",
+    ]  # fmt: skip
     list_filter = ["site"]
 
 

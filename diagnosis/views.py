@@ -429,8 +429,13 @@ def site_threshold_activate(request, name: str):
         messages.error(request, str(exc))
     else:
         decides = "the version's own" if row.threshold is None else f"{row.threshold:.4f}"
+        subtype = (
+            ""
+            if row.subtype_threshold is None
+            else f" (subtype threshold {row.subtype_threshold:.4f})"
+        )
         messages.success(
-            request, f"{decides} threshold decides at {name} for {audit.model_version}."
+            request, f"{decides} threshold{subtype} decides at {name} for {audit.model_version}."
         )
     return redirect("site-detail", name=name)
 

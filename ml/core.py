@@ -8,6 +8,7 @@ Runtime) imports only this, which keeps it to a fraction of a torch process's me
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -62,6 +63,10 @@ class SubtypeQuestion:
             )
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"subtype threshold must be within [0, 1], got {self.threshold}")
+
+    def at(self, threshold: float | None) -> SubtypeQuestion:
+        """The same question decided at `threshold` (a site's own), or as recorded (None)."""
+        return self if threshold is None else dataclasses.replace(self, threshold=threshold)
 
     def label(self, p_bacterial: float, threshold: float | None = None) -> str:
         t = self.threshold if threshold is None else threshold

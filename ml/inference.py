@@ -97,14 +97,21 @@ class Predictor:
     def positive_probabilities(self, x: torch.Tensor) -> list[float]:
         return self.answers(x)[0]
 
-    def _predictions(self, x: torch.Tensor, threshold: float, start: float) -> list[Prediction]:
+    def _predictions(
+        self,
+        x: torch.Tensor,
+        threshold: float,
+        start: float,
+        subtype_threshold: float | None = None,
+    ) -> list[Prediction]:
         """Predictions of inputs x; each elapsed_ms an equal share of the time since start."""
         probabilities, bacterial = self.answers(x)
+        subtype = self.meta.subtype and self.meta.subtype.at(subtype_threshold)
         return make_predictions(
             probabilities, bacterial, threshold=threshold,
             labels=(self._negative_label, self.meta.positive_class),
             elapsed_ms=(time.perf_counter() - start) * 1000.0 / len(probabilities),
-            subtype=self.meta.subtype,
+            subtype=subtype,
         )  # fmt: skip
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:
@@ -118,15 +125,20 @@ class Predictor:
         return torch.stack(load_each(sources, self._load))
 
     def predict_batch(
-        self, sources: Sequence[ImageSource], *, threshold: float | None = None
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        threshold: float | None = None,
+        subtype_threshold: float | None = None,
     ) -> list[Prediction]:
         """One forward pass for all images; each elapsed_ms is an equal share of the batch's
-        decoding, preprocessing and forward pass."""
+        decoding, preprocessing and forward pass. `threshold` and `subtype_threshold` (a
+        site's own) replace the checkpoint's; a binary model ignores the second."""
         t = self._threshold(threshold)
         if not sources:
             return []
         start = time.perf_counter()
-        return self._predictions(self.inputs(sources), t, start)
+        return self._predictions(self.inputs(sources), t, start, subtype_threshold)
 
     def explain(
         self, source: ImageSource, *, threshold: float | None = None

@@ -90,7 +90,11 @@ class OnnxPredictor:
         return self.answers(x)[0]
 
     def predict_batch(
-        self, sources: Sequence[ImageSource], *, threshold: float | None = None
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        threshold: float | None = None,
+        subtype_threshold: float | None = None,
     ) -> list[Prediction]:
         t = self.threshold if threshold is None else float(threshold)
         if not sources:
@@ -100,7 +104,7 @@ class OnnxPredictor:
         return make_predictions(
             probabilities, bacterial, threshold=t, labels=self._labels,
             elapsed_ms=(time.perf_counter() - start) * 1000.0 / len(sources),
-            subtype=self.subtype,
+            subtype=self.subtype and self.subtype.at(subtype_threshold),
         )  # fmt: skip
 
     def predict(self, source: ImageSource, *, threshold: float | None = None) -> Prediction:

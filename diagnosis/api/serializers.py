@@ -335,8 +335,8 @@ class SiteThresholdOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SiteThreshold
-        fields = ["id", "site", "model_version", "threshold", "audit", "created_by", "reason",
-                  "created_at"]  # fmt: skip
+        fields = ["id", "site", "model_version", "threshold", "subtype_threshold", "audit",
+                  "created_by", "reason", "created_at"]  # fmt: skip
 
 
 class SiteAuditOutputSerializer(serializers.ModelSerializer):

@@ -44,6 +44,11 @@ class SiteDetailApi(APIView):
                 "active_model": serializers.CharField(allow_null=True),
                 "threshold_in_force": serializers.FloatField(allow_null=True),
                 "threshold_source": serializers.CharField(allow_null=True),
+                "subtype_threshold_in_force": serializers.FloatField(
+                    allow_null=True,
+                    help_text="on P(bacterial | pneumonia): the site's, else the version's; "
+                    "null when the active version does not answer the subtype",
+                ),
                 "audits": SiteAuditOutputSerializer(many=True),
                 "thresholds": SiteThresholdOutputSerializer(many=True),
             },
@@ -59,6 +64,11 @@ class SiteDetailApi(APIView):
             threshold, source = in_force.threshold, f"site {site.name}"
         elif active is not None:
             threshold, source = active.threshold, "model version"
+        subtype_threshold = None
+        if active is not None and active.subtype:
+            subtype_threshold = active.subtype["threshold"]
+            if in_force is not None and in_force.subtype_threshold is not None:
+                subtype_threshold = in_force.subtype_threshold
         audits = selectors.site_audits(site)
         history = selectors.site_threshold_history(site)
         return Response(
@@ -67,6 +77,7 @@ class SiteDetailApi(APIView):
                 "active_model": active.name if active else None,
                 "threshold_in_force": threshold,
                 "threshold_source": source,
+                "subtype_threshold_in_force": subtype_threshold,
                 "audits": SiteAuditOutputSerializer(audits, many=True).data,
                 "thresholds": SiteThresholdOutputSerializer(history, many=True).data,
             }
@@ -86,7 +97,8 @@ class SiteThresholdActivateApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: SiteThresholdOutputSerializer},
-        summary="Put an audit's calibrated threshold in force at the site (admins; audited)",
+        summary="Put an audit's calibrated thresholds (pneumonia, and subtype where it has one) in "
+        "force at the site (admins; audited)",
     )
     def post(self, request, name: str):
         site = _site(name)

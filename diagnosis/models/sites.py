@@ -79,6 +79,8 @@ class SiteThreshold(models.Model):
         "diagnosis.ModelVersion", on_delete=models.CASCADE, related_name="site_thresholds"
     )
     threshold = models.FloatField(null=True, blank=True)
+    # On P(bacterial | pneumonia), for a version that answers the subtype; null: the version's.
+    subtype_threshold = models.FloatField(null=True, blank=True)
     audit = models.ForeignKey(
         SiteAudit, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -93,4 +95,6 @@ class SiteThreshold(models.Model):
 
     def __str__(self) -> str:
         value = "the version's own" if self.threshold is None else f"{self.threshold:.4f}"
+        if self.subtype_threshold is not None:
+            value += f", subtype {self.subtype_threshold:.4f}"
         return f"{self.site} / {self.model_version}: {value}"

@@ -429,26 +429,30 @@ def _heatmaps(predictor, sources: list) -> tuple[list, list]:
 def _run_batch(predictor, batch: list[Prediction], version, sources: dict) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap, site threshold) or the
     exception for that image (_record); `sources`: prediction id -> the image's bytes, or the
-    exception reading it raised. Each study's site threshold decides, where one is in force
-    for the version; the version's own otherwise. A batch from several such sites runs a
-    pass per threshold."""
+    exception reading it raised. Each study's site thresholds decide (the pneumonia one and,
+    for a version that answers it, the subtype one), where in force for the version; the
+    version's own otherwise. A batch from several such sites runs a pass per threshold row."""
     in_force = selectors.site_thresholds_in_force(version, {p.study.site_id for p in batch})
     groups: dict = {}
     for prediction in batch:
         groups.setdefault(in_force.get(prediction.study.site_id), []).append(prediction)
     results = {}
     for site_threshold, group in groups.items():
-        threshold = None if site_threshold is None else site_threshold.threshold
-        for pk, result in _run_group(predictor, group, threshold, sources).items():
+        thresholds = (None, None)
+        if site_threshold is not None:
+            thresholds = (site_threshold.threshold, site_threshold.subtype_threshold)
+        for pk, result in _run_group(predictor, group, thresholds, sources).items():
             ok = not isinstance(result, Exception)
             results[pk] = (*result, site_threshold) if ok else result
     return results
 
 
-def _run_group(predictor, batch: list[Prediction], threshold: float | None, read: dict) -> dict:
+def _run_group(predictor, batch: list[Prediction], thresholds: tuple, read: dict) -> dict:
     """prediction id -> (ml Prediction, heatmap, subtype heatmap) or the exception for that
-    image; `read`: prediction id -> its image's bytes or the exception reading it raised.
-    The images run as one batch."""
+    image; `read`: prediction id -> its image's bytes or the exception reading it raised;
+    `thresholds`: (pneumonia, subtype), each None for the version's own. The images run as
+    one batch."""
+    threshold, subtype_threshold = thresholds
     results, sources, ready = {}, [], []
     for prediction in batch:
         if isinstance(read[prediction.pk], Exception):
@@ -463,7 +467,9 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None, read
         explains = settings.PREDICTION_HEATMAPS != "off" and hasattr(predictor, "heatmaps")
         if explains and settings.PREDICTION_HEATMAPS == "inline":
             if _answers_subtype(predictor):  # one Grad-CAM pass explains both questions
-                made = predictor.predict_batch(sources, threshold=threshold)
+                made = predictor.predict_batch(
+                    sources, threshold=threshold, subtype_threshold=subtype_threshold
+                )
                 explained = list(zip(made, *_heatmaps(predictor, sources), strict=True))
             else:
                 explained = [(r, o, None) for r, o in
@@ -475,7 +481,9 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None, read
         else:  # deferred: "" marks the heatmaps as owed (heatmaps_draw)
             outputs = [
                 (r, "" if explains else None, None)
-                for r in predictor.predict_batch(sources, threshold=threshold)
+                for r in predictor.predict_batch(
+                    sources, threshold=threshold, subtype_threshold=subtype_threshold
+                )
             ]
     except Exception as exc:
         from ml.core import ImageDecodeError
@@ -485,7 +493,7 @@ def _run_group(predictor, batch: list[Prediction], threshold: float | None, read
         # One image the batch could not decode: run each alone, so only that one fails.
         for prediction in ready:
             try:
-                results[prediction.pk] = _run_group(predictor, [prediction], threshold, read)[
+                results[prediction.pk] = _run_group(predictor, [prediction], thresholds, read)[
                     prediction.pk
                 ]
             except Exception as single:

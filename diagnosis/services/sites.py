@@ -187,9 +187,15 @@ def site_audit_run(
     }
     before = _evaluate_part(y, scores, eval_idx, threshold)
     metrics["calibrated"]["in_force_on_eval"] = audit_figures(before)
-    # The second question on the same evaluation part, at the version's subtype threshold
-    # (None: the version does not answer it).
-    metrics["calibrated"]["subtype_on_eval"] = _subtype_part(audit_eval, items, eval_idx)
+    # The second question on the same evaluation part, at the subtype threshold in force
+    # there (the site's, else the version's; None: the version does not answer it).
+    metrics["calibrated"]["subtype_on_eval"] = _subtype_part(
+        audit_eval, items, eval_idx, in_force.subtype_threshold if in_force else None
+    )
+    # ... and at a subtype threshold of the site's own, chosen on the calibration part only.
+    metrics["calibrated"]["subtype_calibrated"] = _subtype_calibrated(
+        audit_eval, items, cal_idx, eval_idx
+    )
     evaluations = {
         "": audit_eval,
         "eval_in_force": before,
@@ -202,6 +208,8 @@ def site_audit_run(
         f"threshold in force {threshold:.4f}: {before.sensitivity:.3f} / {before.specificity:.3f})"
     )
     say(_subtype_line(metrics["calibrated"]["subtype_on_eval"]))
+    if metrics["calibrated"]["subtype_calibrated"] is not None:
+        say(_subtype_calibrated_line(metrics["calibrated"]["subtype_calibrated"]))
     candidate = None
     if adapt:
         candidate, metrics["adapted"], evaluations["eval_adapted"] = site_adapt(
@@ -280,10 +288,12 @@ def _evaluate_part(y: list, scores: list, idx: list, threshold: float):
     return evaluate_scores([y[i] for i in idx], [scores[i] for i in idx], threshold)
 
 
-def _subtype_part(evaluation, items: list, idx) -> dict | None:
+def _subtype_part(
+    evaluation, items: list, idx, subtype_threshold: float | None = None
+) -> dict | None:
     """The subtype figures (ml.scores.evaluate_subtype) of `evaluation` on its cases `idx`
-    (`items` holds their subtypes, in the evaluation's order); None for a version that does
-    not answer the question."""
+    (`items` holds their subtypes, in the evaluation's order) at `subtype_threshold` (None:
+    the version's own); None for a version that does not answer the question."""
     from ml.data import subtype_of
     from ml.scores import evaluate_subtype
 
@@ -292,9 +302,57 @@ def _subtype_part(evaluation, items: list, idx) -> dict | None:
     part = evaluate_subtype(
         [evaluation.y_true[i] for i in idx], [subtype_of(items[i]) for i in idx],
         [evaluation.scores[i] for i in idx], [evaluation.p_bacterial[i] for i in idx],
-        threshold=evaluation.threshold, subtype_threshold=evaluation.subtype.threshold,
+        threshold=evaluation.threshold,
+        subtype_threshold=evaluation.subtype.threshold
+        if subtype_threshold is None
+        else subtype_threshold,
     )  # fmt: skip
     return part.to_dict()
+
+
+def _subtype_calibrated(evaluation, items: list, cal_idx: list, eval_idx: list) -> dict | None:
+    """A subtype threshold of the site's own and what it gives on the evaluation part: the
+    rule ml.train uses on validation (Youden's J on the pneumonias of known subtype, both
+    errors counted alike), applied to the calibration part's pneumonias only. None for a
+    version that does not answer the question; no threshold (and why) when the calibration
+    part lacks one of the subtypes."""
+    from ml.data import subtype_of
+    from ml.metrics import youden_threshold
+    from ml.scores import evaluate_subtype
+
+    if evaluation.subtype is None:
+        return None
+    known = [
+        i for i in cal_idx
+        if evaluation.y_true[i] and subtype_of(items[i]) in ("bacterial", "viral")
+    ]  # fmt: skip
+    truth = [int(subtype_of(items[i]) == "bacterial") for i in known]
+    n_cal = {"bacterial": sum(truth), "viral": len(truth) - sum(truth)}
+    base = {"rule": "youden", "n_cal": n_cal, "version_threshold": evaluation.subtype.threshold}
+    if not n_cal["bacterial"] or not n_cal["viral"]:
+        return base | {"threshold": None, "why": "the calibration part needs both subtypes"}
+    threshold = youden_threshold(truth, [evaluation.p_bacterial[i] for i in known])
+    part = evaluate_subtype(
+        [evaluation.y_true[i] for i in eval_idx], [subtype_of(items[i]) for i in eval_idx],
+        [evaluation.scores[i] for i in eval_idx], [evaluation.p_bacterial[i] for i in eval_idx],
+        threshold=evaluation.threshold, subtype_threshold=threshold,
+    )  # fmt: skip
+    return part.to_dict() | base
+
+
+def _subtype_calibrated_line(subtype: dict) -> str:
+    n = subtype["n_cal"]
+    if subtype["threshold"] is None:
+        return (
+            f"Subtype threshold not calibrated: the calibration part has {n['bacterial']} "
+            f"bacterial and {n['viral']} viral pneumonias of known subtype; it needs both."
+        )
+    return (
+        f"Subtype threshold calibrated (Youden's J on {n['bacterial']} bacterial and "
+        f"{n['viral']} viral calibration pneumonias): {subtype['threshold']:.4f}; on the "
+        f"evaluation part sensitivity {subtype['sensitivity']:.3f}, specificity "
+        f"{subtype['specificity']:.3f}, accuracy {subtype['accuracy']:.3f}"
+    )
 
 
 def _subtype_line(subtype: dict | None) -> str:
@@ -308,7 +366,7 @@ def _subtype_line(subtype: dict | None) -> str:
         )
     return (
         f"Subtype on the evaluation part ({n['bacterial']} bacterial, {n['viral']} viral, "
-        f"{n['unknown']} unknown): AUC {subtype['auc']:.3f}; at the version's subtype threshold "
+        f"{n['unknown']} unknown): AUC {subtype['auc']:.3f}; at the subtype threshold in force "
         f"{subtype['threshold']:.4f} sensitivity {subtype['sensitivity']:.3f}, specificity "
         f"{subtype['specificity']:.3f}"
     )

@@ -278,6 +278,12 @@ def test_the_site_page_shows_the_audit_and_the_threshold_in_force(real_audit, ad
     body = api_client_for(ada).get(reverse("api:site-detail", args=[audit.site.name])).json()
     assert body["threshold_source"] == "site hospital-b"
     assert body["threshold_in_force"] == audit.metrics["calibrated"]["threshold"]
+    # A binary version: no subtype threshold anywhere.
+    assert audit.metrics["calibrated"]["subtype_calibrated"] is None
+    assert body["subtype_threshold_in_force"] is None
+    assert body["thresholds"][0]["subtype_threshold"] is None
+    assert "and subtype threshold" not in html and "Subtype threshold calibrated" not in html
+    assert "Subtype (bacterial at or above" not in html
     assert set(body["audits"][0]["plots"]) == set(audit.plots)
     assert client.get(body["audits"][0]["plots"]["roc"]).status_code == 200
 

@@ -4,6 +4,7 @@ radiologists, used by retraining and by the gate; and said what it is not."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from pathlib import Path
 
@@ -454,11 +455,107 @@ def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
     }
     assert figures["n"]["bacterial"] and figures["n"]["viral"]
     assert len(part) < len(studies)  # the evaluation part only
-    assert_subtype_figures_of(subtype_model, figures, known)
+    predictor = assert_subtype_figures_of(subtype_model, figures, known)
     assert "Subtype on the evaluation part" in out.getvalue()
+
+    # A subtype threshold of the site's own: Youden's J on the calibration part's pneumonias
+    # (a run of the model on their images), judged on the evaluation part only.
+    from ml.metrics import sensitivity_specificity, youden_threshold
+
+    def bacterial(group):
+        y = [int(s.current_subtype == "bacterial") for s in group]
+        return y, [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in group])]
+
+    calibrated = audit.metrics["calibrated"]["subtype_calibrated"]
+    cal = [
+        s for s in studies.values()
+        if s.pk in audit.metrics["calibrated"]["cal_studies"] and s.current_subtype
+    ]  # fmt: skip
+    y_cal, p_cal = bacterial(cal)
+    assert calibrated["n_cal"] == {"bacterial": sum(y_cal), "viral": len(y_cal) - sum(y_cal)}
+    assert calibrated["threshold"] == pytest.approx(youden_threshold(y_cal, p_cal), abs=1e-9)
+    assert calibrated["version_threshold"] == figures["threshold"] != calibrated["threshold"]
+    y_eval, p_eval = bacterial(known)
+    at_site = sensitivity_specificity(y_eval, p_eval, calibrated["threshold"])
+    assert (calibrated["sensitivity"], calibrated["specificity"]) == pytest.approx(at_site)
+    assert calibrated["n"] == figures["n"] and calibrated["auc"] == figures["auc"]
+    assert "Subtype threshold calibrated (Youden's J on" in out.getvalue()
+
     page = _client(ada).get(reverse("site-detail", args=["clinic-s"])).content.decode()
     assert "Subtype (bacterial against viral) on the evaluation part" in page
+    assert "Subtype threshold calibrated for this site" in page
+    assert f"and subtype threshold {calibrated['threshold']:.4f}" in page  # the button
     assert SUBTYPE_CAVEAT in page
+
+    # Put in force, the audit's thresholds both decide at the site; restoring clears both.
+    row = services.site_threshold_from_audit(audit=audit, user=ada)
+    assert row.subtype_threshold == calibrated["threshold"]
+    assert row.threshold == audit.metrics["calibrated"]["threshold"]
+    assert "subtype: youden rule" in row.reason
+    site = api_client_for(ada).get(reverse("api:site-detail", args=["clinic-s"])).json()
+    assert site["subtype_threshold_in_force"] == calibrated["threshold"]
+    assert site["thresholds"][0]["subtype_threshold"] == calibrated["threshold"]
+    # The next audit measures the subtype at the threshold now in force there.
+    again = services.site_audit_run(site=audit.site, user=ada)
+    assert again.metrics["calibrated"]["subtype_on_eval"]["threshold"] == calibrated["threshold"]
+    restored = services.site_threshold_from_audit(audit=audit, user=ada, restore=True)
+    assert (restored.threshold, restored.subtype_threshold) == (None, None)
+    site = api_client_for(ada).get(reverse("api:site-detail", args=["clinic-s"])).json()
+    assert site["subtype_threshold_in_force"] == subtype_model.subtype["threshold"]
+
+
+def test_a_sites_subtype_threshold_decides_its_predictions_only(
+    subtype_model, checkpoint_path, alice, ada, xray_upload, settings
+):
+    from ml.inference import Predictor
+
+    settings.PREDICTION_BATCH_SIZE = 16
+    site = services.site_get_or_create(name="clinic-t")
+    labels = ["PNEUMONIA", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"]
+    uploads = [xray_upload(f"t{i}.jpg", label=label) for i, label in enumerate(labels)]
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, subtype_model.file))
+    p = [r.p_bacterial for r in predictor.predict_batch([u.read() for u in uploads])]
+    assert_outputs_vary(p, min_spread=1e-4)
+    # A threshold between two of the scores that calls a different number bacterial than
+    # the version's own 0.5 does, so the site's threshold visibly decides.
+    ranked = sorted(set(p))
+    cuts = [(a + b) / 2 for a, b in itertools.pairwise(ranked)]
+    own = sum(v >= 0.5 for v in p)
+    cut = next(c for c in cuts if sum(v >= c for v in p) != own)
+    services.site_threshold_activate(
+        site=site, version=subtype_model, threshold=0.3, subtype_threshold=cut, user=ada
+    )
+    for upload in uploads:
+        upload.seek(0)
+    there = [services.study_create(uploaded_by=alice, image=u, site=site) for u in uploads]
+    here = services.study_create(uploaded_by=alice, image=xray_upload("h.jpg", label="PNEUMONIA"))
+    services.prediction_run(there[0].predictions.get().pk)  # one claim takes all seven
+    ours = here.predictions.get()
+    assert ours.subtype_threshold == 0.5  # the default site: the version's own
+    assert ours.subtype == ("bacterial" if ours.p_bacterial >= 0.5 else "viral")
+    theirs = [s.predictions.get() for s in there]
+    assert [t.p_bacterial for t in theirs] == pytest.approx(p, abs=1e-6)
+    for t in theirs:
+        assert t.subtype_threshold == cut and t.claim == ours.claim
+        assert t.subtype == ("bacterial" if t.p_bacterial >= cut else "viral")
+        assert t.threshold == 0.3 and t.label == ("PNEUMONIA" if t.probability >= 0.3 else "NORMAL")
+    assert sum(t.subtype == "bacterial" for t in theirs) != own
+
+    # Only a version that answers the subtype takes one; nothing is written otherwise.
+    binary = services.model_version_register(path=checkpoint_path, name="binary", user=SYSTEM)
+    with pytest.raises(ValueError, match="does not answer the subtype"):
+        services.site_threshold_activate(
+            site=site, version=binary, threshold=0.4, subtype_threshold=0.5, user=ada
+        )
+    with pytest.raises(ValueError, match="within"):
+        services.site_threshold_activate(
+            site=site, version=subtype_model, threshold=0.3, subtype_threshold=1.5, user=ada
+        )
+    with pytest.raises(ValueError, match="goes with its pneumonia threshold"):
+        services.site_threshold_activate(
+            site=site, version=subtype_model, threshold=None, subtype_threshold=0.5, user=ada
+        )
+    assert site.thresholds.count() == 1
 
 
 @pytest.mark.slow

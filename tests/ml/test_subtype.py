@@ -212,6 +212,11 @@ def test_a_subtype_checkpoint_answers_both_questions(subtype_checkpoint: Path):
     low = min(bacterial) - 1e-9
     lowered = SubtypeQuestion("two_heads", low)
     assert {lowered.label(b) for b in bacterial} == {"bacterial"}
+    # A site's own subtype threshold decides instead of the checkpoint's, on request only.
+    at_site = predictor.predict_batch(images, threshold=0.5, subtype_threshold=low)
+    assert {(p.subtype, p.subtype_threshold) for p in at_site} == {("bacterial", low)}
+    assert [p.p_bacterial for p in at_site] == pytest.approx(bacterial)
+    assert meta.subtype.at(None) is meta.subtype and meta.subtype.at(low) == lowered
     # One image alone gets the probabilities it gets in a batch.
     alone = predictor.predict(images[3])
     assert alone.p_bacterial == pytest.approx(predictions[3].p_bacterial, abs=1e-5)
@@ -380,6 +385,13 @@ def test_the_onnx_artifact_carries_the_subtype_answer_and_passes_the_gate(traine
     )  # fmt: skip
     assert gate["accepted"], gate["reason"]
     assert gate["subtype"]["n"] == 12 and 0 < gate["subtype"]["max_abs_difference"] < 0.05
+    # A site's subtype threshold decides there as in the torch runtime.
+    cut = float(np.median(cand_b[:12]))
+    at_site = onnx.predict_batch(images[:12], subtype_threshold=cut)
+    assert [p.subtype for p in at_site] == [
+        ("bacterial" if b >= cut else "viral") for b in cand_b[:12]
+    ]
+    assert {p.subtype_threshold for p in at_site} == {cut} and cut != meta.subtype.threshold
 
 
 def test_the_pneumonia_auc_picks_the_epoch_and_the_subtype_breaks_a_tie():

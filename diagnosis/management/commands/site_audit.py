@@ -68,7 +68,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--activate",
             action="store_true",
-            help="put the calibrated threshold in force (audited)",
+            help="put the calibrated threshold (and the subtype's, where calibrated) in force "
+            "(audited)",
         )
         parser.add_argument("--json", type=Path, help="write the audit here as JSON")
         adapt = parser.add_argument_group("adaptation")
@@ -133,7 +134,14 @@ class Command(BaseCommand):
         except (ValueError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
         if row is not None:
-            self.stdout.write(f"Threshold {row.threshold:.4f} is in force at {audit.site.name}.")
+            subtype = (
+                ""
+                if row.subtype_threshold is None
+                else f" with subtype threshold {row.subtype_threshold:.4f}"
+            )
+            self.stdout.write(
+                f"Threshold {row.threshold:.4f}{subtype} is in force at {audit.site.name}."
+            )
         if o["json"] is not None:
             o["json"].parent.mkdir(parents=True, exist_ok=True)
             o["json"].write_text(services.audit_json(audit) + "\n")
