@@ -90,7 +90,7 @@ class SiteThresholdActivateApi(APIView):
     class InputSerializer(serializers.Serializer):
         audit = serializers.IntegerField(help_text="the audit whose calibrated threshold to use")
         restore = serializers.BooleanField(
-            default=False, help_text="restore the audited version's own threshold instead"
+            default=False, help_text="restore the audited version's own thresholds instead"
         )
         reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 

@@ -42,9 +42,10 @@ def site_threshold_activate(
 def site_threshold_from_audit(
     *, audit: SiteAudit, user, reason: str = "", restore: bool = False
 ) -> SiteThreshold:
-    """Put an audit's calibrated threshold in force for its version at its site, or with
-    `restore` give the decision back to the version's own threshold (the site page's
-    buttons, the API, `site_audit --activate`)."""
+    """Put an audit's calibrated threshold in force for its version at its site, with the
+    audit's subtype threshold where it calibrated one, or with `restore` give the decision
+    back to the version's own thresholds (the site page's buttons, the API, `site_audit
+    --activate`)."""
     calibrated = audit.calibrated
     subtype_threshold = None
     if restore:
