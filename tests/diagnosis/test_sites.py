@@ -284,6 +284,7 @@ def test_the_site_page_shows_the_audit_and_the_threshold_in_force(real_audit, ad
     assert body["thresholds"][0]["subtype_threshold"] is None
     assert "and subtype threshold" not in html and "Subtype threshold calibrated" not in html
     assert "Subtype (bacterial at or above" not in html
+    assert "<td>-</td>" in html  # the history's subtype column: none to have
     assert set(body["audits"][0]["plots"]) == set(audit.plots)
     assert client.get(body["audits"][0]["plots"]["roc"]).status_code == 200
 

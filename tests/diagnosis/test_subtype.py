@@ -495,6 +495,9 @@ def test_a_site_audit_imports_the_subtype_and_reports_it_on_its_evaluation_part(
     site = api_client_for(ada).get(reverse("api:site-detail", args=["clinic-s"])).json()
     assert site["subtype_threshold_in_force"] == calibrated["threshold"]
     assert site["thresholds"][0]["subtype_threshold"] == calibrated["threshold"]
+    page = _client(ada).get(reverse("site-detail", args=["clinic-s"])).content.decode()
+    assert f"<strong>{calibrated['threshold']:.4f}</strong>, this site's" in page
+    assert f"<td>{calibrated['threshold']:.4f}</td>" in page  # the threshold history
     # The next audit measures the subtype at the threshold now in force there.
     again = services.site_audit_run(site=audit.site, user=ada)
     assert again.metrics["calibrated"]["subtype_on_eval"]["threshold"] == calibrated["threshold"]
