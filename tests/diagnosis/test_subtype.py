@@ -4,6 +4,7 @@ radiologists, used by retraining and by the gate; and said what it is not."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.files.storage import default_storage
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -399,10 +401,10 @@ def test_a_binary_model_has_no_subtype_heatmap(active_model, alice, xray_upload)
 # A site audit
 
 
-def assert_subtype_figures_of(version, figures: dict, known: list):
+def assert_subtype_figures_of(version, figures: dict, known: list, subtype_threshold=None):
     """`figures` (subtype_on_eval) are `version`'s on the `known`-subtype studies: its AUC
-    from a run of the version on their images, at its own subtype threshold. Returns the
-    version's predictor."""
+    from a run of the version on their images, at `subtype_threshold` (default: its own).
+    Returns the version's predictor."""
     from ml.inference import Predictor
     from ml.metrics import roc_auc
 
@@ -411,7 +413,8 @@ def assert_subtype_figures_of(version, figures: dict, known: list):
     assert_outputs_vary(p)
     y = [int(s.current_subtype == "bacterial") for s in known]
     assert figures["auc"] == pytest.approx(roc_auc(y, p), abs=1e-9)
-    assert figures["threshold"] == version.subtype["threshold"]
+    wanted = version.subtype["threshold"] if subtype_threshold is None else subtype_threshold
+    assert figures["threshold"] == wanted
     return predictor
 
 
@@ -590,19 +593,41 @@ def test_an_adapted_model_reports_its_subtype_on_the_same_evaluation_part(
         adapt_params=QUICK | {"epochs": 2, "limit_per_class": 6, "crossfit": False},
     )  # fmt: skip
 
-    # The candidate keeps the second question; its figures are on the audit's evaluation
-    # part, at its own subtype threshold, and equal a run of the candidate on those images.
+    # The candidate keeps the second question; its subtype threshold at the site is chosen
+    # by Youden's J on the calibration cases it did not train on (no cross-fit here: the
+    # other half), and put in force with its pneumonia threshold.
+    from ml.metrics import youden_threshold
+
     candidate = audit.candidate
     assert candidate.subtype is not None
-    figures = audit.metrics["adapted"]["subtype_on_eval"]
+    adapted = audit.metrics["adapted"]
+    from ml.inference import Predictor
+
+    with default_storage.open(candidate.train_args["val_manifest_record"], "r") as f:
+        tune = {row["source"] for row in csv.DictReader(f)}  # the half it did not train on
+    cal = Study.objects.filter(pk__in=audit.metrics["calibrated"]["cal_studies"])
+    held = [s for s in cal if s.current_subtype and f"study:{s.pk}" in tune]
+    predictor = Predictor.from_checkpoint(Path(django_settings.MEDIA_ROOT, candidate.file))
+    p_held = [r.p_bacterial for r in predictor.predict_batch([s.image.path for s in held])]
+    y_held = [int(s.current_subtype == "bacterial") for s in held]
+    assert 0 < sum(y_held) < len(y_held)
+    assert adapted["subtype_threshold"] == pytest.approx(youden_threshold(y_held, p_held))
+    row = candidate.site_thresholds.get(site=site)
+    assert (row.threshold, row.subtype_threshold) == (
+        adapted["threshold"], adapted["subtype_threshold"],
+    )  # fmt: skip
+    # Its figures are on the audit's evaluation part, at that threshold, and equal a run of
+    # the candidate on those images.
+    figures = adapted["subtype_on_eval"]
     part = Study.objects.filter(pk__in=audit.metrics["calibrated"]["eval_studies"])
     known = [s for s in part if s.current_subtype in ("bacterial", "viral")]
     assert figures["n"]["bacterial"] + figures["n"]["viral"] == len(known) > 0
-    predictor = assert_subtype_figures_of(candidate, figures, known)
-    # The three-way matrix: the candidate's calls at the adapted threshold, counted by hand.
+    assert_subtype_figures_of(candidate, figures, known, adapted["subtype_threshold"])
+    # The three-way matrix: the candidate's calls at the adapted thresholds, counted by hand.
     outputs = predictor.predict_batch(
-        [s.image.path for s in part], threshold=audit.metrics["adapted"]["threshold"]
-    )
+        [s.image.path for s in part], threshold=adapted["threshold"],
+        subtype_threshold=adapted["subtype_threshold"],
+    )  # fmt: skip
     counted = {t: dict.fromkeys(("normal", "bacterial", "viral"), 0) for t in figures["confusion"]}
     for study, output in zip(part, outputs, strict=True):
         called = output.subtype if output.label == "PNEUMONIA" else "normal"
