@@ -83,20 +83,20 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
         )
     )
     checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
-    scored = [(tune, evaluate_checkpoint(checkpoint, tune))]
+    tuned = evaluate_checkpoint(checkpoint, tune)
+    y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
     if crossfit:
         copies_b = _site_copies(len(pool), len(tune), params)
         other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
         try:
-            scored.append((fit, evaluate_checkpoint(other, fit)))
+            swapped = evaluate_checkpoint(other, fit)
         finally:
             other.unlink()  # only its scores are kept
-    y_oof = [y for _, e in scored for y in e.y_true]
-    s_oof = [p for _, e in scored for p in e.scores]
+        y_oof += list(swapped.y_true)
+        s_oof += list(swapped.scores)
     threshold = choose_threshold_by_rule(
         y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
     )
-    subtype_threshold = _subtype_threshold(scored)
     eval_items = [items[i] for i in eval_idx]
     name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=user)
@@ -108,7 +108,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
             manifests["crossfit_manifest"] = workdir / "b" / "train.csv"
         model_version_records(candidate, manifests, f"training/{name}")
         evaluation, verdict = _judge(
-            candidate, version, site, eval_items, (threshold, subtype_threshold), base_data, user
+            candidate, version, site, eval_items, threshold, base_data, user
         )
     except BaseException:
         model_version_discard(candidate)  # no candidate without the audit that made it
@@ -116,10 +116,8 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     ModelVersion.objects.filter(pk=candidate.pk).update(
         parent=version, gate=verdict, training_log=log
     )
-    subtype_text = "" if subtype_threshold is None else f", subtype {subtype_threshold:.4f}"
     say(
-        f"Adapted {candidate.name}: threshold {threshold:.4f}{subtype_text}; on the evaluation "
-        f"part AUC "
+        f"Adapted {candidate.name}: threshold {threshold:.4f}; on the evaluation part AUC "
         f"{evaluation.auc:.4f}, sensitivity {evaluation.sensitivity:.3f}, specificity "
         f"{evaluation.specificity:.3f}; gate {'passed' if verdict['passed'] else 'failed'}: "
         f"{verdict['reason']}"
@@ -132,9 +130,6 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
         "site_copies": copies,
         "crossfit": crossfit,
         "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
-        # the candidate's subtype threshold at the site, by the same out-of-fold scores
-        # (Youden's J; None: the version's own, when they lack a subtype or it has none)
-        "subtype_threshold": subtype_threshold,
         "gate": verdict,
         "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
                    "specificity": calibration.specificity, "threshold": calibration.threshold},
@@ -152,31 +147,11 @@ def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
     return max(1, min(MAX_SITE_COPIES, wanted))
 
 
-def _subtype_threshold(scored: list) -> float | None:
-    """The adapted model's subtype threshold at the site: Youden's J (ml.train's rule) on the
-    out-of-fold P(bacterial | pneumonia) of the calibration part's pneumonias of known
-    subtype, as its threshold is chosen on their P(pneumonia); None when the model does not
-    answer the subtype or those cases lack one of the subtypes (the model's own stays)."""
-    from ml.data import subtype_of
-    from ml.metrics import youden_threshold
-
-    truth, p = [], []
-    for items, evaluation in scored:
-        if evaluation.subtype is None:
-            return None
-        for item, y, b in zip(items, evaluation.y_true, evaluation.p_bacterial, strict=True):
-            if y and subtype_of(item) in ("bacterial", "viral"):
-                truth.append(int(subtype_of(item) == "bacterial"))
-                p.append(b)
-    return youden_threshold(truth, p) if 0 < sum(truth) < len(truth) else None
-
-
-def _judge(candidate, version, site, eval_items, thresholds, base_data, user):
+def _judge(candidate, version, site, eval_items, threshold, base_data, user):
     """(evaluation on the site's evaluation part, gate verdict) of an adapted candidate, whose
-    thresholds (pneumonia, subtype) are then set for the site. The gate is the one any
-    retrain goes through, on the gate part of the frozen validation split of the base
-    population (the adaptation chose its epoch on site images and its thresholds by
-    cross-fitting on the calibration part)."""
+    threshold is then set for the site. The gate is the one any retrain goes through, on the
+    gate part of the frozen validation split of the base population (the adaptation chose its
+    epoch on site images and its threshold by cross-fitting on the calibration part)."""
     from diagnosis.services.gate import (
         gate_judge,
         validation_split_get_or_create,
@@ -184,7 +159,6 @@ def _judge(candidate, version, site, eval_items, thresholds, base_data, user):
     )
     from ml.evaluate import evaluate_checkpoint
 
-    threshold, subtype_threshold = thresholds
     evaluation = evaluate_checkpoint(
         model_loader.model_path(candidate), eval_items, threshold=threshold
     )
@@ -193,7 +167,6 @@ def _judge(candidate, version, site, eval_items, thresholds, base_data, user):
     verdict = gate_judge(candidate, version, split, gate_csv, user=user)[2] | {"site": site.name}
     site_threshold_activate(
         site=site, version=candidate, threshold=threshold, user=roles.SYSTEM,
-        subtype_threshold=subtype_threshold,
         reason=f"chosen when {candidate.name} was adapted to {site.name}",
     )  # fmt: skip
     return evaluation, verdict

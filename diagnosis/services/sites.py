@@ -217,12 +217,11 @@ def site_audit_run(
             eval_idx=eval_idx, calibration=calibration, user=user, params=adapt_params or {},
             say=say,
         )  # fmt: skip
-        # The adapted model's second question on the same evaluation part, at the subtype
-        # threshold the adaptation set for the site (None: it does not answer it).
+        # The adapted model's second question on the same evaluation part, at its own
+        # subtype threshold (None: it does not answer it).
         metrics["adapted"]["subtype_on_eval"] = _subtype_part(
-            evaluations["eval_adapted"], [items[i] for i in eval_idx], range(len(eval_idx)),
-            metrics["adapted"]["subtype_threshold"],
-        )  # fmt: skip
+            evaluations["eval_adapted"], [items[i] for i in eval_idx], range(len(eval_idx))
+        )
         say(f"Adapted model: {_subtype_line(metrics['adapted']['subtype_on_eval'])}")
     try:
         audit = _store_audit(
