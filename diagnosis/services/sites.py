@@ -318,7 +318,6 @@ def _subtype_calibrated(evaluation, items: list, cal_idx: list, eval_idx: list) 
     part lacks one of the subtypes."""
     from ml.data import subtype_of
     from ml.metrics import youden_threshold
-    from ml.scores import evaluate_subtype
 
     if evaluation.subtype is None:
         return None
@@ -332,12 +331,7 @@ def _subtype_calibrated(evaluation, items: list, cal_idx: list, eval_idx: list) 
     if not n_cal["bacterial"] or not n_cal["viral"]:
         return base | {"threshold": None, "why": "the calibration part needs both subtypes"}
     threshold = youden_threshold(truth, [evaluation.p_bacterial[i] for i in known])
-    part = evaluate_subtype(
-        [evaluation.y_true[i] for i in eval_idx], [subtype_of(items[i]) for i in eval_idx],
-        [evaluation.scores[i] for i in eval_idx], [evaluation.p_bacterial[i] for i in eval_idx],
-        threshold=evaluation.threshold, subtype_threshold=threshold,
-    )  # fmt: skip
-    return part.to_dict() | base
+    return _subtype_part(evaluation, items, eval_idx, threshold) | base
 
 
 def _subtype_calibrated_line(subtype: dict) -> str:
