@@ -220,3 +220,34 @@ def calibrate(
         cal_idx=tuple(int(i) for i in cal_idx),
         eval_idx=tuple(int(i) for i in eval_idx),
     )
+
+
+def map_scores(
+    scores: Sequence[float], source_reference: Sequence[float], target_reference: Sequence[float]
+) -> np.ndarray:
+    """One model's scores put on another model's scale: each score goes to the other model's
+    score at the same quantile, the quantiles read from both models' scores of one reference
+    set of images (`source_reference[i]` and `target_reference[i]` score the same image;
+    neither model should have trained on them). Monotone, so it keeps each model's ranking;
+    interpolated in logit space, and scores beyond the reference's range go to its ends.
+
+    Site adaptation pools two fine-tunes' out-of-fold scores to choose one threshold; the
+    threshold is applied to the first, so the second's scores are mapped onto its scale."""
+    source = np.sort(_logit(source_reference))  # (R,)
+    target = np.sort(_logit(target_reference))  # (R,)
+    if source.size != target.size or source.size < 2:
+        raise ValueError(
+            "the references must score the same images, at least two: "
+            f"got {source.size} and {target.size}"
+        )
+    quantiles = np.linspace(0.0, 1.0, source.size)
+    # Ties in a reference (saturated scores) take the middle of their quantiles.
+    source, first = np.unique(source, return_index=True)
+    last = np.r_[first[1:] - 1, quantiles.size - 1]
+    at = np.interp(_logit(scores), source, (quantiles[first] + quantiles[last]) / 2)
+    return 1.0 / (1.0 + np.exp(-np.interp(at, quantiles, target)))
+
+
+def _logit(p: Sequence[float]) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)

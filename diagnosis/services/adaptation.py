@@ -24,6 +24,8 @@ from diagnosis.yielding import yielding_training
 # The adapted model's recipe: one frozen epoch re-fits the head, two unfrozen adapt the body
 # (the retraining order, shorter: the site's cases are few and easy to over-fit).
 ADAPT_DEFAULTS = {"freeze_epochs": 1, "epochs": 2}
+# Where the adapted model's threshold is chosen (site_adapt): the default first.
+THRESHOLD_FROM = ("mapped", "pooled", "first")
 # At most this many copies of each site image per epoch (the rest of its weight is lost).
 MAX_SITE_COPIES = 10
 
@@ -52,10 +54,18 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     cases' out-of-fold scores (twice the training time). The candidate is the first model."""
     from diagnosis.services.cleaning import training_pool
     from diagnosis.services.training import limit_base_images
-    from ml.calibration import calibration_split
+    from ml.calibration import calibration_split, map_scores
     from ml.evaluate import evaluate_checkpoint
     from ml.metrics import choose_threshold_by_rule
 
+    crossfit = params.get("crossfit", True)
+    threshold_from = params.get("threshold_from") or ("mapped" if crossfit else "first")
+    allowed = THRESHOLD_FROM if crossfit else ("first",)
+    if threshold_from not in allowed:
+        raise ValueError(
+            f"the adapted threshold comes from one of {', '.join(allowed)}"
+            f"{'' if crossfit else ' without cross-fitting'}, not {threshold_from!r}"
+        )
     y = [int(items[i].label == version.positive_class) for i in cal_idx]
     fit_part, tune_part = calibration_split(
         y, [groups[i] for i in cal_idx], fraction=0.5, seed=calibration.seed
@@ -72,31 +82,37 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     copies = _site_copies(len(pool), len(fit), params)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     workdir = files.scratch() / f"site-{site.name}-{stamp}"
-    crossfit = params.get("crossfit", True)
     say(
         f"Adapting: {len(pool)} base images + {len(fit)} site images x {copies}; threshold "
         + (
-            f"chosen on all {len(cal_idx)} calibration images, each scored by the fine-tune "
-            "that did not see it (a second fine-tune swaps the halves)"
-            if crossfit
-            else f"chosen on {len(tune)} other calibration images"
+            f"chosen on {len(tune)} other calibration images"
+            if threshold_from == "first"
+            else f"chosen on all {len(cal_idx)} calibration images, each scored by the "
+            "fine-tune that did not see it (a second fine-tune swaps the halves)"
+            + (", its scores mapped onto the first's scale" if threshold_from == "mapped" else "")
         )
     )
     checkpoint, log = _fine_tune(version, pool + fit * copies, tune, workdir / "a", params)
     tuned = evaluate_checkpoint(checkpoint, tune)
     y_oof, s_oof = list(tuned.y_true), list(tuned.scores)
+    scales = ()
     if crossfit:
         copies_b = _site_copies(len(pool), len(tune), params)
         other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
         try:
             swapped = evaluate_checkpoint(other, fit)
+            scales = _reference_scores(checkpoint, other, base_data, user)
         finally:
             other.unlink()  # only its scores are kept
         y_oof += list(swapped.y_true)
         s_oof += list(swapped.scores)
-    threshold = choose_threshold_by_rule(
-        y_oof, s_oof, rule=calibration.rule, target=calibration.target or 0.0
-    )
+    rule = {"rule": calibration.rule, "target": calibration.target or 0.0}
+    thresholds = {"first": choose_threshold_by_rule(tuned.y_true, tuned.scores, **rule)}
+    if crossfit:
+        thresholds["pooled"] = choose_threshold_by_rule(y_oof, s_oof, **rule)
+        mapped = list(tuned.scores) + list(map_scores(swapped.scores, *scales))
+        thresholds["mapped"] = choose_threshold_by_rule(y_oof, mapped, **rule)
+    threshold = thresholds[threshold_from]
     eval_items = [items[i] for i in eval_idx]
     name = f"{version.architecture.replace('_', '-')}-{site.name}-{timezone.now():%Y%m%d-%H%M%S}"
     candidate = model_version_register(path=checkpoint, name=name, user=user)
@@ -129,13 +145,45 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
         "n_base": len(pool),
         "site_copies": copies,
         "crossfit": crossfit,
-        "n_threshold": len(y_oof),  # the calibration cases the threshold was chosen on
+        "threshold_from": threshold_from,
+        "n_threshold": len(tuned.y_true) if threshold_from == "first" else len(y_oof),
+        # What each way of choosing would have given on the evaluation part (reported, never
+        # chosen on): the first fine-tune's own half, both halves' scores as they are, or
+        # with the second fine-tune's mapped onto the first's scale.
+        "thresholds": {name: _at(evaluation, t) for name, t in thresholds.items()},
         "gate": verdict,
         "before": {"auc": calibration.auc, "sensitivity": calibration.sensitivity,
                    "specificity": calibration.specificity, "threshold": calibration.threshold},
     }  # fmt: skip
     candidate.refresh_from_db()
     return candidate, figures, evaluation
+
+
+def _at(evaluation, threshold: float) -> dict:
+    """{"threshold", "sensitivity", "specificity"} of an evaluation's scores at `threshold`."""
+    from ml.metrics import sensitivity_specificity
+
+    sensitivity, specificity = sensitivity_specificity(
+        evaluation.y_true, evaluation.scores, threshold
+    )
+    return {"threshold": threshold, "sensitivity": sensitivity, "specificity": specificity}
+
+
+def _reference_scores(first: Path, second: Path, base_data, user) -> tuple[list, list]:
+    """(second's, first's) scores of the frozen validation split's selection part: images
+    neither fine-tune trained on (training_pool holds the split out), read here only to put
+    the second fine-tune's scores on the first's scale (ml.calibration.map_scores)."""
+    from diagnosis.services.gate import validation_split_get_or_create, validation_split_parts
+    from ml.data import read_manifest
+    from ml.evaluate import evaluate_checkpoint
+
+    split = validation_split_get_or_create(base_data=base_data, user=user)
+    selection_csv, _ = validation_split_parts(split, base_data=base_data)
+    reference = read_manifest(selection_csv)
+    return (
+        list(evaluate_checkpoint(second, reference).scores),
+        list(evaluate_checkpoint(first, reference).scores),
+    )
 
 
 def _site_copies(n_pool: int, n_site: int, params: dict) -> int:

@@ -414,6 +414,96 @@ def test_a_failed_adaptation_leaves_no_candidate_and_no_work_folder_behind(
     assert {p for p in media.rglob("*") if p.is_file()} - files_before <= kept
 
 
+@pytest.mark.parametrize("threshold_from", ["mapped", "pooled", "first"])
+def test_the_adapted_threshold_is_chosen_on_out_of_fold_scores_as_asked(
+    threshold_from, base, random_active, rita, ada, site_b, tmp_path, monkeypatch
+):
+    """Two fine-tunes whose scores are on different scales (real checkpoints, heads scaled
+    0.02 and 0.2): the threshold is the rule's on the first's scores of the half it did not
+    see plus the second's of the other half, mapped onto the first's scale through both
+    models' scores of the frozen validation split's selection part (or as they are, or the
+    first's half alone), hand-computed here; each way's figures on the evaluation part are
+    reported beside it."""
+    from diagnosis import files
+    from diagnosis.models import ValidationSplit
+    from diagnosis.services import adaptation
+    from diagnosis.services.gate import validation_split_parts
+    from ml.calibration import map_scores
+    from ml.data import read_manifest
+    from ml.evaluate import evaluate_checkpoint
+
+    labeled_studies(site_b, rita, n_per_class=8)
+    made = [
+        make_checkpoint(tmp_path / "a.pt", seed=3, input_size=64, fc_scale=0.02),
+        make_checkpoint(tmp_path / "b.pt", seed=4, input_size=64, fc_scale=0.2),
+    ]
+    asked = []  # (items it did not train on) per fine-tune
+
+    def fine_tune(version, train_items, val_items, workdir, params):
+        import shutil
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("train.csv", "tune.csv"):
+            (workdir / name).write_text("path,label\n")
+        path = workdir / "adapted.pt"
+        shutil.copy(made[len(asked)], path)  # real weights: this test is about the scores
+        asked.append([(Path(i.path).read_bytes(), i.label) for i in val_items])
+        return path, "log"
+
+    monkeypatch.setattr(adaptation, "_fine_tune", fine_tune)
+    params = {"seed": 0, "threshold_from": threshold_from}
+    audit = services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params=params)
+
+    def scored(checkpoint, images):
+        folder = tmp_path / f"held-{len(list(tmp_path.glob('held-*')))}"
+        folder.mkdir()
+        items = []
+        for n, (data, label) in enumerate(images):
+            (folder / f"{n}.jpg").write_bytes(data)
+            items.append((folder / f"{n}.jpg", label))
+        return evaluate_checkpoint(checkpoint, items)
+
+    tune, fit = scored(made[0], asked[0]), scored(made[1], asked[1])
+    with files.scratch_folder("reference"):
+        selection, _ = validation_split_parts(ValidationSplit.objects.get(), base_data=base)
+        reference = read_manifest(selection)
+        ref_a = evaluate_checkpoint(made[0], reference).scores
+        ref_b = evaluate_checkpoint(made[1], reference).scores
+    y = list(tune.y_true) + list(fit.y_true)
+    expected = {
+        "first": metrics.choose_threshold_by_rule(tune.y_true, tune.scores, target=0.95),
+        "pooled": metrics.choose_threshold_by_rule(y, tune.scores + fit.scores, target=0.95),
+        "mapped": metrics.choose_threshold_by_rule(
+            y, list(tune.scores) + list(map_scores(fit.scores, ref_b, ref_a)), target=0.95
+        ),
+    }
+    adapted = audit.metrics["adapted"]
+    assert expected["mapped"] != expected["pooled"]  # the scales differ, so the choice does
+    assert adapted["threshold_from"] == threshold_from
+    assert adapted["threshold"] == pytest.approx(expected[threshold_from])
+    assert adapted["n_threshold"] == (len(tune.y_true) if threshold_from == "first" else len(y))
+    reported = {k: v["threshold"] for k, v in adapted["thresholds"].items()}
+    assert reported == pytest.approx(expected)
+    row = SiteThreshold.objects.get(site=site_b, model_version=audit.candidate)
+    assert row.threshold == pytest.approx(expected[threshold_from])
+    client = Client()
+    client.force_login(ada)
+    html = client.get(reverse("site-detail", args=[site_b.name])).content.decode()
+    assert f"threshold on {adapted['n_threshold']} calibration cases, each scored" in html
+    assert ("mapped onto this model" in html) is (threshold_from == "mapped")
+
+
+def test_an_adapted_threshold_from_both_halves_needs_both_fine_tunes(
+    base, random_active, rita, ada, site_b
+):
+    labeled_studies(site_b, rita, n_per_class=8)
+    params = {"seed": 0, "crossfit": False, "threshold_from": "mapped"}
+    with pytest.raises(ValueError, match="first without cross-fitting, not 'mapped'"):
+        services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params=params)
+    assert not SiteAudit.objects.exists()
+    assert set(ModelVersion.objects.values_list("name", flat=True)) == {random_active.name}
+
+
 def test_an_admin_restores_the_versions_own_threshold_from_the_site_page(audit, ada, alice):
     client = Client()
     client.force_login(ada)

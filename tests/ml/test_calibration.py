@@ -245,3 +245,21 @@ def test_it_serialises_the_json_block_the_issue_asks_for():
         for stat in ("mean", "sd")
     }
     assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+def test_map_scores_puts_one_models_scores_on_the_others_scale():
+    from ml.calibration import map_scores
+
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.01, 0.99, size=400)  # (R,) one model's scores of the reference
+    second = first**3  # the other model ranks them alike, on another scale
+    assert map_scores(second[:5], second, first) == pytest.approx(first[:5], abs=1e-3)
+    mapped = map_scores([1e-9, 0.2, 0.5, 0.999], second, first)  # beyond both ends too
+    assert list(mapped) == sorted(mapped)  # monotone: the ranking is kept
+    assert mapped[0] == pytest.approx(first.min()) and mapped[-1] == pytest.approx(first.max())
+    # Ties (saturated scores) map to the middle of their quantiles.
+    assert map_scores([0.3], [0.1, 0.3, 0.3, 0.9], [0.1, 0.2, 0.4, 0.9])[0] == pytest.approx(
+        1 / (1 + np.sqrt((0.8 / 0.2) * (0.6 / 0.4)))
+    )
+    with pytest.raises(ValueError, match="the same images"):
+        map_scores([0.5], [0.1, 0.2], [0.1, 0.2, 0.3])

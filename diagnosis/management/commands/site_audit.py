@@ -98,6 +98,14 @@ class Command(BaseCommand):
             help="choose the adapted model's threshold on the half of the calibration part it "
             "did not see, without a second fine-tune to score the other half (half the time)",
         )
+        adapt.add_argument(
+            "--threshold-from",
+            choices=("mapped", "pooled", "first"),
+            help="the adapted model's threshold is chosen on: both halves' out-of-fold scores, "
+            "the second fine-tune's mapped onto the first's scale (mapped, the default), or as "
+            "they are (pooled), or the first fine-tune's own half only (first, the default "
+            "with --no-crossfit)",
+        )
         adapt.add_argument("--freeze-epochs", type=int, help="default 1")
         adapt.add_argument("--epochs", type=int, help="unfrozen epochs, default 2")
         adapt.add_argument("--img-size", type=int, help="default: the model's")
@@ -114,7 +122,14 @@ class Command(BaseCommand):
             raise CommandError("--data needs --import-user: its labels are recorded as reviews")
         adapt_params = {
             k: o[k]
-            for k in ("freeze_epochs", "epochs", "img_size", "limit_per_class", "site_weight")
+            for k in (
+                "freeze_epochs",
+                "epochs",
+                "img_size",
+                "limit_per_class",
+                "site_weight",
+                "threshold_from",
+            )
             if o[k] is not None
         } | {
             "base_data": o["base_data"],
