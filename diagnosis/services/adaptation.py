@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from diagnosis import files, model_loader, roles
 from diagnosis.models import ModelVersion
+from diagnosis.pseudonyms import patient_group
 from diagnosis.services.registry import (
     model_version_discard,
     model_version_records,
@@ -53,6 +54,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     on the other half scores the first, and the threshold is chosen on all the calibration
     cases' out-of-fold scores (twice the training time). The candidate is the first model."""
     from diagnosis.services.cleaning import training_pool
+    from diagnosis.services.gate import validation_split_get_or_create
     from diagnosis.services.training import limit_base_images
     from ml.calibration import calibration_split, map_scores
     from ml.evaluate import evaluate_checkpoint
@@ -74,8 +76,17 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     tune = [items[cal_idx[i]] for i in tune_part]
     base = params.get("base_data") or settings.TRAINING_BASE_DATA
     base_data = Path(base) if base else None  # Path("") would be the working directory
-    site_keys = {item.source for item in items}
-    pool = [i for i in training_pool(base_data=base_data) if i.source not in site_keys]
+    # No image of the site's patients is rehearsed: a site built from base images (ml.shift)
+    # would otherwise train on the originals of its own evaluation cases.
+    # The frozen validation split first: the pool leaves its images out, so the gate part
+    # judges the candidate on images it never trained on (as retraining does).
+    split = validation_split_get_or_create(base_data=base_data, user=user)
+    site_keys, site_patients = {item.source for item in items}, set(groups)
+    pool = [
+        i
+        for i in training_pool(base_data=base_data)
+        if i.source not in site_keys and _pool_patient(i) not in site_patients
+    ]
     pool = limit_base_images(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
     if not pool:
         raise ValueError("no base training pool (TRAINING_BASE_DATA): adaptation rehearses it")
@@ -101,7 +112,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
         other, _ = _fine_tune(version, pool + tune * copies_b, fit, workdir / "b", params)
         try:
             swapped = evaluate_checkpoint(other, fit)
-            scales = _reference_scores(checkpoint, other, base_data, user)
+            scales = _reference_scores(checkpoint, other, split, base_data)
         finally:
             other.unlink()  # only its scores are kept
         y_oof += list(swapped.y_true)
@@ -124,7 +135,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
             manifests["crossfit_manifest"] = workdir / "b" / "train.csv"
         model_version_records(candidate, manifests, f"training/{name}")
         evaluation, verdict = _judge(
-            candidate, version, site, eval_items, threshold, base_data, user
+            candidate, version, site, eval_items, threshold, split, base_data, user
         )
     except BaseException:
         model_version_discard(candidate)  # no candidate without the audit that made it
@@ -169,21 +180,27 @@ def _at(evaluation, threshold: float) -> dict:
     return {"threshold": threshold, "sensitivity": sensitivity, "specificity": specificity}
 
 
-def _reference_scores(first: Path, second: Path, base_data, user) -> tuple[list, list]:
+def _reference_scores(first: Path, second: Path, split, base_data) -> tuple[list, list]:
     """(second's, first's) scores of the frozen validation split's selection part: images
     neither fine-tune trained on (training_pool holds the split out), read here only to put
     the second fine-tune's scores on the first's scale (ml.calibration.map_scores)."""
-    from diagnosis.services.gate import validation_split_get_or_create, validation_split_parts
+    from diagnosis.services.gate import validation_split_parts
     from ml.data import read_manifest
     from ml.evaluate import evaluate_checkpoint
 
-    split = validation_split_get_or_create(base_data=base_data, user=user)
     selection_csv, _ = validation_split_parts(split, base_data=base_data)
     reference = read_manifest(selection_csv)
     return (
         list(evaluate_checkpoint(second, reference).scores),
         list(evaluate_checkpoint(first, reference).scores),
     )
+
+
+def _pool_patient(item) -> str:
+    """The patient a training-pool item belongs to, as a site's studies are grouped
+    (pseudonyms.patient_group): a reviewed study carries its group, a base image its
+    Kermany-style file name's patient, else its own source."""
+    return item.patient or patient_group("", Path(item.path).name, item.source)
 
 
 def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
@@ -195,22 +212,17 @@ def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
     return max(1, min(MAX_SITE_COPIES, wanted))
 
 
-def _judge(candidate, version, site, eval_items, threshold, base_data, user):
+def _judge(candidate, version, site, eval_items, threshold, split, base_data, user):
     """(evaluation on the site's evaluation part, gate verdict) of an adapted candidate, whose
     threshold is then set for the site. The gate is the one any retrain goes through, on the
     gate part of the frozen validation split of the base population (the adaptation chose its
     epoch on site images and its threshold by cross-fitting on the calibration part)."""
-    from diagnosis.services.gate import (
-        gate_judge,
-        validation_split_get_or_create,
-        validation_split_parts,
-    )
+    from diagnosis.services.gate import gate_judge, validation_split_parts
     from ml.evaluate import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(
         model_loader.model_path(candidate), eval_items, threshold=threshold
     )
-    split = validation_split_get_or_create(base_data=base_data, user=user)
     _, gate_csv = validation_split_parts(split, base_data=base_data)
     verdict = gate_judge(candidate, version, split, gate_csv, user=user)[2] | {"site": site.name}
     site_threshold_activate(

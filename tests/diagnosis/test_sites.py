@@ -493,6 +493,54 @@ def test_the_adapted_threshold_is_chosen_on_out_of_fold_scores_as_asked(
     assert ("mapped onto this model" in html) is (threshold_from == "mapped")
 
 
+def test_adaptation_rehearses_no_image_of_the_sites_patients(
+    base, random_active, rita, ada, site_b, tmp_path, monkeypatch
+):
+    """A site made of base images (as ml.shift makes one): its patients' base images, the
+    originals of its own cases, are left out of the pool the fine-tunes rehearse."""
+    import shutil
+
+    from diagnosis.models import ValidationSplit
+    from diagnosis.services import adaptation
+    from diagnosis.services.cleaning import training_pool
+    from ml.data import kermany_patient
+
+    originals = (
+        sorted((base / "NORMAL").glob("*.jpeg"))[:8]
+        + sorted((base / "PNEUMONIA").glob("*.jpeg"))[:8]
+    )
+    for path in originals:
+        with open(path, "rb") as fh:
+            upload = SimpleUploadedFile(path.name, fh.read())
+        study = services.study_create(uploaded_by=rita, image=upload, site=site_b)
+        services.review_create(study=study, reviewer=rita, label=path.parent.name)
+    site_patients = {kermany_patient(p) for p in originals}
+    made = make_checkpoint(tmp_path / "a.pt", seed=3, input_size=64, fc_scale=0.02)
+    rehearsed = []
+
+    def fine_tune(version, train_items, val_items, workdir, params):
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("train.csv", "tune.csv"):
+            (workdir / name).write_text("path,label\n")
+        rehearsed.append([i for i in train_items if i.source.startswith("base:")])
+        shutil.copy(made, workdir / "adapted.pt")
+        return workdir / "adapted.pt", "log"
+
+    monkeypatch.setattr(adaptation, "_fine_tune", fine_tune)
+    params = {"seed": 0, "limit_per_class": 1000}
+    services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params=params)
+
+    pool = [i for i in training_pool(base_data=base) if i.source.startswith("base:")]
+    kept = {i.source for i in pool if kermany_patient(i.path) not in site_patients}
+    assert len(rehearsed) == 2 and 0 < len(kept) < len(pool)  # some were left out, not all
+    for items in rehearsed:  # both fine-tunes: every base image but the site's patients'
+        assert {i.source for i in items} == kept
+    # The frozen validation split, created by this adaptation, was left out too: the gate
+    # judges the candidate on images it never rehearsed.
+    (split,) = ValidationSplit.objects.all()
+    assert split.item_keys and not set(split.item_keys) & {i.source for i in rehearsed[0]}
+
+
 def test_an_adapted_threshold_from_both_halves_needs_both_fine_tunes(
     base, random_active, rita, ada, site_b
 ):
