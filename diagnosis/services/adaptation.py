@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from diagnosis import files, model_loader, roles
 from diagnosis.models import ModelVersion
-from diagnosis.pseudonyms import patient_group
 from diagnosis.services.registry import (
     model_version_discard,
     model_version_records,
@@ -53,7 +52,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     a threshold at 95% sensitivity reliably: with `crossfit` (the default) a second fine-tune
     on the other half scores the first, and the threshold is chosen on all the calibration
     cases' out-of-fold scores (twice the training time). The candidate is the first model."""
-    from diagnosis.services.cleaning import training_pool
+    from diagnosis.services.cleaning import pool_patient, training_pool
     from diagnosis.services.gate import validation_split_get_or_create
     from diagnosis.services.training import limit_base_images
     from ml.calibration import calibration_split, map_scores
@@ -85,7 +84,7 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     pool = [
         i
         for i in training_pool(base_data=base_data)
-        if i.source not in site_keys and _pool_patient(i) not in site_patients
+        if i.source not in site_keys and pool_patient(i) not in site_patients
     ]
     pool = limit_base_images(pool, params.get("limit_per_class", 300), seed=params.get("seed", 0))
     if not pool:
@@ -194,13 +193,6 @@ def _reference_scores(first: Path, second: Path, split, base_data) -> tuple[list
         list(evaluate_checkpoint(second, reference).scores),
         list(evaluate_checkpoint(first, reference).scores),
     )
-
-
-def _pool_patient(item) -> str:
-    """The patient a training-pool item belongs to, as a site's studies are grouped
-    (pseudonyms.patient_group): a reviewed study carries its group, a base image its
-    Kermany-style file name's patient, else its own source."""
-    return item.patient or patient_group("", Path(item.path).name, item.source)
 
 
 def _site_copies(n_pool: int, n_site: int, params: dict) -> int:

@@ -15,13 +15,20 @@ from diagnosis.pseudonyms import key_counts, patient_group
 # ---------------------------------------------------------------------------- training pool
 
 
+def pool_patient(item) -> str:
+    """The patient a training-pool item belongs to, grouped as a site's studies are
+    (pseudonyms.patient_group): a reviewed study carries its group, a base image the patient
+    its Kermany-style file name names, else its own source (the image alone)."""
+    return item.patient or patient_group("", Path(item.path).name, item.source)
+
+
 def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = True) -> list:
     """What the next training run sees: the base data set folder (its training images only)
     plus every reviewed study (with its reviewed subtype), minus unusable images, with
     cleaning decisions applied (the latest per image: exclude drops it, relabel changes its
     label, keep leaves it), minus the frozen validation split's images and the studies a site
-    audit evaluated on (held out: never trained on, never cleaned, so later comparisons and
-    audits stay honest).
+    audit evaluated on with every other image of their patients (held out: never trained on,
+    never cleaned, so later comparisons and audits stay honest).
     Each item's `source` is its key: "base:<path under base_data>" or "study:<id>". A
     study's path is a local one (files.local_path): call inside files.scratch_folder()."""
     from ml.data import SUBTYPES, Item, scan_folder
@@ -43,10 +50,18 @@ def training_pool(*, base_data: Path | None = None, exclude_held_out: bool = Tru
         )
 
     if exclude_held_out:
-        held_out = selectors.site_evaluation_keys()
+        evaluated = selectors.site_evaluation_keys()
+        # Every image of a patient an audit evaluated on stays out too: a base image can be
+        # the original a constructed site's case was made from (ml.shift keeps the names).
+        patients = {pool_patient(item) for item in candidates if item.source in evaluated}
+        held_out = set(evaluated)
         if (split := selectors.validation_split_current()) is not None:
             held_out |= set(split.item_keys)
-        candidates = [item for item in candidates if item.source not in held_out]
+        candidates = [
+            item
+            for item in candidates
+            if item.source not in held_out and pool_patient(item) not in patients
+        ]
     decisions = selectors.cleaning_decisions(item.source for item in candidates)
     pool = []
     for item in candidates:

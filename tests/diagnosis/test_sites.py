@@ -493,6 +493,43 @@ def test_the_adapted_threshold_is_chosen_on_out_of_fold_scores_as_asked(
     assert ("mapped onto this model" in html) is (threshold_from == "mapped")
 
 
+def site_of_base_copies(base: Path, site, reviewer, n_per_class: int = 8) -> list[Path]:
+    """Labeled studies at `site` whose images are copies of base images, names kept (as
+    ml.shift builds a site); returns the originals."""
+    originals = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        originals += sorted((base / label).glob("*.jpeg"))[:n_per_class]
+    for path in originals:
+        with open(path, "rb") as fh:
+            upload = SimpleUploadedFile(path.name, fh.read())
+        study = services.study_create(uploaded_by=reviewer, image=upload, site=site)
+        services.review_create(study=study, reviewer=reviewer, label=path.parent.name)
+    return originals
+
+
+def test_the_training_pool_holds_no_image_of_a_patient_an_audit_evaluated_on(
+    base, random_active, rita, ada, site_b
+):
+    """Retraining after an audit: the evaluation part's patients stay out of the pool, their
+    base images (the originals of the site's cases) too; the calibration part's do not."""
+    from diagnosis.services.cleaning import training_pool
+    from ml.data import kermany_patient
+
+    site_of_base_copies(base, site_b, rita)
+    calibrated = services.site_audit_run(site=site_b, user=ada).metrics["calibrated"]
+    names = dict(Study.objects.values_list("pk", "original_filename"))
+    evaluated = {kermany_patient(names[pk]) for pk in calibrated["eval_studies"]}
+    calibration = {kermany_patient(names[pk]) for pk in calibrated["cal_studies"]}
+    assert evaluated and calibration and not evaluated & calibration
+
+    pool = training_pool(base_data=base)
+    patients = {kermany_patient(item.path) for item in pool if item.source.startswith("base:")}
+    assert not patients & evaluated
+    assert calibration <= patients  # only the evaluated patients are held out
+    studies = {item.source for item in pool if item.source.startswith("study:")}
+    assert studies == {f"study:{pk}" for pk in calibrated["cal_studies"]}
+
+
 def test_adaptation_rehearses_no_image_of_the_sites_patients(
     base, random_active, rita, ada, site_b, tmp_path, monkeypatch
 ):
@@ -505,15 +542,7 @@ def test_adaptation_rehearses_no_image_of_the_sites_patients(
     from diagnosis.services.cleaning import training_pool
     from ml.data import kermany_patient
 
-    originals = (
-        sorted((base / "NORMAL").glob("*.jpeg"))[:8]
-        + sorted((base / "PNEUMONIA").glob("*.jpeg"))[:8]
-    )
-    for path in originals:
-        with open(path, "rb") as fh:
-            upload = SimpleUploadedFile(path.name, fh.read())
-        study = services.study_create(uploaded_by=rita, image=upload, site=site_b)
-        services.review_create(study=study, reviewer=rita, label=path.parent.name)
+    originals = site_of_base_copies(base, site_b, rita)
     site_patients = {kermany_patient(p) for p in originals}
     made = make_checkpoint(tmp_path / "a.pt", seed=3, input_size=64, fc_scale=0.02)
     rehearsed = []
