@@ -24,7 +24,7 @@ from diagnosis.yielding import yielding_training
 # The adapted model's recipe: one frozen epoch re-fits the head, two unfrozen adapt the body
 # (the retraining order, shorter: the site's cases are few and easy to over-fit).
 ADAPT_DEFAULTS = {"freeze_epochs": 1, "epochs": 2}
-# Where the adapted model's threshold is chosen (site_adapt): the default first.
+# Where the adapted model's threshold is chosen (site_adapt); the first is the default.
 THRESHOLD_FROM = ("mapped", "pooled", "first")
 # At most this many copies of each site image per epoch (the rest of its weight is lost).
 MAX_SITE_COPIES = 10
@@ -51,7 +51,10 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     did not see. Half the calibration part is only ~60 cases of each class, too few to place
     a threshold at 95% sensitivity reliably: with `crossfit` (the default) a second fine-tune
     on the other half scores the first, and the threshold is chosen on all the calibration
-    cases' out-of-fold scores (twice the training time). The candidate is the first model."""
+    cases' out-of-fold scores (twice the training time), the second's mapped onto the first's
+    scale (ml.calibration.map_scores; `threshold_from` "pooled" takes them as they are,
+    "first" the first's half only). The candidate is the first model. The rehearsed pool
+    holds no image of the site's patients and none of the frozen validation split."""
     from diagnosis.services.cleaning import pool_patient, training_pool
     from diagnosis.services.gate import validation_split_get_or_create
     from diagnosis.services.training import limit_base_images
@@ -75,11 +78,11 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     tune = [items[cal_idx[i]] for i in tune_part]
     base = params.get("base_data") or settings.TRAINING_BASE_DATA
     base_data = Path(base) if base else None  # Path("") would be the working directory
-    # No image of the site's patients is rehearsed: a site built from base images (ml.shift)
-    # would otherwise train on the originals of its own evaluation cases.
     # The frozen validation split first: the pool leaves its images out, so the gate part
     # judges the candidate on images it never trained on (as retraining does).
     split = validation_split_get_or_create(base_data=base_data, user=user)
+    # No image of the site's patients is rehearsed: a site built from base images (ml.shift)
+    # would otherwise train on the originals of its own evaluation cases.
     site_keys, site_patients = {item.source for item in items}, set(groups)
     pool = [
         i
