@@ -26,6 +26,10 @@ from diagnosis.yielding import yielding_training
 ADAPT_DEFAULTS = {"freeze_epochs": 1, "epochs": 2}
 # Where the adapted model's threshold is chosen (site_adapt); the first is the default.
 THRESHOLD_FROM = ("mapped", "pooled", "first")
+# The site's share of an adaptation's loss against the base pool's (site_adapt). Measured at
+# two constructed sites (ml/README "The adapted model's threshold"): at 1.0 both candidates
+# forgot the base population (the gate refused them) and ranked the site worse than at 0.5.
+SITE_WEIGHT = 0.5
 # At most this many copies of each site image per epoch (the rest of its weight is lost).
 MAX_SITE_COPIES = 10
 
@@ -44,17 +48,17 @@ def site_adapt(*, site, version, items, groups, cal_idx, eval_idx, calibration, 
     discarded (model_version_discard) and the work folder with its checkpoints removed.
 
     The recipe: continuing from the audited model keeps what it knows; the base pool is
-    rehearsed so the model does not forget the population it was validated on (the gate
-    checks that on the frozen validation split); the site's cases are repeated so that they
-    carry as much of the loss as the base pool (`site_weight` x that, at most MAX_SITE_COPIES
+    rehearsed so the model does not forget the population it was validated on (the gate checks
+    that on the frozen validation split); the site's cases are repeated so that they carry
+    `site_weight` (SITE_WEIGHT) times the base pool's share of the loss (at most MAX_SITE_COPIES
     copies), since there are few of them; the threshold is chosen on site cases the fine-tune
-    did not see. Half the calibration part is only ~60 cases of each class, too few to place
-    a threshold at 95% sensitivity reliably: with `crossfit` (the default) a second fine-tune
-    on the other half scores the first, and the threshold is chosen on all the calibration
-    cases' out-of-fold scores (twice the training time), the second's mapped onto the first's
-    scale (ml.calibration.map_scores; `threshold_from` "pooled" takes them as they are,
-    "first" the first's half only). The candidate is the first model. The rehearsed pool
-    holds no image of the site's patients and none of the frozen validation split."""
+    did not see. Half the calibration part is only ~60 cases of each class, too few to place a
+    threshold at 95% sensitivity reliably: with `crossfit` (the default) a second fine-tune on
+    the other half scores the first, and the threshold is chosen on all the calibration cases'
+    out-of-fold scores (twice the training time), the second's mapped onto the first's scale
+    (ml.calibration.map_scores; `threshold_from` "pooled" takes them as they are, "first" the
+    first's half only). The candidate is the first model. The rehearsed pool holds no image of
+    the site's patients and none of the frozen validation split."""
     from diagnosis.services.cleaning import pool_patient, training_pool
     from diagnosis.services.gate import validation_split_get_or_create
     from diagnosis.services.training import limit_base_images
@@ -203,7 +207,7 @@ def _site_copies(n_pool: int, n_site: int, params: dict) -> int:
     carry `site_weight` x the base pool's share of the loss (at most MAX_SITE_COPIES).
     Weighted up by repetition, not by a loss weight: a loss weight of 8 is a learning rate 8
     times larger on the batches that hold a site image, which made the fine-tune diverge."""
-    wanted = round(params.get("site_weight", 1.0) * n_pool / n_site)
+    wanted = round(params.get("site_weight", SITE_WEIGHT) * n_pool / n_site)
     return max(1, min(MAX_SITE_COPIES, wanted))
 
 

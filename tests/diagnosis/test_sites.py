@@ -545,25 +545,31 @@ def test_adaptation_rehearses_no_image_of_the_sites_patients(
     originals = site_of_base_copies(base, site_b, rita)
     site_patients = {kermany_patient(p) for p in originals}
     made = make_checkpoint(tmp_path / "a.pt", seed=3, input_size=64, fc_scale=0.02)
-    rehearsed = []
+    rehearsed, site_rows = [], []
 
     def fine_tune(version, train_items, val_items, workdir, params):
         workdir.mkdir(parents=True, exist_ok=True)
         for name in ("train.csv", "tune.csv"):
             (workdir / name).write_text("path,label\n")
         rehearsed.append([i for i in train_items if i.source.startswith("base:")])
+        site_rows.append(len(train_items) - len(rehearsed[-1]))
         shutil.copy(made, workdir / "adapted.pt")
         return workdir / "adapted.pt", "log"
 
     monkeypatch.setattr(adaptation, "_fine_tune", fine_tune)
     params = {"seed": 0, "limit_per_class": 1000}
-    services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params=params)
+    audit = services.site_audit_run(site=site_b, user=ada, adapt=True, adapt_params=params)
+    adapted = audit.metrics["adapted"]
 
     pool = [i for i in training_pool(base_data=base) if i.source.startswith("base:")]
     kept = {i.source for i in pool if kermany_patient(i.path) not in site_patients}
     assert len(rehearsed) == 2 and 0 < len(kept) < len(pool)  # some were left out, not all
     for items in rehearsed:  # both fine-tunes: every base image but the site's patients'
         assert {i.source for i in items} == kept
+    # Each half of the calibration part is repeated to carry half the base pool's share of
+    # the loss by default.
+    n = (adapted["n_fit"], adapted["n_tune"])
+    assert site_rows == [k * round(0.5 * len(kept) / k) for k in n] and site_rows[0] > n[0]
     # The frozen validation split, created by this adaptation, was left out too: the gate
     # judges the candidate on images it never rehearsed.
     (split,) = ValidationSplit.objects.all()

@@ -88,8 +88,8 @@ class Command(BaseCommand):
         adapt.add_argument(
             "--site-weight",
             type=float,
-            default=1.0,
-            help="the site's cases are repeated to carry this times the base pool's loss",
+            help="the site's cases are repeated to carry this times the base pool's loss "
+            "(default 0.5)",
         )
         adapt.add_argument(
             "--no-crossfit",
