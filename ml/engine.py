@@ -15,6 +15,7 @@ and validation batch then calls it when done, and it may wait there.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -224,6 +225,24 @@ class Run:
     subtype: SubtypeQuestion | None = None
 
 
+def one_cycle(
+    optimizer: torch.optim.Optimizer,
+    max_lr: list[float],
+    total_steps: int,
+    pct_start: float,
+    div: float,
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule over `total_steps`, warming up for `pct_start` of them. torch
+    divides by the warm-up's length minus one step, so a warm-up of exactly one step (4 steps
+    at 0.25: a small site's adaptation) raised ZeroDivisionError; it is made two steps (none
+    in a schedule of two, so that it still anneals)."""
+    if math.isclose(pct_start * total_steps, 1.0):
+        pct_start = 2 / total_steps if total_steps > 2 else 0.0
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, div_factor=div
+    )
+
+
 def fit_one_cycle(
     run: Run,
     groups: list[dict],
@@ -238,12 +257,8 @@ def fit_one_cycle(
     if epochs <= 0:
         return
     optimizer = torch.optim.AdamW(groups, weight_decay=run.schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=epochs * len(run.train_loader),
-        pct_start=pct_start,
-        div_factor=div,
+    scheduler = one_cycle(
+        optimizer, [g["lr"] for g in groups], epochs * len(run.train_loader), pct_start, div
     )
     positive_index = CLASS_NAMES.index(POSITIVE_CLASS)
     for _ in range(epochs):
